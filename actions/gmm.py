@@ -1,0 +1,83 @@
+"""Gaussian-mixture target, the toy problem of the path-gradient papers (Vaitl et al. 2022, 2024).
+
+p(x) = Σ_k w_k N(x; μ_k, σ_k² I) on R^D, action S(x) = −log p(x) (normalised, so ln Z = 0),
+force ∇S(x) = Σ_k r_k(x) (x − μ_k)/σ_k², with responsibilities r_k = w_k N_k(x)/p(x).
+Fields are ``x: (B, D)``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["GaussianMixture"]
+
+
+class GaussianMixture:
+    """Isotropic Gaussian mixture in ``dim`` dimensions.
+
+    By default, ``n_components`` means are drawn uniformly from [−``spread``, ``spread``]^D with a fixed
+    ``seed``, unit widths and equal weights (the paper's setup is a 2D mixture of well separated modes).
+
+    Example:
+        >>> gmm = GaussianMixture(dim=2, means=[[0.0, 0.0]], sigmas=[1.0])
+        >>> float(gmm.action(torch.zeros(1, 2, dtype=torch.float64))[0]) == math.log(2 * math.pi)
+        True
+    """
+
+    theory = "gmm"
+
+    def __init__(self, dim: int = 2, n_components: int = 4, *, means: Sequence[Sequence[float]] | None = None,
+                 sigmas: Sequence[float] | None = None, weights: Sequence[float] | None = None,
+                 spread: float = 5.0, seed: int = 0) -> None:
+        if int(dim) <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim}")
+        self.dim = int(dim)
+        if means is None:
+            g = torch.Generator().manual_seed(seed)
+            means_t = (torch.rand(n_components, self.dim, generator=g, dtype=torch.float64) * 2 - 1) * spread
+        else:
+            means_t = torch.as_tensor(means, dtype=torch.float64)
+            if means_t.dim() != 2 or means_t.shape[1] != self.dim:
+                raise ValueError(f"means must have shape (K, {self.dim}), got {tuple(means_t.shape)}")
+        k = means_t.shape[0]
+        sig = torch.ones(k, dtype=torch.float64) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
+        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if sig.shape != (k,) or bool((sig <= 0).any()):
+            raise ValueError(f"sigmas must be {k} positive numbers, got {sig.tolist()}")
+        if w.shape != (k,) or bool((w <= 0).any()):
+            raise ValueError(f"weights must be {k} positive numbers, got {w.tolist()}")
+        self.means, self.sigmas, self.weights = means_t, sig, w / w.sum()
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    shape = field_shape
+
+    @property
+    def couplings(self) -> dict[str, float]:
+        return {}
+
+    def _log_components(self, x: torch.Tensor) -> torch.Tensor:
+        """log w_k + log N(x; μ_k, σ_k²I), ``(B, K)``."""
+        mu, sig, w = (t.to(x) for t in (self.means, self.sigmas, self.weights))
+        d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)
+        return torch.log(w) - 0.5 * d2 / sig**2 - self.dim * (torch.log(sig) + 0.5 * math.log(2 * math.pi))
+
+    def action(self, x: torch.Tensor) -> torch.Tensor:
+        """S(x) = −log Σ_k w_k N(x; μ_k, σ_k² I), ``(B,)``."""
+        return -torch.logsumexp(self._log_components(x), dim=-1)
+
+    def force(self, x: torch.Tensor) -> torch.Tensor:
+        """∇S(x) = Σ_k r_k(x)(x − μ_k)/σ_k², ``(B, D)``."""
+        r = torch.softmax(self._log_components(x), dim=-1)
+        mu, sig = self.means.to(x), self.sigmas.to(x)
+        return ((r / sig**2)[:, :, None] * (x[:, None, :] - mu[None])).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Exact samples ``(n, D)`` (for tests and forward-KL data)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.sigmas[k, None] * eps).to(dtype)

@@ -1,0 +1,136 @@
+"""Two-dimensional compact U(1) lattice gauge theory with the Wilson action (Wilson 1974).
+
+Links ``theta: (B, 2, L0, L1)`` are angles, kept wrapped to (−π, π] (`wrap`).
+Plaquette  P(x) = θ₀(x) + θ₁(x+0̂) − θ₀(x+1̂) − θ₁(x),  action  S = −β Σ_x cos P(x),
+force      ∂S/∂θ₀(x) = β[sin P(x) − sin P(x−1̂)],  ∂S/∂θ₁(x) = β[sin P(x−0̂) − sin P(x)].
+Gauge transformation θ_μ(x) → θ_μ(x) + α(x) − α(x+μ̂) leaves every P(x) invariant.
+Geometric topological charge Q = (2π)⁻¹ Σ_x wrap(P(x)), an integer on the torus.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .lattice import shift, validate_shape, volume
+
+__all__ = ["U1Gauge", "wrap"]
+
+
+def wrap(angle: torch.Tensor) -> torch.Tensor:
+    """Map angles to (−π, π]: wrap(x) = π − ((π − x) mod 2π)."""
+    return math.pi - torch.remainder(math.pi - angle, 2 * math.pi)
+
+
+class U1Gauge:
+    """2D U(1) Wilson gauge theory at coupling ``beta`` (β) on a periodic L0 × L1 lattice.
+
+    Example:
+        >>> u1 = U1Gauge(shape=(4, 4), beta=2.0)
+        >>> u1.action(torch.zeros(1, 2, 4, 4, dtype=torch.float64))
+        tensor([-32.], dtype=torch.float64)
+    """
+
+    theory = "u1"
+
+    def __init__(self, shape: Sequence[int], beta: float) -> None:
+        self.shape = validate_shape(shape, "shape")
+        if len(self.shape) != 2:
+            raise ValueError(f"shape must have 2 extents for 2D U(1), got {list(self.shape)}")
+        beta = float(beta)
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = beta
+
+    @property
+    def couplings(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        return (2, *self.shape)
+
+    @property
+    def volume(self) -> int:
+        """Number of plaquettes V = L0 L1."""
+        return volume(self.shape)
+
+    def __repr__(self) -> str:
+        return f"U1Gauge(shape={self.shape}, beta={self.beta})"
+
+    # -- geometry -----------------------------------------------------------------------------------
+    @staticmethod
+    def plaquettes(theta: torch.Tensor) -> torch.Tensor:
+        """P(x) = θ₀(x) + θ₁(x+0̂) − θ₀(x+1̂) − θ₁(x), not wrapped; ``(B, 2, L0, L1) -> (B, L0, L1)``."""
+        t0, t1 = theta[:, 0], theta[:, 1]
+        return t0 + shift(t1, 0, 1) - shift(t0, 1, 1) - t1
+
+    @staticmethod
+    def gauge_transform(theta: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """θ_μ(x) → wrap(θ_μ(x) + α(x) − α(x+μ̂)); ``alpha: (B, L0, L1)``."""
+        out = torch.stack([theta[:, mu] + alpha - shift(alpha, mu, 1) for mu in range(2)], dim=1)
+        return wrap(out)
+
+    def symmetry(self, theta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random gauge transformation of ``theta`` (the theory's local symmetry)."""
+        alpha = (torch.rand(theta.shape[0], *self.shape, generator=generator, dtype=theta.dtype,
+                            device="cpu") * 2 * math.pi - math.pi).to(theta.device)
+        return self.gauge_transform(theta, alpha)
+
+    def project(self, theta: torch.Tensor) -> torch.Tensor:
+        """Bring link angles back to the documented range (−π, π] (used by HMC after each update)."""
+        return wrap(theta)
+
+    # -- action and force ---------------------------------------------------------------------------
+    def action(self, theta: torch.Tensor) -> torch.Tensor:
+        """S = −β Σ_x cos P(x), ``(B,)``."""
+        return -self.beta * torch.cos(self.plaquettes(theta)).flatten(1).sum(-1)
+
+    def force(self, theta: torch.Tensor) -> torch.Tensor:
+        """∂S/∂θ_μ(x), ``(B, 2, L0, L1)`` (see the module docstring)."""
+        sin_p = torch.sin(self.plaquettes(theta))
+        f0 = sin_p - shift(sin_p, 1, -1)
+        f1 = shift(sin_p, 0, -1) - sin_p
+        return self.beta * torch.stack([f0, f1], dim=1)
+
+    # -- observables --------------------------------------------------------------------------------
+    def topological_charge(self, theta: torch.Tensor) -> torch.Tensor:
+        """Q = (2π)⁻¹ Σ_x wrap(P(x)), rounded to the integer it is up to round-off; ``(B,)`` floats."""
+        q = wrap(self.plaquettes(theta)).flatten(1).sum(-1) / (2 * math.pi)
+        return torch.round(q)
+
+    def mean_plaquette(self, theta: torch.Tensor) -> torch.Tensor:
+        """V⁻¹ Σ_x cos P(x), ``(B,)``."""
+        return torch.cos(self.plaquettes(theta)).flatten(1).mean(-1)
+
+    def wilson_loop(self, theta: torch.Tensor, r: int, t: int) -> torch.Tensor:
+        """Re W(r × t) averaged over positions, ``(B,)``.
+
+        By Stokes' theorem on the lattice the loop angle of a contractible r × t rectangle is the sum of
+        the plaquette angles it encloses, so W = cos Σ_{x ∈ rect} P(x).
+        """
+        if not (1 <= r <= self.shape[0] and 1 <= t <= self.shape[1]):
+            raise ValueError(f"Wilson loop size must fit the lattice {self.shape}, got {r}x{t}")
+        p = self.plaquettes(theta)
+        rows = sum(shift(p, 0, i) for i in range(r))
+        area = sum(shift(rows, 1, j) for j in range(t))
+        return torch.cos(area).flatten(1).mean(-1)
+
+    def polyakov_loop(self, theta: torch.Tensor, mu: int = 0) -> torch.Tensor:
+        """|V_⊥⁻¹ Σ_{x⊥} exp(i Σ_{x_μ} θ_μ(x))|, the modulus of the mean Polyakov loop along ``mu``, ``(B,)``."""
+        line = theta[:, mu].sum(dim=1 + mu)
+        return torch.complex(torch.cos(line), torch.sin(line)).mean(-1).abs()
+
+    def observables(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-configuration measurements (first axis B): ⟨cos P⟩, Q, Q², S/V, W(1×1), W(2×2), |Polyakov|."""
+        q = self.topological_charge(theta)
+        return {
+            "plaquette": self.mean_plaquette(theta),
+            "topological_charge": q,
+            "q2": q**2,
+            "action_density": self.action(theta) / self.volume,
+            "wilson_loop_1x1": self.wilson_loop(theta, 1, 1),
+            "wilson_loop_2x2": self.wilson_loop(theta, 2, 2),
+            "polyakov_loop": self.polyakov_loop(theta, 0),
+        }

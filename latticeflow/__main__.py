@@ -1,0 +1,6 @@
+"""``python -m latticeflow`` = the ``latticeflow`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""Statistical analysis of lattice ensembles.
+
+Wolff's Gamma method for primary and derived observables (``gamma``), jackknife,
+reweighting and effective sample sizes of flow samples (``resampling``), plain-text result
+tables (``table``) and an optional pyerrors json.gz export (``export``).
+"""
+from .export import dump_pyerrors_json, load_pyerrors_json, pyerrors_obs_entry
+from .gamma import (GammaResult, autocorrelation, gamma_method, gamma_method_derived,
+                    split_replicas)
+from .resampling import forward_ess, jackknife, reverse_ess, reweight
+from .table import ObservableRow, format_table, format_value_error
+
+__all__ = [
+    "GammaResult",
+    "gamma_method",
+    "gamma_method_derived",
+    "autocorrelation",
+    "jackknife",
+    "split_replicas",
+    "reverse_ess",
+    "forward_ess",
+    "reweight",
+    "ObservableRow",
+    "format_table",
+    "format_value_error",
+    "dump_pyerrors_json",
+    "load_pyerrors_json",
+    "pyerrors_obs_entry",
+]

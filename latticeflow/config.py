@@ -1,0 +1,311 @@
+"""Run configuration: YAML → validated, typed dataclasses (keys of architecture.md).
+
+Every section but ``action`` has defaults; unknown keys are errors with a "did you mean" hint;
+every error names the key and the value (``ConfigError("action.beta must be > 0, got -1.0")``).
+``--set key.sub=value`` overrides are applied to the YAML tree before validation; values are parsed
+as YAML (``--set action.shape=[16,8]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError", "ActionConfig", "SamplerConfig", "TrainConfig", "OutputConfig", "Config",
+    "load_config", "config_from_dict", "apply_overrides", "config_to_yaml", "build_action",
+]
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key and the value."""
+
+
+@dataclass
+class ActionConfig:
+    """``action:`` — ``theory: phi4`` with (``kappa``, ``lam``) or (``m2``, ``lam4``); ``theory: u1`` with ``beta``."""
+
+    theory: str
+    shape: list[int]
+    kappa: float | None = None
+    lam: float | None = None
+    m2: float | None = None
+    lam4: float | None = None
+    beta: float | None = None
+
+
+@dataclass
+class SamplerConfig:
+    """``sampler:`` — ``hmc`` (``n_samples`` counts configurations over all chains, rounded up to whole sweeps)."""
+
+    name: str = "hmc"
+    n_samples: int = 10000
+    n_chains: int = 16
+    n_thermalize: int = 200
+    n_leapfrog: int = 10
+    step_size: float = 0.1
+    integrator: str = "leapfrog"
+    target_acceptance: float = 0.8
+    save_every: int = 1
+    batch_size: int = 1024
+
+
+@dataclass
+class TrainConfig:
+    """``train:`` — flow training (used by the flow trainers)."""
+
+    objective: str = "reverse_kl"
+    estimator: str = "fast_path"
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    grad_clip: float | None = 1.0
+    scheduler: str | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
+class OutputConfig:
+    """``output:`` — ``dir`` defaults to ``runs/<name>``."""
+
+    dir: str | None = None
+
+
+@dataclass
+class Config:
+    """A whole run: ``name``, ``seed``, ``device``, ``dtype`` and the sections."""
+
+    action: ActionConfig
+    name: str = "latticeflow"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+    flow: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir if self.output.dir else os.path.join("runs", self.name))
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+
+
+_SECTIONS = {"action": ActionConfig, "train": TrainConfig, "sampler": SamplerConfig, "output": OutputConfig}
+_TOP = {f.name for f in dataclasses.fields(Config)}
+
+
+def _unknown(key: str, allowed: set[str], prefix: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+    extra = f" (did you mean '{prefix}{hint[0]}'?)" if hint else f" (allowed: {', '.join(sorted(allowed))})"
+    return ConfigError(f"unknown config key '{prefix}{key}'{extra}")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check/convert one scalar against its annotated type (a string such as 'int | None')."""
+    t = str(typ)
+    if value is None:
+        if "None" in t:
+            return None
+        raise ConfigError(f"{key} must be set, got null")
+    if t.startswith("list[int]"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        return list(value)
+    if t.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if t.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    if t.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _section(cls, data: Any, name: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise _unknown(str(key), set(fields), f"{name}.")
+    kwargs = {}
+    for key, f in fields.items():
+        if key in data:
+            kwargs[key] = _coerce(data[key], f.type, f"{name}.{key}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{name}.{key} is required")
+    return cls(**kwargs)
+
+
+def _validate_action(a: ActionConfig) -> None:
+    if a.theory not in ("phi4", "u1"):
+        raise ConfigError(f"action.theory must be 'phi4' or 'u1', got {a.theory!r}")
+    if not a.shape or any(s <= 0 for s in a.shape):
+        raise ConfigError(f"action.shape must be positive lattice extents, got {a.shape}")
+    if a.theory == "phi4":
+        if a.beta is not None:
+            raise ConfigError(f"action.beta is a U(1) coupling, not one of phi4 (got beta={a.beta})")
+        hopping = a.kappa is not None or a.lam is not None
+        standard = a.m2 is not None or a.lam4 is not None
+        if hopping and standard:
+            raise ConfigError("action: give either (kappa, lam) or (m2, lam4), not both")
+        if standard:
+            if a.m2 is None or a.lam4 is None:
+                raise ConfigError(f"action: the standard form needs both m2 and lam4, got m2={a.m2}, lam4={a.lam4}")
+            if a.lam4 < 0:
+                raise ConfigError(f"action.lam4 must be >= 0, got {a.lam4}")
+            if a.lam4 == 0 and a.m2 <= -2 * len(a.shape):
+                raise ConfigError(f"action.m2 must be > {-2 * len(a.shape)} at lam4 = 0 (free field), got {a.m2}")
+        else:
+            if a.kappa is None:
+                raise ConfigError("action.kappa is required for theory phi4 (or give m2 and lam4)")
+            lam = 0.0 if a.lam is None else a.lam
+            if lam < 0:
+                raise ConfigError(f"action.lam must be >= 0, got {lam}")
+            bound = 1 / (2 * len(a.shape))
+            if lam == 0 and not abs(a.kappa) < bound:
+                raise ConfigError(f"action.kappa must satisfy |kappa| < {bound:g} at lam = 0 (free field is unstable otherwise), got {a.kappa}")
+    else:
+        for k in ("kappa", "lam", "m2", "lam4"):
+            if getattr(a, k) is not None:
+                raise ConfigError(f"action.{k} is a phi4 coupling, not one of u1 (got {k}={getattr(a, k)})")
+        if a.beta is None:
+            raise ConfigError("action.beta is required for theory u1")
+        if not a.beta > 0:
+            raise ConfigError(f"action.beta must be > 0, got {a.beta}")
+        if len(a.shape) != 2:
+            raise ConfigError(f"action.shape must have 2 extents for u1, got {a.shape}")
+
+
+def _validate(cfg: Config) -> None:
+    _validate_action(cfg.action)
+    if cfg.dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
+    s = cfg.sampler
+    if s.name not in ("hmc", "nmcmc", "flow"):
+        raise ConfigError(f"sampler.name must be one of hmc, nmcmc, flow, got {s.name!r}")
+    for key in ("n_samples", "n_chains", "n_leapfrog", "save_every", "batch_size"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"sampler.{key} must be >= 1, got {getattr(s, key)}")
+    if s.n_thermalize < 0:
+        raise ConfigError(f"sampler.n_thermalize must be >= 0, got {s.n_thermalize}")
+    if not s.step_size > 0:
+        raise ConfigError(f"sampler.step_size must be > 0, got {s.step_size}")
+    if s.integrator not in ("leapfrog", "omelyan"):
+        raise ConfigError(f"sampler.integrator must be 'leapfrog' or 'omelyan', got {s.integrator!r}")
+    if not 0 < s.target_acceptance < 1:
+        raise ConfigError(f"sampler.target_acceptance must be in (0, 1), got {s.target_acceptance}")
+    t = cfg.train
+    if t.objective not in ("reverse_kl", "forward_kl"):
+        raise ConfigError(f"train.objective must be 'reverse_kl' or 'forward_kl', got {t.objective!r}")
+    if t.estimator not in ("standard", "path_inverse", "gdreg", "fast_path"):
+        raise ConfigError(f"train.estimator must be one of standard, path_inverse, gdreg, fast_path, got {t.estimator!r}")
+    for key in ("steps", "batch_size"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+
+
+def config_from_dict(data: Any) -> Config:
+    """Validate a parsed YAML tree and return a :class:`Config`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in _TOP:
+            raise _unknown(str(key), _TOP, "")
+    if "action" not in data:
+        raise ConfigError("config needs an 'action' section (theory, shape and couplings)")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _section(_SECTIONS[key], value, key)
+        elif key == "flow":
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"flow must be a mapping of keys, got {value!r}")
+            kwargs[key] = dict(value or {})
+        else:
+            typ = {f.name: f.type for f in dataclasses.fields(Config)}[key]
+            kwargs[key] = _coerce(value, typ, key)
+    cfg = Config(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.sub=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Config, str]:
+    """Read, override and validate a YAML config; returns ``(config, resolved_yaml_text)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {str(path)!r}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    data = apply_overrides(data or {}, overrides or [])
+    cfg = config_from_dict(data)
+    return cfg, config_to_yaml(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config (every default filled in) as YAML text."""
+    data = dataclasses.asdict(cfg)
+    data["action"] = {k: v for k, v in data["action"].items() if v is not None}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def build_action(a: ActionConfig):
+    """The theory object of an ``action:`` section (``actions.Phi4`` or ``actions.U1Gauge``)."""
+    from actions import Phi4, U1Gauge
+
+    try:
+        if a.theory == "phi4":
+            if a.m2 is not None:
+                return Phi4.from_standard(a.shape, m2=a.m2, lam4=a.lam4)
+            return Phi4(a.shape, kappa=a.kappa, lam=a.lam or 0.0)
+        return U1Gauge(a.shape, beta=a.beta)
+    except ValueError as err:
+        raise ConfigError(f"action: {err}") from None
