@@ -1,0 +1,115 @@
+"""Flows for real scalar fields ``phi: (B, L0, L1)`` on checkerboard masks.
+
+- `AffineCoupling` (RealNVP, Dinh et al. 2017): y_b = x_b e^{s(x_a)} + t(x_a), log f' = s.
+- `AdditiveCoupling` (NICE; Z2Nice with an odd conditioner, Nicoli et al. 2020): y_b = x_b + t(x_a).
+- `GlobalScaling`: y = e^{a} ⊙ x with a learned per-site log-scale a (logdet Σ a).
+With an odd conditioner (tanh, no biases) every Z2Nice layer is odd, T(−z) = −T(z), and with the
+symmetric N(0, 1) base q(−φ) = q(φ): the flow cannot drop one vacuum of the broken phase.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from actions.lattice import checkerboard_mask
+from .base import Bijection
+from .conditioners import ConvNet, DenseNet
+from .coupling import Coupling
+
+__all__ = ["AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SiteConditioner"]
+
+
+class SiteConditioner(nn.Module):
+    """c(x_a) for a scalar field: CNN on the masked field, or an MLP from the a-sites to the b-sites.
+
+    Returns ``(B, C, *shape)``; values at a-sites are zero (FC) or unused (CNN).
+    """
+
+    def __init__(self, shape: Sequence[int], mask: torch.Tensor, out_channels: int, kind: str, hidden: Sequence[int],
+                 kernel_size: int, activation: str, bias: bool) -> None:
+        super().__init__()
+        self.shape, self.kind, self.out_channels = tuple(shape), kind, out_channels
+        flat = mask.flatten()
+        self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
+        self.register_buffer("idx_b", torch.nonzero(flat).flatten())
+        if kind == "cnn":
+            self.net = ConvNet(1, out_channels, hidden, kernel_size, activation, bias)
+        else:
+            self.net = DenseNet(len(self.idx_a), len(self.idx_b), out_channels, hidden, activation, bias)
+
+    def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
+        b = x_frozen.shape[0]
+        if self.kind == "cnn":
+            return self.net(x_frozen.unsqueeze(1))
+        out = self.net(x_frozen.flatten(1)[:, self.idx_a])
+        full = out.new_zeros(b, self.out_channels, x_frozen[0].numel())
+        full = full.index_copy(2, self.idx_b, out)
+        return full.view(b, self.out_channels, *self.shape)
+
+
+class AffineCoupling(Coupling):
+    """RealNVP: y_b = x_b e^{s} + t, (s, t) = c(x_a); log f' = s."""
+
+    def __init__(self, shape: Sequence[int], parity: int, *, conditioner: str = "cnn", hidden: Sequence[int] = (16, 16),
+                 kernel_size: int = 3, activation: str = "tanh") -> None:
+        mask = checkerboard_mask(shape, parity)
+        super().__init__(mask)
+        self.net = SiteConditioner(shape, mask, 2, conditioner, hidden, kernel_size, activation, bias=True)
+
+    def conditioner_params(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x_frozen)
+        return out[:, 0], out[:, 1]
+
+    def transform(self, x, params):
+        s, t = params
+        return x * torch.exp(s) + t, s
+
+    def inverse_transform(self, y, params):
+        s, t = params
+        return (y - t) * torch.exp(-s), s
+
+
+class AdditiveCoupling(Coupling):
+    """NICE / Z2Nice: y_b = x_b + t(x_a), log f' = 0; ``odd=True`` makes t odd (no biases, tanh)."""
+
+    def __init__(self, shape: Sequence[int], parity: int, *, conditioner: str = "cnn", hidden: Sequence[int] = (16, 16),
+                 kernel_size: int = 3, activation: str = "tanh", odd: bool = True) -> None:
+        mask = checkerboard_mask(shape, parity)
+        super().__init__(mask)
+        self.net = SiteConditioner(shape, mask, 1, conditioner, hidden, kernel_size, activation, bias=not odd)
+
+    def conditioner_params(self, x_frozen: torch.Tensor) -> torch.Tensor:
+        return self.net(x_frozen)[:, 0]
+
+    def transform(self, x, t):
+        return x + t, torch.zeros_like(x)
+
+    def inverse_transform(self, y, t):
+        return y - t, torch.zeros_like(y)
+
+
+class GlobalScaling(Bijection):
+    """y = e^{a} ⊙ x with a learned per-site log-scale ``a`` (init 0); logdet = Σ_x a_x."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(*shape))
+
+    def _logdet(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.sum().expand(x.shape[0])
+
+    def forward(self, x):
+        return x * torch.exp(self.log_scale), self._logdet(x)
+
+    def inverse(self, y):
+        return y * torch.exp(-self.log_scale), -self._logdet(y)
+
+    def forward_with_score(self, x, g):
+        y, logdet = self.forward(x)
+        return y, logdet, (g * torch.exp(-self.log_scale)).detach()
+
+    def inverse_with_score(self, y, r):
+        x, logdet_inv = self.inverse(y)
+        return x, logdet_inv, (r * torch.exp(self.log_scale)).detach()

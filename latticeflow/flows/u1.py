@@ -1,0 +1,155 @@
+"""Gauge-equivariant coupling flow for 2D U(1) (Kanwar et al. 2020; Albergo et al. 2021, arXiv 2101.08176).
+
+Layer i updates links θ_μ(x), μ = i mod 2, on the stripe x_ν ≡ (i // 2) mod 4 (ν ≠ μ). Each active link
+enters exactly one *active* plaquette with sign +, so P' = h(P | frozen) is realised by
+θ' = θ + h(P) − P; *frozen* plaquettes (no active link) condition h through a periodic CNN on
+(cos P, sin P); the rest are passive. Plaquettes are gauge invariant, hence so is the flow density.
+h is a mixture of non-compact projections on (−π, π]:
+    g_s(P) = 2 atan2(e^s sin(P/2), cos(P/2)),  h(P) = (1/K) Σ_k g_{s_k}(P) + t  (mod 2π),
+    log g_s'(P) = −log(e^{−s} cos²(P/2) + e^{s} sin²(P/2)),  ∂_P log g_s' = −sinh(s) sin P / D_s,
+    ∂_s g_s(P) = sin P / D_s.
+h has no closed-form inverse: `ncp_inverse` bisects on [−π, π] (iteration count from the bracket width
+and the dtype's resolution) and is differentiated implicitly, ∂P/∂τ = 1/G', ∂P/∂s = −∂_sG/G'.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from actions.lattice import shift
+from actions.u1 import U1Gauge, wrap
+from .conditioners import ConvNet
+from .coupling import Coupling
+
+__all__ = ["NCPCoupling", "ncp_mixture", "ncp_inverse", "u1_link_masks"]
+
+
+def _ncp_terms(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per component (…, K): g_s(P), log g_s'(P) and D_s = e^{−s}cos²(P/2) + e^{s}sin²(P/2)."""
+    half = 0.5 * p.unsqueeze(-1)
+    c, sn = torch.cos(half), torch.sin(half)
+    es = torch.exp(s)
+    g = 2 * torch.atan2(es * sn, c)
+    d = c * c / es + es * sn * sn
+    return g, -torch.log(d), d
+
+
+def ncp_mixture(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """G(P) = (1/K) Σ_k g_{s_k}(P) and log G'(P) = logsumexp_k log g_k' − log K; ``s: (…, K)``."""
+    g, log_gp, _ = _ncp_terms(p, s)
+    k = s.shape[-1]
+    return g.mean(-1), torch.logsumexp(log_gp, -1) - math.log(k)
+
+
+def _ncp_dlog_fprime(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """∂_P log G'(P) = Σ_k softmax_k(log g_k') · (−sinh(s_k) sin P / D_k)."""
+    _, log_gp, d = _ncp_terms(p, s)
+    w = torch.softmax(log_gp, -1)
+    return (w * (-torch.sinh(s) * torch.sin(p).unsqueeze(-1) / d)).sum(-1)
+
+
+def _bisect(tau: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    lo = torch.full_like(tau, -math.pi)
+    hi = torch.full_like(tau, math.pi)
+    tol = 4 * torch.finfo(tau.dtype).eps
+    n_iter = int(math.ceil(math.log2(2 * math.pi / tol)))
+    for _ in range(n_iter):
+        mid = 0.5 * (lo + hi)
+        below = ncp_mixture(mid, s)[0] < tau
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class _NCPInverse(torch.autograd.Function):
+    """P = G⁻¹(τ; s) by bisection; backward by implicit differentiation of G(P; s) = τ."""
+
+    @staticmethod
+    def forward(ctx, tau: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            p = _bisect(tau, s)
+        ctx.save_for_backward(p, s)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad_p: torch.Tensor):
+        p, s = ctx.saved_tensors
+        _, log_gp, d = _ncp_terms(p, s)
+        k = s.shape[-1]
+        g_prime = torch.exp(torch.logsumexp(log_gp, -1) - math.log(k))
+        dtau = grad_p / g_prime
+        ds = -dtau.unsqueeze(-1) * torch.sin(p).unsqueeze(-1) / d / k
+        return dtau, ds
+
+
+def ncp_inverse(tau: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Solve G(P; s) = τ for P ∈ [−π, π] (τ in (−π, π]); differentiable in τ and s."""
+    return _NCPInverse.apply(tau, s)
+
+
+def u1_link_masks(shape: Sequence[int], layer: int, device=None) -> dict[str, torch.Tensor]:
+    """Masks of layer ``layer``: active links ``(2, L0, L1)``, active/frozen plaquettes ``(L0, L1)``.
+
+    μ = layer mod 2, stripe offset (layer // 2) mod 4 along ν = 1 − μ. The active plaquette of θ₀(x)
+    is P(x) and of θ₁(x) is P(x − 0̂) (where each enters with sign +).
+    """
+    L0, L1 = shape
+    mu, off = layer % 2, (layer // 2) % 4
+    nu = 1 - mu
+    coord = torch.arange(shape[nu], device=device)
+    line = (coord % 4) == off
+    stripe = line.view(-1, 1).expand(L0, L1) if nu == 0 else line.view(1, -1).expand(L0, L1)
+    links = torch.zeros(2, L0, L1, dtype=torch.bool, device=device)
+    links[mu] = stripe
+    m = links.to(torch.float64)[None]
+    touched = (m[:, 0] + shift(m[:, 1], 0, 1) + shift(m[:, 0], 1, 1) + m[:, 1])[0] > 0
+    active_plaq = stripe if mu == 0 else shift(stripe[None].to(torch.float64), 0, 1)[0] > 0
+    return {"links": links, "active_plaquettes": active_plaq, "frozen_plaquettes": ~touched, "mu": mu}
+
+
+class NCPCoupling(Coupling):
+    """One gauge-equivariant NCP coupling on link angles ``theta: (B, 2, L0, L1)``."""
+
+    def __init__(self, shape: Sequence[int], layer: int, *, n_components: int = 2, hidden: Sequence[int] = (8, 8),
+                 kernel_size: int = 3, activation: str = "tanh") -> None:
+        masks = u1_link_masks(shape, layer)
+        super().__init__(masks["links"])
+        self.mu = masks["mu"]
+        self.register_buffer("frozen_plaquettes", masks["frozen_plaquettes"])
+        self.n_components = n_components
+        self.net = ConvNet(2, n_components + 1, hidden, kernel_size, activation, bias=True)
+
+    def _to_links(self, plaq: torch.Tensor) -> torch.Tensor:
+        """Move a plaquette-indexed ``(B, L0, L1, …)`` tensor to the link it updates, in channel μ."""
+        if self.mu == 1:  # θ₁(x) is updated through P(x − 0̂)
+            plaq = torch.roll(plaq, shifts=1, dims=1)
+        other = torch.zeros_like(plaq)
+        return torch.stack([plaq, other] if self.mu == 0 else [other, plaq], dim=1)
+
+    def conditioner_params(self, x_frozen: torch.Tensor):
+        plaq = U1Gauge.plaquettes(x_frozen)  # = P at frozen plaquettes, = P − θ_active at active ones
+        fz = self.frozen_plaquettes.to(plaq.dtype)
+        features = torch.stack([torch.cos(plaq) * fz, torch.sin(plaq) * fz], dim=1)
+        out = self.net(features)  # (B, K + 1, L0, L1)
+        s = out[:, : self.n_components].movedim(1, -1)
+        t = out[:, self.n_components]
+        return self._to_links(plaq), self._to_links(s), self._to_links(t)
+
+    def transform(self, x, params):
+        rest, s, t = params
+        p = wrap(x + rest)
+        g, log_gp = ncp_mixture(p, s)
+        return wrap(g + t - rest), log_gp
+
+    def inverse_transform(self, y, params):
+        rest, s, t = params
+        tau = wrap(y + rest - t)
+        p = ncp_inverse(tau, s)
+        _, log_gp = ncp_mixture(p, s)
+        return wrap(p - rest), log_gp
+
+    def dlog_fprime(self, x, params):
+        rest, s, _ = params
+        return _ncp_dlog_fprime(wrap(x + rest), s)

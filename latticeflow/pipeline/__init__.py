@@ -1,0 +1,7 @@
+"""Glue between samplers, I/O and analysis (the only place that knows several of them)."""
+from .sample import SampleSummary, resolve_device, sample
+
+__all__ = ["SampleSummary", "sample", "resolve_device"]
+from .analyze import EnsembleAnalysis, analyze  # noqa: E402
+
+__all__ += ["EnsembleAnalysis", "analyze"]

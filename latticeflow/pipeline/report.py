@@ -1,0 +1,68 @@
+"""Run reports: ``summary.json`` and PNG plots of an analysed ensemble (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import open_ensemble
+from .analyze import EnsembleAnalysis
+
+__all__ = ["write_report"]
+
+
+def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(ens["observables/m"], bins=60, density=True, color="C0", alpha=0.8)
+    ax.set_xlabel("magnetisation m"); ax.set_ylabel("density"); ax.set_title("P(m), HMC")
+    fig.tight_layout(); out.append(plots / "magnetization_histogram.png"); fig.savefig(out[-1], dpi=110); plt.close(fig)
+
+    corr = result.extra["two_point_G_t0"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    t = [c["t"] for c in corr]
+    a1.errorbar(t, [c["mean"] for c in corr], [c["error"] for c in corr], fmt="o", label="HMC")
+    if corr[0]["exact"] is not None:
+        a1.plot(t, [c["exact"] for c in corr], "k--", label="exact (free field)")
+    a1.set_xlabel("t"); a1.set_ylabel("G(t, 0)"); a1.set_yscale("log"); a1.legend()
+    me = [m for m in result.extra["effective_mass"] if np.isfinite(m["mean"])]
+    a2.errorbar([m["t"] for m in me], [m["mean"] for m in me], [m["error"] for m in me], fmt="o")
+    a2.set_xlabel("t"); a2.set_ylabel("effective mass")
+    fig.tight_layout(); out.append(plots / "correlator.png"); fig.savefig(out[-1], dpi=110); plt.close(fig)
+    return out
+
+
+def _plot_u1(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    h = result.extra["charge_histogram"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    counts = np.asarray(h["count"], dtype=float)
+    a1.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label="HMC")
+    a1.plot(h["exact_Q"], h["exact_P"], "k.--", label="exact")
+    a1.set_xlabel("topological charge Q"); a1.set_ylabel("P(Q)"); a1.legend()
+    plaq = ens["observables/plaquette"]
+    a2.plot(plaq[: min(len(plaq), 20000)], lw=0.4)
+    a2.set_xlabel("row (sweep-major)"); a2.set_ylabel("<cos P>")
+    fig.tight_layout(); path = plots / "topology_and_plaquette.png"; fig.savefig(path, dpi=110); plt.close(fig)
+    return [path]
+
+
+def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path) -> list[Path]:
+    """Write ``summary.json`` and ``plots/*.png`` for an analysed ensemble; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    summary = {"sampling": sample_summary.as_dict() if sample_summary is not None else None,
+               "analysis": result.as_dict()}
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=float))
+    with open_ensemble(result.path) as ens:
+        pngs = _plot_phi4(result, ens, plots) if result.theory == "phi4" else _plot_u1(result, ens, plots)
+    return [path, *pngs]

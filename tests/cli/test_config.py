@@ -1,0 +1,62 @@
+"""Config validation: every bad key or value is named in one line."""
+import pytest
+
+from latticeflow.config import ConfigError, apply_overrides, config_from_dict, config_to_yaml, load_config
+
+PHI4 = {"theory": "phi4", "shape": [8, 8], "kappa": 0.2, "lam": 0.0}
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"action": {**PHI4, "kapa": 0.2}}, "unknown config key 'action.kapa' (did you mean 'action.kappa'?)"),
+    ({"action": PHI4, "samplr": {}}, "unknown config key 'samplr' (did you mean 'sampler'?)"),
+    ({"action": PHI4, "sampler": {"n_sampls": 3}}, "'sampler.n_sampls'"),
+    ({"action": {**PHI4, "shape": [0, 8]}}, "action.shape must be positive lattice extents, got [0, 8]"),
+    ({"action": {**PHI4, "shape": [-4, 8]}}, "action.shape"),
+    ({"action": {"theory": "u1", "shape": [8, 8], "beta": -1.0}}, "action.beta must be > 0, got -1.0"),
+    ({"action": {"theory": "u1", "shape": [8, 8], "beta": 0}}, "action.beta must be > 0, got 0"),
+    ({"action": {**PHI4, "kappa": 0.3}}, "action.kappa must satisfy |kappa| < 0.25 at lam = 0"),
+    ({"action": {**PHI4, "lam": -0.1}}, "action.lam must be >= 0, got -0.1"),
+    ({"action": {"theory": "phi5", "shape": [8, 8]}}, "action.theory must be 'phi4' or 'u1', got 'phi5'"),
+    ({"action": PHI4, "sampler": {"n_chains": 0}}, "sampler.n_chains must be >= 1, got 0"),
+    ({"action": PHI4, "sampler": {"step_size": "big"}}, "sampler.step_size must be a number, got 'big'"),
+    ({"action": PHI4, "dtype": "float16"}, "dtype must be 'float32' or 'float64', got 'float16'"),
+    ({"sampler": {}}, "config needs an 'action' section"),
+])
+def test_bad_config_names_key_and_value(data, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_and_round_trip(tmp_path):
+    cfg = config_from_dict({"action": PHI4})
+    assert cfg.sampler.name == "hmc" and cfg.seed == 0 and cfg.dtype == "float64"
+    assert str(cfg.output_dir).endswith("latticeflow")
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(cfg))
+    again, _ = load_config(path)
+    assert again == cfg
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("action: {theory: u1, shape: [8, 8], beta: 1.0}\n")
+    cfg, text = load_config(path, ["action.beta=2.5", "action.shape=[16,16]", "sampler.n_chains=4"])
+    assert cfg.action.beta == 2.5 and cfg.action.shape == [16, 16] and cfg.sampler.n_chains == 4
+    assert "beta: 2.5" in text
+    with pytest.raises(ConfigError, match="--set expects key.sub=value"):
+        apply_overrides({}, ["action.beta"])
+
+
+def test_standard_form_config_builds_the_same_theory():
+    from latticeflow.config import build_action
+
+    hop = build_action(config_from_dict({"action": {"theory": "phi4", "shape": [8, 8], "kappa": 0.3, "lam": 0.022}}).action)
+    std = build_action(config_from_dict({"action": {"theory": "phi4", "shape": [8, 8], "m2": hop.m2, "lam4": hop.lam4}}).action)
+    assert abs(std.kappa - 0.3) < 1e-12 and abs(std.lam - 0.022) < 1e-12
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found: 'nope.yaml'"):
+        load_config("nope.yaml")
