@@ -1,0 +1,73 @@
+"""Atomic checkpoints: a crash while saving never destroys the previous one.
+
+:func:`save_checkpoint` writes with ``torch.save`` to a temporary file in the
+target's directory, flushes and fsyncs it, then ``os.replace``s it over the
+target (atomic on POSIX and Windows) and fsyncs the directory.  On any error
+the temporary file is removed and the old checkpoint is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable (best effort; not possible on every platform)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (a dict of tensors, numbers, RNG states, ...) to ``path``."""
+    import torch
+
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory does not exist: {directory}")
+    tmp = directory / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    # os.open with mode 0o666 lets the umask decide permissions, as for open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (our own, trusted files)."""
+    import torch
+
+    target = Path(path)
+    if not target.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {target}")
+    state = torch.load(target, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"checkpoint {target} holds a {type(state).__name__}, expected a dict"
+        )
+    return state

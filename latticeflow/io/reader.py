@@ -1,0 +1,148 @@
+"""Read-only, lazy access to HDF5 ensemble files.
+
+:class:`Ensemble` keeps the h5py file open and loads nothing until asked:
+``ens["action"]`` loads one dataset, :meth:`Ensemble.iter_batches` streams one
+with bounded memory.  Only the committed rows (``n_rows`` attribute) are ever
+returned, so a file whose last batch was half written when its writer was
+killed reads as if that batch had never started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+
+from latticeflow.io._format import (
+    FORMAT_VERSION,
+    check_couplings,
+    check_equal,
+    decode_attrs,
+    list_datasets,
+    open_h5_readonly,
+)
+
+__all__ = ["Ensemble", "open_ensemble"]
+
+
+class Ensemble:
+    """Read-only view of one ensemble file (see :func:`open_ensemble`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._file: h5py.File | None = None
+        f = open_h5_readonly(self.path)
+        try:
+            attrs = decode_attrs(f.attrs)
+            if "format_version" not in attrs:
+                raise ValueError(
+                    f"not a latticeflow ensemble: {self.path} (no format_version attribute)"
+                )
+            version = attrs["format_version"]
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise ValueError(
+                    f"ensemble {self.path} has format_version {version!r}; this latticeflow "
+                    f"reads format_version <= {FORMAT_VERSION}"
+                )
+            try:
+                names = list_datasets(f)
+                lengths = [f[name].shape[0] for name in names]
+            except (OSError, RuntimeError, KeyError) as exc:
+                if attrs.get("n_rows", 0) != 0:
+                    raise ValueError(f"damaged ensemble {self.path}: {exc}") from exc
+                names, lengths = [], []  # killed while creating datasets: nothing committed
+            committed = attrs.get("n_rows", min(lengths, default=0))
+            if lengths and committed > min(lengths):
+                raise ValueError(
+                    f"damaged ensemble {self.path}: n_rows is {committed} but a dataset "
+                    f"has only {min(lengths)} rows"
+                )
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self._names = names
+        self.attrs: dict[str, Any] = attrs
+        self.n_rows: int = int(committed)
+        self.theory: str = str(attrs.get("theory", ""))
+        self.couplings: dict[str, float] = {
+            str(name): float(attrs[name]) for name in attrs.get("coupling_names", [])
+        }
+        self.shape: tuple[int, ...] = tuple(attrs.get("shape", ()))
+        self.field_shape: tuple[int, ...] = tuple(attrs.get("field_shape", ()))
+        self.sampler: str = str(attrs.get("sampler", ""))
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        if self._file is None:
+            raise ValueError(f"ensemble {self.path} is closed")
+        if name not in self._names:
+            raise KeyError(f"ensemble {self.path} has no dataset {name!r}; it has {self._names}")
+        return self._file[name]
+
+    def keys(self) -> list[str]:
+        """Dataset names, including ``observables/<name>``."""
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """Load the committed rows of one dataset (e.g. ``"observables/chi"``)."""
+        return self._dataset(name)[: self.n_rows]
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The raw h5py dataset (lazy; may hold uncommitted rows past ``n_rows``)."""
+        return self._dataset(name)
+
+    def iter_batches(self, name: str, batch_rows: int) -> Iterator[np.ndarray]:
+        """Yield the committed rows of ``name`` in consecutive slices of <= batch_rows."""
+        if int(batch_rows) < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows!r}")
+        ds = self._dataset(name)
+        step = int(batch_rows)
+        for start in range(0, self.n_rows, step):
+            yield ds[start : min(start + step, self.n_rows)]
+
+    def check_compatible(self, other: Ensemble) -> None:
+        """Raise :class:`EnsembleMismatchError` unless theory, couplings and shape agree.
+
+        The error reports this file's value as the file value and ``other``'s
+        as the requested one.
+        """
+        where = f"{self.path} (vs {other.path})"
+        check_equal("theory", self.theory, other.theory, where)
+        check_couplings(self.couplings, other.couplings, where)
+        check_equal("shape", self.shape, other.shape, where)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Ensemble:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __repr__(self) -> str:
+        return (
+            f"Ensemble({self.path!r}, theory={self.theory!r}, couplings={self.couplings}, "
+            f"shape={self.shape}, n_rows={self.n_rows})"
+        )
+
+
+def open_ensemble(path: str | os.PathLike[str]) -> Ensemble:
+    """Open an ensemble file read-only.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a
+    file that is not HDF5 or has no ``format_version`` attribute.
+    """
+    return Ensemble(path)
