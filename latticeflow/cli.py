@@ -1,4 +1,4 @@
-"""Command line: ``latticeflow sample|run CONFIG [--set key.sub=value …]``, ``latticeflow analyze FILE [--json]``.
+"""Command line: ``latticeflow sample|train|run CONFIG [--set key.sub=value …]``, ``latticeflow analyze FILE [--json]``.
 
 User errors (bad config keys or values, missing files, an ensemble of another theory) print one line
 ``latticeflow: error: …`` and exit with status 2; there is no traceback unless ``LATTICEFLOW_DEBUG=1``.
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latticeflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("sample", "generate (or resume) an ensemble into <output.dir>/ensemble.h5"),
+                            ("train", "train the flow of a config (resumable run directory)"),
                             ("run", "sample, then analyse: table, summary.json and plots in <output.dir>")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", help="YAML run config")
@@ -29,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
+    p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios)")
+    p.add_argument("name", choices=["gradients"], help="which benchmark")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quick", action="store_true", help="a reduced grid (smoke test)")
+    p.add_argument("--repeats", type=int, default=10, help="interleaved timed repetitions after warm-up")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     return parser
 
 
@@ -52,6 +61,19 @@ def _cmd_sample(args, then_analyze: bool) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .pipeline import train
+
+    cfg, text = load_config(args.config, args.overrides)
+    summary = train(cfg, text, progress=not args.no_progress)
+    final = summary["final"]
+    print(f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}) in {summary['seconds']:.1f} s: "
+          f"KL up to log Z {final.get('loss', float('nan')):.4f}, reverse ESS/N {final.get('reverse_ess', float('nan')):.3f}, "
+          f"{summary['n_skipped']} skipped steps; checkpoint {summary['checkpoint']}")
+    return 0
+
+
 def _cmd_analyze(args) -> int:
     from .pipeline import analyze
 
@@ -65,6 +87,27 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import torch
+
+    from .bench import default_cases, format_gradient_table, run_gradient_bench
+    from .pipeline import resolve_device
+
+    resolve_device(args.device)
+    objectives = ("reverse_kl", "forward_kl") if args.objective == "both" else (args.objective,)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    log = (lambda r: print(f"  {r['case']} {r['objective']}: " + ", ".join(
+        f"{e} {v['ratio_to_standard']:.2f}" for e, v in r["estimators"].items()), file=sys.stderr, flush=True))
+    results = run_gradient_bench(default_cases(args.quick), objectives=objectives, repeats=args.repeats, dtype=dtype,
+                                 device=args.device, progress=None if args.json else log)
+    if args.json:
+        print(json.dumps({"benchmark": "gradients", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "results": results}, indent=2))
+    else:
+        print(format_gradient_table(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latticeflow`` console script."""
     args = build_parser().parse_args(argv)
@@ -72,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     from .io import EnsembleMismatchError
 
     try:
+        if args.command == "train":
+            return _cmd_train(args)
         if args.command in ("sample", "run"):
             return _cmd_sample(args, then_analyze=args.command == "run")
         if args.command == "analyze":
             return _cmd_analyze(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
     except (ConfigError, EnsembleMismatchError, FileNotFoundError, ValueError, OSError) as err:
         if os.environ.get("LATTICEFLOW_DEBUG"):
             raise

@@ -62,11 +62,17 @@ class TrainConfig:
 
     objective: str = "reverse_kl"
     estimator: str = "fast_path"
+    forward_estimator: str | None = None
     steps: int = 1000
     batch_size: int = 256
     lr: float = 1e-3
     grad_clip: float | None = 1.0
     scheduler: str | None = None
+    plateau_patience: int = 500
+    plateau_factor: float = 0.5
+    data: str | None = None
+    forward_weight: float = 0.5
+    max_bad_steps: int = 10
     checkpoint_every: int = 100
     log_every: int = 10
 
@@ -220,11 +226,20 @@ def _validate(cfg: Config) -> None:
     if not 0 < s.target_acceptance < 1:
         raise ConfigError(f"sampler.target_acceptance must be in (0, 1), got {s.target_acceptance}")
     t = cfg.train
-    if t.objective not in ("reverse_kl", "forward_kl"):
-        raise ConfigError(f"train.objective must be 'reverse_kl' or 'forward_kl', got {t.objective!r}")
-    if t.estimator not in ("standard", "path_inverse", "gdreg", "fast_path"):
-        raise ConfigError(f"train.estimator must be one of standard, path_inverse, gdreg, fast_path, got {t.estimator!r}")
-    for key in ("steps", "batch_size"):
+    if t.objective not in ("reverse_kl", "forward_kl", "mixed"):
+        raise ConfigError(f"train.objective must be 'reverse_kl', 'forward_kl' or 'mixed', got {t.objective!r}")
+    allowed = ("standard", "path_inverse", "fast_path") if t.objective in ("reverse_kl", "mixed") else ("standard", "gdreg", "fast_path")
+    if t.estimator not in allowed:
+        raise ConfigError(f"train.estimator must be one of {', '.join(allowed)} for {t.objective}, got {t.estimator!r}")
+    if t.forward_estimator not in (None, "standard", "gdreg", "fast_path"):
+        raise ConfigError(f"train.forward_estimator must be one of standard, gdreg, fast_path, got {t.forward_estimator!r}")
+    if t.objective != "reverse_kl" and not t.data:
+        raise ConfigError(f"train.data (an HDF5 ensemble of target samples) is required for objective {t.objective}")
+    if t.scheduler not in (None, "plateau"):
+        raise ConfigError(f"train.scheduler must be null or 'plateau', got {t.scheduler!r}")
+    if not 0 <= t.forward_weight <= 1:
+        raise ConfigError(f"train.forward_weight must be in [0, 1], got {t.forward_weight}")
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "max_bad_steps", "plateau_patience"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if not t.lr > 0:

@@ -8,7 +8,8 @@ Keys (all optional but ``family``; defaults depend on the family):
   kernel_size   3
   activation    tanh | relu | leaky_relu | silu | gelu (z2nice requires tanh: the conditioner must be odd)
   n_components  NCP mixture components (U(1)): 2
-  scaling       z2nice: learned per-site global scaling layer at the end (true)
+  scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
+                conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
             raise _err("activation", f"must be odd for z2nice (tanh), got {opts['activation']!r}")
         layers = [AdditiveCoupling(shape, i % 2, odd=True, **common) for i in range(n_layers)]
         if opts["scaling"]:
-            layers.append(GlobalScaling(shape))
+            layers.append(GlobalScaling(shape, per_site=opts["conditioner"] == "fc"))
     else:
         layers = [AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
     return Flow(StandardNormal(action.field_shape), layers)

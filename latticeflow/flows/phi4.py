@@ -24,7 +24,7 @@ __all__ = ["AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SiteCondition
 class SiteConditioner(nn.Module):
     """c(x_a) for a scalar field: CNN on the masked field, or an MLP from the a-sites to the b-sites.
 
-    Returns ``(B, C, *shape)``; values at a-sites are zero (FC) or unused (CNN).
+    Returns ``(B, C, n_b)``: the parameters at the b-sites, in the order of ``idx_b``.
     """
 
     def __init__(self, shape: Sequence[int], mask: torch.Tensor, out_channels: int, kind: str, hidden: Sequence[int],
@@ -40,13 +40,9 @@ class SiteConditioner(nn.Module):
             self.net = DenseNet(len(self.idx_a), len(self.idx_b), out_channels, hidden, activation, bias)
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
-        b = x_frozen.shape[0]
         if self.kind == "cnn":
-            return self.net(x_frozen.unsqueeze(1))
-        out = self.net(x_frozen.flatten(1)[:, self.idx_a])
-        full = out.new_zeros(b, self.out_channels, x_frozen[0].numel())
-        full = full.index_copy(2, self.idx_b, out)
-        return full.view(b, self.out_channels, *self.shape)
+            return self.net(x_frozen.unsqueeze(1)).flatten(2).index_select(2, self.idx_b)
+        return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 
 
 class AffineCoupling(Coupling):
@@ -70,6 +66,11 @@ class AffineCoupling(Coupling):
         s, t = params
         return (y - t) * torch.exp(-s), s
 
+    def param_cotangents(self, u_b, x_b, params, cache):
+        """∂/∂(s, t) of Σ [s + u_b (x e^s + t)] = (1 + u_b x e^s, u_b)."""
+        s = params[0].detach()
+        return 1 + u_b * x_b * torch.exp(s), u_b
+
 
 class AdditiveCoupling(Coupling):
     """NICE / Z2Nice: y_b = x_b + t(x_a), log f' = 0; ``odd=True`` makes t odd (no biases, tanh)."""
@@ -89,16 +90,26 @@ class AdditiveCoupling(Coupling):
     def inverse_transform(self, y, t):
         return y - t, torch.zeros_like(y)
 
+    def param_cotangents(self, u_b, x_b, t, cache):
+        """∂/∂t of Σ u_b (x_b + t) = u_b."""
+        return (u_b,)
+
 
 class GlobalScaling(Bijection):
-    """y = e^{a} ⊙ x with a learned per-site log-scale ``a`` (init 0); logdet = Σ_x a_x."""
+    """y = e^{a} ⊙ x with a learned log-scale ``a`` (init 0); logdet = Σ_x a_x.
 
-    def __init__(self, shape: Sequence[int]) -> None:
+    ``per_site=True``: one a per site (Nicoli et al. 2020, with FC conditioners); ``per_site=False``: one
+    scalar a for all sites, which keeps a CNN flow translation-equivariant.
+    """
+
+    def __init__(self, shape: Sequence[int], per_site: bool = True) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(*shape))
+        self.n_sites = int(torch.Size(shape).numel())
+        self.log_scale = nn.Parameter(torch.zeros(*shape) if per_site else torch.zeros(()))
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_scale.sum().expand(x.shape[0])
+        total = self.log_scale.sum() if self.log_scale.dim() else self.log_scale * self.n_sites
+        return total.expand(x.shape[0])
 
     def forward(self, x):
         return x * torch.exp(self.log_scale), self._logdet(x)

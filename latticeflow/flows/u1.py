@@ -118,30 +118,57 @@ class NCPCoupling(Coupling):
         super().__init__(masks["links"])
         self.mu = masks["mu"]
         self.register_buffer("frozen_plaquettes", masks["frozen_plaquettes"])
+        # flat index of the active plaquette of each active link (θ₀(x) ↔ P(x), θ₁(x) ↔ P(x − 0̂))
+        L0, L1 = shape
+        site = self.idx_b % (L0 * L1)
+        x0, x1 = site // L1, site % L1
+        if self.mu == 1:
+            x0 = (x0 - 1) % L0
+        self.register_buffer("plaquette_index", x0 * L1 + x1)
         self.n_components = n_components
         self.net = ConvNet(2, n_components + 1, hidden, kernel_size, activation, bias=True)
 
-    def _to_links(self, plaq: torch.Tensor) -> torch.Tensor:
-        """Move a plaquette-indexed ``(B, L0, L1, …)`` tensor to the link it updates, in channel μ."""
-        if self.mu == 1:  # θ₁(x) is updated through P(x − 0̂)
-            plaq = torch.roll(plaq, shifts=1, dims=1)
-        other = torch.zeros_like(plaq)
-        return torch.stack([plaq, other] if self.mu == 0 else [other, plaq], dim=1)
-
     def conditioner_params(self, x_frozen: torch.Tensor):
+        """(rest, s, t) at the active links: rest = P − θ_active, NCP log-scales s (B, n_b, K), shift t."""
         plaq = U1Gauge.plaquettes(x_frozen)  # = P at frozen plaquettes, = P − θ_active at active ones
         fz = self.frozen_plaquettes.to(plaq.dtype)
         features = torch.stack([torch.cos(plaq) * fz, torch.sin(plaq) * fz], dim=1)
-        out = self.net(features)  # (B, K + 1, L0, L1)
-        s = out[:, : self.n_components].movedim(1, -1)
-        t = out[:, self.n_components]
-        return self._to_links(plaq), self._to_links(s), self._to_links(t)
+        out = self.net(features).flatten(2).index_select(2, self.plaquette_index)  # (B, K + 1, n_b)
+        rest = plaq.flatten(1).index_select(1, self.plaquette_index)
+        return rest, out[:, : self.n_components].transpose(1, 2), out[:, self.n_components]
 
     def transform(self, x, params):
         rest, s, t = params
         p = wrap(x + rest)
         g, log_gp = ncp_mixture(p, s)
         return wrap(g + t - rest), log_gp
+
+    def transform_with_dlog(self, x, params):
+        """(h(P) − rest, log h'(P)) with their parameter graph, plus ∂_P log h' and a cache for the
+        analytic cotangents (no graph: the score hooks only differentiate through the conditioner)."""
+        rest, s, t = params
+        p = wrap(x + rest)
+        g, log_gp, d = _ncp_terms(p, s)
+        log_fprime = torch.logsumexp(log_gp, -1) - math.log(self.n_components)
+        y = wrap(g.mean(-1) + t - rest)
+        with torch.no_grad():
+            p, s, d, log_gp = p.detach(), s.detach(), d.detach(), log_gp.detach()
+            half = 0.5 * p.unsqueeze(-1)
+            es = torch.exp(s)
+            c2, s2 = torch.cos(half) ** 2 / es, es * torch.sin(half) ** 2  # e^{−s}cos²(P/2), e^{s}sin²(P/2)
+            w = torch.softmax(log_gp, -1)  # g_k' / Σ g'
+            sin_p = torch.sin(p).unsqueeze(-1)
+            dlog = (w * (-torch.sinh(s) * sin_p / d)).sum(-1)
+        return y, log_fprime, dlog, (sin_p, d, c2, s2, w, log_fprime.detach(), dlog)
+
+    def param_cotangents(self, u_b, x_b, params, cache):
+        """Analytic ∂/∂(rest, s, t) of Σ_b [log h'(P) + u_b (h(P) − rest)], P = x_b + rest:
+        ∂t = u_b,  ∂rest = u_b (h' − 1) + ∂_P log h',  ∂s_k = u_b sin P/(K D_k) + w_k (e^{−s}c² − e^{s}s²)/D_k."""
+        sin_p, d, c2, s2, w, log_fprime, dlog = cache
+        k = self.n_components
+        c_rest = u_b * (torch.exp(log_fprime) - 1) + dlog
+        c_s = u_b.unsqueeze(-1) * sin_p / (k * d) + w * (c2 - s2) / d
+        return c_rest, c_s, u_b
 
     def inverse_transform(self, y, params):
         rest, s, t = params

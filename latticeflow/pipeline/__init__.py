@@ -5,3 +5,6 @@ __all__ = ["SampleSummary", "sample", "resolve_device"]
 from .analyze import EnsembleAnalysis, analyze  # noqa: E402
 
 __all__ += ["EnsembleAnalysis", "analyze"]
+from .train import build_trainer, train  # noqa: E402
+
+__all__ += ["build_trainer", "train"]

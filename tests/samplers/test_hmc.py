@@ -71,7 +71,7 @@ def _replicas(series):  # (chains, sweeps) -> list of chains
 @pytest.mark.slow
 def test_hmc_reproduces_free_field_chi2_and_two_point():
     phi4 = Phi4((8, 8), kappa=0.2, lam=0.0)
-    data = _run(phi4, n_chains=32, n_therm=200, n_sweeps=500, seed=11)
+    data = _run(phi4, n_chains=32, n_therm=200, n_sweeps=2000, seed=11)
     chi2 = gamma_method(_replicas(64 * data["m2"]))
     assert abs(chi2.mean - exact.free_field_chi2((8, 8), 0.2)) < 3 * chi2.error
     g_exact = exact.free_field_propagator((8, 8), 0.2)
@@ -88,7 +88,7 @@ def test_hmc_reproduces_free_field_chi2_and_two_point():
 @pytest.mark.parametrize("beta", [1.0, 2.0])
 def test_hmc_reproduces_exact_u1_plaquette_and_topological_susceptibility(beta):
     u1 = U1Gauge((8, 8), beta=beta)
-    data = _run(u1, n_chains=32, n_therm=200, n_sweeps=600, seed=int(10 * beta))
+    data = _run(u1, n_chains=32, n_therm=200, n_sweeps=2000, seed=int(10 * beta))
     plaq = gamma_method(_replicas(data["plaquette"]))
     assert abs(plaq.mean - exact.u1_mean_plaquette(beta, 64)) < 3 * plaq.error
     chi_t = gamma_method(_replicas(data["q2"] / 64))

@@ -1,0 +1,157 @@
+"""`latticeflow bench gradients`: step time of each gradient estimator relative to ``standard``.
+
+Protocol (path-gradients.md): the same flow and batch for every estimator, one process, warm-up, then
+``repeats`` rounds in which the estimators run interleaved (so drifts in machine speed hit all alike);
+the median step time (zero_grad + loss + backward) and its spread (interquartile range) are reported,
+with the ratio of medians to ``standard``, and the autograd-graph memory of one step (bytes of the
+tensors saved for backward, deduplicated by storage; on CUDA the allocator's peak).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from actions import Phi4, U1Gauge
+from ..flows import build_flow
+from ..gradients import FORWARD_ESTIMATORS, REVERSE_ESTIMATORS, forward_kl, reverse_kl
+
+__all__ = ["GradientCase", "default_cases", "bench_case", "run_gradient_bench", "format_gradient_table"]
+
+
+@dataclass
+class GradientCase:
+    """One benchmark row: a theory, a flow config and a batch size."""
+
+    name: str
+    theory: str
+    shape: tuple[int, ...]
+    flow: dict[str, Any]
+    batch_size: int
+    couplings: dict[str, float] = field(default_factory=dict)
+
+    def build(self, dtype: torch.dtype, device: torch.device):
+        action = Phi4(self.shape, **self.couplings) if self.theory == "phi4" else U1Gauge(self.shape, **self.couplings)
+        flow = build_flow(self.flow, action).to(device=device, dtype=dtype)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # leave the identity initialisation, as after some training
+            for p in flow.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype).to(device))
+        return action, flow
+
+
+def default_cases(quick: bool = False) -> list[GradientCase]:
+    """The paper's Table 2 grid: Z2Nice and RealNVP (FC, 4 hidden layers, widths 256 and 1000) on φ⁴
+    8×8 and 16×8, and the U(1) NCP flow on 8×8 and 16×16."""
+    phi = {"kappa": 0.3, "lam": 0.022}
+    cases = []
+    widths = (256,) if quick else (256, 1000)
+    shapes = ((8, 8),) if quick else ((8, 8), (16, 8))
+    for family in ("z2nice", "realnvp"):
+        for shape in shapes:
+            for width in widths:
+                cases.append(GradientCase(f"{family} fc{width} {shape[0]}x{shape[1]}", "phi4", shape,
+                                          {"family": family, "conditioner": "fc", "hidden": [width] * 4, "n_layers": 8},
+                                          batch_size=1024, couplings=phi))
+    for shape in ((8, 8),) if quick else ((8, 8), (16, 16)):
+        cases.append(GradientCase(f"u1_ncp {shape[0]}x{shape[1]}", "u1", shape, {"family": "u1_ncp"},
+                                  batch_size=256, couplings={"beta": 2.0}))
+    return cases
+
+
+class _SavedBytes:
+    """Bytes of distinct storages saved for backward while active (a CPU proxy of the graph's memory)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor):
+        try:
+            ptr = t.untyped_storage().data_ptr()
+            self.seen[ptr] = t.untyped_storage().nbytes()
+        except RuntimeError:
+            pass
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
+def _step(flow, action, data, objective: str, estimator: str) -> None:
+    flow.zero_grad(set_to_none=True)
+    loss = reverse_kl(flow, action, data, estimator) if objective == "reverse_kl" else forward_kl(flow, action, data, estimator)
+    loss.backward()
+
+
+def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: int = 10, warmup: int = 2,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Median step time, spread, ratio to ``standard`` and graph memory of every estimator of ``objective``."""
+    device = torch.device(device)
+    action, flow = case.build(dtype, device)
+    estimators = REVERSE_ESTIMATORS if objective == "reverse_kl" else FORWARD_ESTIMATORS
+    gen = torch.Generator().manual_seed(1)
+    if objective == "reverse_kl":
+        data = flow.base.sample((case.batch_size,), generator=None)
+    else:
+        with torch.no_grad():
+            data = flow.sample(case.batch_size)[0]
+    times: dict[str, list[float]] = {e: [] for e in estimators}
+    memory: dict[str, float] = {}
+    for e in estimators:
+        saved = _SavedBytes()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            _step(flow, action, data, objective, e)
+        memory[e] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else sum(saved.seen.values())) / 2**20
+    for r in range(warmup + repeats):
+        order = estimators if r % 2 == 0 else tuple(reversed(estimators))
+        for e in order:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            _step(flow, action, data, objective, e)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r >= warmup:
+                times[e].append(time.perf_counter() - t0)
+    del gen
+    med = {e: statistics.median(v) for e, v in times.items()}
+    out = {"case": case.name, "objective": objective, "batch_size": case.batch_size, "dtype": str(dtype).replace("torch.", ""),
+           "device": str(device), "repeats": repeats, "estimators": {}}
+    for e in estimators:
+        q = statistics.quantiles(times[e], n=4) if len(times[e]) >= 2 else [med[e], med[e], med[e]]
+        out["estimators"][e] = {"median_ms": 1e3 * med[e], "iqr_ms": 1e3 * (q[2] - q[0]),
+                                "ratio_to_standard": med[e] / med["standard"], "graph_memory_mib": memory[e]}
+    return out
+
+
+def run_gradient_bench(cases: list[GradientCase] | None = None, *, objectives=("reverse_kl", "forward_kl"),
+                       repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu", progress=None) -> list[dict]:
+    results = []
+    for case in cases or default_cases():
+        for objective in objectives:
+            results.append(bench_case(case, objective=objective, repeats=repeats, dtype=dtype, device=device))
+            if progress is not None:
+                progress(results[-1])
+    return results
+
+
+def format_gradient_table(results: list[dict]) -> str:
+    """The paper's Table 2 layout: step-time factor of every estimator relative to ``standard``."""
+    lines = [f"{'case':<24} {'objective':<11} {'standard ms':>11}  ratios to standard (median of interleaved repeats)",
+             "-" * 100]
+    for r in results:
+        est = r["estimators"]
+        ratios = "  ".join(f"{e} {v['ratio_to_standard']:.2f}" for e, v in est.items() if e != "standard")
+        extra = ""
+        if "fast_path" in est and "path_inverse" in est:
+            extra = f"  (path_inverse/fast_path {est['path_inverse']['median_ms'] / est['fast_path']['median_ms']:.2f})"
+        if "fast_path" in est and "gdreg" in est:
+            extra = f"  (gdreg/fast_path {est['gdreg']['median_ms'] / est['fast_path']['median_ms']:.2f})"
+        lines.append(f"{r['case']:<24} {r['objective']:<11} {est['standard']['median_ms']:>11.1f}  {ratios}{extra}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""`latticeflow train`: build the flow of a config, train it, and keep a resumable run directory.
+
+``<output.dir>/checkpoints/latest.pt`` (atomic; flow, optimiser, scheduler, RNG, step),
+``metrics.csv`` (one row per ``train.log_every`` steps), ``plots/training.png``, ``summary.json``.
+Rerunning the same command resumes from the checkpoint and ends exactly where an uninterrupted
+run would have ended.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, build_action
+from ..flows import build_flow
+from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
+from ..training import METRIC_FIELDS, Trainer
+from .sample import resolve_device
+
+__all__ = ["train", "build_trainer", "load_target_samples"]
+
+
+def load_target_samples(path: str, action, dtype, device) -> torch.Tensor:
+    """All configurations of an ensemble file of the same theory, couplings and shape as ``action``."""
+    if not Path(path).is_file():
+        raise ConfigError(f"train.data: ensemble file not found: {path!r}")
+    with open_ensemble(path) as ens:
+        if ens.theory != action.theory:
+            raise EnsembleMismatchError(f"train.data {path} holds theory {ens.theory!r}, the config trains {action.theory!r}")
+        if tuple(ens.shape) != tuple(action.shape):
+            raise EnsembleMismatchError(f"train.data {path} has shape {list(ens.shape)}, the config has {list(action.shape)}")
+        for k, v in action.couplings.items():
+            fv = ens.couplings.get(k)
+            if fv is None or abs(fv - v) > 1e-12 * max(1.0, abs(v)):
+                raise EnsembleMismatchError(f"train.data {path} has {k}={fv}, the config has {k}={v}")
+        samples = np.asarray(ens["samples"])
+    return torch.as_tensor(samples, dtype=dtype, device=device)
+
+
+def build_trainer(cfg: Config):
+    """(action, flow, trainer) of a config, on its device and dtype."""
+    action = build_action(cfg.action)
+    device, dtype = resolve_device(cfg.device), cfg.torch_dtype
+    torch.manual_seed(cfg.seed)
+    flow = build_flow(cfg.flow, action).to(device=device, dtype=dtype)
+    t = cfg.train
+    data = load_target_samples(t.data, action, dtype, device) if t.data else None
+    trainer = Trainer(flow, action, objective=t.objective, estimator=t.estimator, forward_estimator=t.forward_estimator,
+                      batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
+                      plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,
+                      forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps)
+    return action, flow, trainer
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _plot(metrics_path: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    col = {k: np.array([float(r[k]) for r in rows]) for k in METRIC_FIELDS}
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.5))
+    a1.plot(col["step"], col["loss"]); a1.set_xlabel("step"); a1.set_ylabel("KL up to log Z")
+    for key, label in (("reverse_ess", "reverse ESS/N"), ("forward_ess", "forward ESS/N")):
+        if np.isfinite(col[key]).any():
+            a2.plot(col["step"], col[key], label=label)
+            a3.plot(col["wall_time"], col[key], label=label)
+    a2.set_xlabel("step"); a3.set_xlabel("wall time [s]")
+    for a in (a2, a3):
+        a.set_ylabel("ESS / N"); a.set_ylim(0, 1); a.legend()
+    fig.tight_layout()
+    path = out / "training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: Config, config_text: str = "", *, progress: bool = True) -> dict:
+    """Train (or resume training) the flow of ``cfg``; returns the summary written to ``summary.json``."""
+    action, flow, trainer = build_trainer(cfg)
+    out = cfg.output_dir
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    ckpt = out / "checkpoints" / "latest.pt"
+    metrics = out / "metrics.csv"
+    resumed_from = 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, map_location=trainer.device)
+        if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
+            raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
+        trainer.load_state_dict(state)
+        resumed_from = trainer.step_count
+        _truncate_metrics(metrics, resumed_from)
+    (out / "config.yaml").write_text(config_text)
+    t0 = time.perf_counter()
+    original_state_dict = trainer.state_dict
+    trainer.state_dict = lambda: {**original_state_dict(), "config_flow": cfg.flow, "theory": action.theory,
+                                  "config": config_text}
+    rows = trainer.train(cfg.train.steps, log_every=cfg.train.log_every, metrics_path=metrics, checkpoint_path=ckpt,
+                         checkpoint_every=cfg.train.checkpoint_every, progress=progress)
+    last = rows[-1] if rows else {}
+    summary = {"steps": trainer.step_count, "resumed_from": resumed_from, "seconds": time.perf_counter() - t0,
+               "n_skipped": trainer.n_skipped, "final": last, "checkpoint": str(ckpt), "metrics": str(metrics)}
+    plot = _plot(metrics, out / "plots")
+    if plot is not None:
+        summary["plot"] = str(plot)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary

@@ -1,0 +1,208 @@
+"""Training loop for flows: reverse KL (self-sampling), forward KL (maximum likelihood on target
+samples, e.g. an HMC ensemble) or a mixture, with any estimator of `latticeflow.gradients`.
+
+Adam, optional plateau learning-rate decay, grad-norm clipping, a non-finite guard (a step whose loss
+or gradient is NaN/inf is skipped and counted; ``max_bad_steps`` in a row stop training with a clear
+message), metrics per interval (KL up to log Z, reverse ESS, forward ESS when data are given, grad
+norm, lr, steps/s, wall time) and atomic checkpoints holding everything needed for an exact resume
+(flow, optimiser, scheduler, random-number generator, step).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .analysis import forward_ess, reverse_ess
+from .gradients import forward_kl, reverse_kl
+
+__all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
+
+METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
+                 "steps_per_s", "wall_time", "n_skipped")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. repeated non-finite losses)."""
+
+
+@dataclass
+class _Interval:
+    n: int = 0
+    loss: float = 0.0
+    rev: float = 0.0
+    fwd: float = 0.0
+    n_rev: int = 0
+    n_fwd: int = 0
+    rev_ess: float = 0.0
+    fwd_ess: float = 0.0
+    grad_norm: float = 0.0
+
+
+class Trainer:
+    """Optimises ``flow`` towards e^{−S}/Z.
+
+    ``objective``: ``reverse_kl``, ``forward_kl`` or ``mixed`` (loss = (1 − w) reverse + w forward with
+    w = ``forward_weight``); forward KL needs ``data`` (target samples, ``(N, *field_shape)``).
+    """
+
+    def __init__(self, flow, action, *, objective: str = "reverse_kl", estimator: str = "fast_path",
+                 forward_estimator: str | None = None, batch_size: int = 256, lr: float = 1e-3,
+                 grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
+                 plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
+                 seed: int = 0, max_bad_steps: int = 10) -> None:
+        if objective not in ("reverse_kl", "forward_kl", "mixed"):
+            raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
+        if objective != "reverse_kl" and data is None:
+            raise ValueError(f"train.objective {objective!r} needs target samples (train.data: an HDF5 ensemble)")
+        if scheduler not in (None, "plateau"):
+            raise ValueError(f"train.scheduler must be null or 'plateau', got {scheduler!r}")
+        self.flow, self.action = flow, action
+        self.objective, self.estimator = objective, estimator
+        if objective == "forward_kl":
+            self.forward_estimator = estimator
+        else:
+            self.forward_estimator = forward_estimator or {"fast_path": "fast_path", "path_inverse": "gdreg"}.get(estimator, "standard")
+        self.batch_size, self.grad_clip = batch_size, grad_clip
+        self.forward_weight = forward_weight
+        self.max_bad_steps = max_bad_steps
+        self.optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
+                                                                     patience=plateau_patience)
+                          if scheduler == "plateau" else None)
+        ref = next(iter(flow.buffers()), None)
+        self.device = ref.device if ref is not None else torch.device("cpu")
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.data = None if data is None else data.to(self.device)
+        self.step_count = 0
+        self.n_skipped = 0
+        self._bad_in_row = 0
+
+    # -- one optimisation step ----------------------------------------------------------------------
+    def _loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        info: dict[str, float] = {}
+        terms = []
+        if self.objective in ("reverse_kl", "mixed"):
+            z = self.flow.base.sample((self.batch_size,), generator=self.generator)
+            rev = reverse_kl(self.flow, self.action, z, self.estimator)
+            info["reverse_kl"] = float(rev.detach())
+            info["reverse_ess"] = reverse_ess(rev.log_weight)
+            terms.append((1 - self.forward_weight if self.objective == "mixed" else 1.0, rev))
+        if self.objective in ("forward_kl", "mixed"):
+            idx = torch.randint(0, self.data.shape[0], (self.batch_size,), generator=self.generator, device=self.device)
+            x = self.data[idx]
+            fwd = forward_kl(self.flow, self.action, x, self.forward_estimator)
+            info["forward_kl"] = float(fwd.detach())
+            info["forward_ess"] = forward_ess(fwd.log_weight)
+            terms.append((self.forward_weight if self.objective == "mixed" else 1.0, fwd))
+        loss = sum(w * t for w, t in terms)
+        return loss, info
+
+    def step(self) -> dict[str, float]:
+        """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, info = self._loss()
+        value = float(loss.detach())
+        bad = not math.isfinite(value)
+        grad_norm = float("nan")
+        if not bad:
+            loss.backward()
+            params = [p for p in self.flow.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf")))
+            bad = not math.isfinite(grad_norm)
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.n_skipped += 1
+            self._bad_in_row += 1
+            if self._bad_in_row >= self.max_bad_steps:
+                raise TrainingError(f"{self._bad_in_row} non-finite losses or gradients in a row at step "
+                                    f"{self.step_count} (loss {value}); lower train.lr or check the action")
+        else:
+            self._bad_in_row = 0
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step(value)
+        self.step_count += 1
+        return {"loss": value, "grad_norm": grad_norm, "skipped": float(bad), **info}
+
+    # -- loop, metrics, checkpoints -----------------------------------------------------------------
+    def train(self, n_steps: int, *, log_every: int = 10, metrics_path: str | Path | None = None,
+              checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, progress: bool = True,
+              callback: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
+        """Train until ``n_steps`` steps in total (so a resumed trainer finishes the same schedule)."""
+        from tqdm.auto import tqdm
+
+        from .io import save_checkpoint
+
+        rows: list[dict[str, float]] = []
+        writer = None
+        fh = None
+        if metrics_path is not None:
+            metrics_path = Path(metrics_path)
+            new = not metrics_path.exists()
+            fh = open(metrics_path, "a", newline="")
+            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+        bar = tqdm(total=n_steps, initial=self.step_count, desc="train", unit="step", disable=not progress, mininterval=0.5)
+        acc = _Interval()
+        t_start = t_last = time.perf_counter()
+        try:
+            while self.step_count < n_steps:
+                m = self.step()
+                acc.n += 1
+                if not m["skipped"]:
+                    acc.loss += m["loss"]
+                    acc.grad_norm += m["grad_norm"]
+                if "reverse_kl" in m and math.isfinite(m["reverse_kl"]):
+                    acc.rev += m["reverse_kl"]; acc.rev_ess += m["reverse_ess"]; acc.n_rev += 1
+                if "forward_kl" in m and math.isfinite(m["forward_kl"]):
+                    acc.fwd += m["forward_kl"]; acc.fwd_ess += m["forward_ess"]; acc.n_fwd += 1
+                bar.update(1)
+                if self.step_count % log_every == 0 or self.step_count == n_steps:
+                    now = time.perf_counter()
+                    good = max(acc.n - int(m["skipped"]), 1)
+                    row = {"step": self.step_count, "loss": acc.loss / good,
+                           "reverse_kl": acc.rev / acc.n_rev if acc.n_rev else float("nan"),
+                           "forward_kl": acc.fwd / acc.n_fwd if acc.n_fwd else float("nan"),
+                           "reverse_ess": acc.rev_ess / acc.n_rev if acc.n_rev else float("nan"),
+                           "forward_ess": acc.fwd_ess / acc.n_fwd if acc.n_fwd else float("nan"),
+                           "grad_norm": acc.grad_norm / good, "lr": self.optimizer.param_groups[0]["lr"],
+                           "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": now - t_start,
+                           "n_skipped": self.n_skipped}
+                    rows.append(row)
+                    bar.set_postfix(kl=f"{row['loss']:.3f}", ess=f"{row['reverse_ess']:.3f}", refresh=False)
+                    if writer is not None:
+                        writer.writerow(row)
+                        fh.flush()
+                    if callback is not None:
+                        callback(row)
+                    acc, t_last = _Interval(), now
+                if checkpoint_path is not None and (self.step_count % checkpoint_every == 0 or self.step_count == n_steps):
+                    save_checkpoint(checkpoint_path, self.state_dict())
+        finally:
+            bar.close()
+            if fh is not None:
+                fh.close()
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "generator": self.generator.get_state(), "step": self.step_count, "n_skipped": self.n_skipped,
+                "objective": self.objective, "estimator": self.estimator}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flow.load_state_dict(state["flow"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step_count = int(state["step"])
+        self.n_skipped = int(state.get("n_skipped", 0))

@@ -1,0 +1,94 @@
+"""Shared builders for the flow tests: small float64 flows with randomised parameters.
+
+Every conditioner's last layer starts at zero (identity flow at init), so each flow used here first
+gets 0.3·N(0, 1) (see SCALES) added to every parameter; otherwise the tests would only check the identity.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from actions import Phi4, U1Gauge
+from actions.u1 import wrap
+from latticeflow.flows import build_flow
+
+F64 = torch.float64
+
+PHI4_SHAPE = (4, 4)
+U1_SHAPE = (4, 4)
+
+# Small configs of every family (and both φ⁴ conditioners); 2–4 coupling layers.
+CONFIGS = {
+    "realnvp-cnn": {"family": "realnvp", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
+    "realnvp-fc": {"family": "realnvp", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
+    "z2nice-cnn": {"family": "z2nice", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
+    "z2nice-fc": {"family": "z2nice", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
+    "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},
+}
+# Size of the random parameter perturbation. The 8-channel CNN RealNVP gets 0.2: at 0.3 its log-scales
+# reach ~±4 per layer and N(0, 1) fields are stretched to |x| ~ 1e4, so round-off alone (cond · eps)
+# approaches the 1e-10 tolerances; at 0.2 it is still far from the identity (|logdet| up to ~17).
+SCALES = {"realnvp-cnn": 0.2}
+DEFAULT_SCALE = 0.3
+ALL = list(CONFIGS)
+PHI4 = [name for name in ALL if not name.startswith("u1")]
+Z2NICE = [name for name in ALL if name.startswith("z2nice")]
+REALNVP = [name for name in ALL if name.startswith("realnvp")]
+CNN = [name for name in ALL if name.endswith("cnn")]
+
+
+def is_u1(name: str) -> bool:
+    return name.startswith("u1")
+
+
+def make_action(name: str, shape=None):
+    if is_u1(name):
+        return U1Gauge(shape or U1_SHAPE, beta=1.7)
+    return Phi4(shape or PHI4_SHAPE, kappa=0.3, lam=0.02)
+
+
+def randomise(flow: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Add scale·N(0, 1) to every parameter (there are no biases in Z2Nice: none are added)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=F64).to(p.dtype))
+    return flow
+
+
+def make_flow(name: str, shape=None, dtype=F64, seed: int = 0, scale: float | None = None, **overrides):
+    """(flow, action): ``build_flow`` of ``CONFIGS[name]`` in ``dtype`` with randomised parameters."""
+    scale = SCALES.get(name, DEFAULT_SCALE) if scale is None else scale
+    action = make_action(name, shape)
+    with torch.random.fork_rng(devices=[]):  # the default init of the hidden layers uses the global RNG
+        torch.manual_seed(1000 + seed)
+        flow = build_flow({**CONFIGS[name], **overrides}, action)
+    flow = flow.double() if dtype == F64 else flow.to(dtype)
+    randomise(flow, scale, seed)
+    return flow, action
+
+
+def base_sample(flow, n: int, seed: int = 1) -> torch.Tensor:
+    return flow.base.sample((n,), generator=torch.Generator().manual_seed(seed))
+
+
+def field_distance(name: str, a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b|, modulo 2π for U(1) link angles."""
+    d = wrap(a - b) if is_u1(name) else a - b
+    return float(d.detach().abs().max())
+
+
+def random_alpha(batch: int, shape, seed: int = 2, dtype=F64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.rand(batch, *shape, generator=g, dtype=F64) * 2 - 1) * math.pi).to(dtype)
+
+
+def dense_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
+    """∂ fn(x)/∂x of one sample ``x: (1, …)`` as a dense (D, D) matrix."""
+    shape = x.shape
+    return torch.autograd.functional.jacobian(lambda v: fn(v.view(shape)).flatten(), x.detach().flatten())
+
+
+def maxabs(t: torch.Tensor) -> float:
+    return float(t.detach().abs().max())

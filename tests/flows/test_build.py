@@ -1,0 +1,85 @@
+"""`build_flow`: the families it builds, and bad configs failing at build time with one clear line."""
+import pytest
+import torch
+
+from actions import Phi4, U1Gauge
+from latticeflow.flows import (AdditiveCoupling, AffineCoupling, DomainError, FlowError, GlobalScaling, NCPCoupling,
+                               StandardNormal, UniformAngles, build_flow)
+
+PHI4 = Phi4((4, 4), kappa=0.3, lam=0.02)
+U1 = U1Gauge((4, 4), beta=1.0)
+
+
+@pytest.mark.parametrize("conditioner", ["cnn", "fc"])
+def test_build_flow_makes_the_requested_phi4_layers(conditioner):
+    nvp = build_flow({"family": "realnvp", "conditioner": conditioner, "n_layers": 3}, PHI4)
+    assert isinstance(nvp.base, StandardNormal) and len(nvp.layers) == 3
+    assert all(isinstance(layer, AffineCoupling) for layer in nvp.layers)
+    nice = build_flow({"family": "z2nice", "conditioner": conditioner, "n_layers": 2}, PHI4)
+    assert [type(layer) for layer in nice.layers] == [AdditiveCoupling, AdditiveCoupling, GlobalScaling]
+    # consecutive couplings update the two checkerboard parities
+    assert bool((nice.layers[0].mask ^ nice.layers[1].mask).all())
+    # Z2Nice conditioners are bias-free (odd)
+    assert not any(name.endswith("bias") for name, _ in nice.named_parameters())
+
+
+def test_build_flow_makes_u1_ncp_layers_covering_every_link_once_per_eight_layers():
+    flow = build_flow({"family": "u1_ncp", "n_layers": 8}, U1)
+    assert isinstance(flow.base, UniformAngles) and all(isinstance(lay, NCPCoupling) for lay in flow.layers)
+    cover = sum(layer.mask.to(torch.int64) for layer in flow.layers)
+    assert bool((cover == 1).all())
+
+
+@pytest.mark.parametrize("family", ["realnvp", "z2nice", "u1_ncp"])
+def test_fresh_flow_is_the_identity(family):
+    """Zero-initialised last conditioner layers: T = id, logdet = 0 at construction."""
+    action = U1 if family == "u1_ncp" else PHI4
+    flow = build_flow({"family": family, "n_layers": 2}, action).double()
+    z = flow.base.sample((3,), generator=torch.Generator().manual_seed(0))
+    x, logdet = flow(z)
+    assert float((x - z).detach().abs().max()) < 1e-12
+    assert float(logdet.detach().abs().max()) < 1e-12
+
+
+BAD = {
+    "odd-extent-checkerboard": ({"family": "z2nice"}, Phi4((7, 8), kappa=0.3, lam=0.02), "even"),
+    "odd-extent-realnvp": ({"family": "realnvp"}, Phi4((8, 7), kappa=0.3, lam=0.02), "even"),
+    "u1-extent-not-multiple-of-4": ({"family": "u1_ncp"}, U1Gauge((6, 8), beta=1.0), "multiples of 4"),
+    "unknown-family": ({"family": "glow"}, PHI4, "realnvp"),
+    "unknown-key": ({"family": "realnvp", "n_layer": 4}, PHI4, "did you mean 'flow.n_layers'"),
+    "z2nice-relu": ({"family": "z2nice", "activation": "relu"}, PHI4, "odd"),
+    "realnvp-on-u1": ({"family": "realnvp"}, U1, "u1"),
+    "u1_ncp-on-phi4": ({"family": "u1_ncp"}, PHI4, "phi4"),
+    "key-of-other-family": ({"family": "u1_ncp", "scaling": True}, U1, "scaling"),
+    "bad-conditioner": ({"family": "realnvp", "conditioner": "transformer"}, PHI4, "conditioner"),
+    "even-kernel": ({"family": "realnvp", "kernel_size": 4}, PHI4, "kernel_size"),
+    "zero-layers": ({"family": "z2nice", "n_layers": 0}, PHI4, "n_layers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_flow_config_fails_at_build_time_with_one_clear_line(case):
+    config, action, needle = BAD[case]
+    with pytest.raises(FlowError) as info:
+        build_flow(config, action)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in msg and msg.strip() == msg and len(msg) < 200
+    assert needle in msg
+
+
+@pytest.mark.parametrize("family", ["z2nice", "u1_ncp"])
+def test_flow_rejects_fields_of_the_wrong_shape_or_non_finite_values(family):
+    action = U1 if family == "u1_ncp" else PHI4
+    flow = build_flow({"family": family, "n_layers": 2}, action).double()
+    good = flow.base.sample((2,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(FlowError, match="does not match"):
+        flow.log_prob(good[..., :2])
+    with pytest.raises(FlowError, match="does not match"):
+        flow(good[..., :2])
+    bad = good.clone()
+    bad[0].view(-1)[3] = float("nan")
+    with pytest.raises(DomainError):
+        flow.log_prob(bad)
+    with pytest.raises(DomainError):
+        flow.inverse_with_score(bad, torch.zeros_like(bad))

@@ -1,0 +1,153 @@
+"""Symmetries built into the flows: Z2 (Z2Nice), gauge invariance (U(1)), lattice translations (CNN)."""
+import pytest
+import torch
+
+from actions import U1Gauge
+
+from .helpers import CNN, PHI4, REALNVP, Z2NICE, base_sample, field_distance, make_flow, maxabs, random_alpha
+
+# ---------------------------------------------------------------------------------------------------
+# Z2: φ → −φ
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", Z2NICE)
+def test_z2nice_is_odd(name):
+    """T(−z) = −T(z) with the same logdet, for the whole flow and for every layer."""
+    flow, _ = make_flow(name)
+    z = base_sample(flow, 6)
+    x, logdet = flow(z)
+    x_neg, logdet_neg = flow(-z)
+    assert maxabs(x_neg + x) < 1e-12
+    assert maxabs(logdet_neg - logdet) < 1e-12
+    for layer in flow.layers:
+        y, _ = layer(z)
+        assert maxabs(layer(-z)[0] + y) < 1e-12
+        z = y.detach()
+
+
+@pytest.mark.parametrize("name", Z2NICE)
+def test_z2nice_log_q_is_z2_symmetric(name):
+    flow, _ = make_flow(name)
+    phi, log_q = flow.sample(6, generator=torch.Generator().manual_seed(7))
+    assert maxabs(flow.log_prob(-phi) - log_q) < 1e-12
+    # also off the flow's samples: arbitrary fields, incl. a broken-phase-like one
+    phi = 1.5 + torch.randn(4, *phi.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) < 1e-12
+
+
+@pytest.mark.parametrize("name", REALNVP)
+def test_randomised_realnvp_is_not_z2_equivariant(name):
+    """Sanity check of the Z2 tests: a generic RealNVP (biases, no odd constraint) breaks φ → −φ."""
+    flow, _ = make_flow(name)
+    z = base_sample(flow, 6)
+    x, _ = flow(z)
+    assert maxabs(flow(-z)[0] + x) > 1e-3
+    phi = x.detach()
+    assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------
+# U(1) gauge symmetry
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_log_q_is_gauge_invariant():
+    flow, action = make_flow("u1_ncp")
+    theta, log_q = flow.sample(6, generator=torch.Generator().manual_seed(9))
+    theta = theta.detach()
+    alpha = random_alpha(6, action.shape)
+    theta_g = U1Gauge.gauge_transform(theta, alpha)
+    assert field_distance("u1_ncp", theta_g, theta) > 0.5  # the transformation does move the links
+    log_q_g = flow.log_prob(theta_g)
+    assert maxabs(log_q_g - log_q) < 1e-10
+
+
+def test_u1_flow_is_gauge_equivariant():
+    """T(g·z) = g·T(z) (mod 2π) for the same gauge transformation g, with equal logdets."""
+    flow, action = make_flow("u1_ncp")
+    z = base_sample(flow, 6)
+    alpha = random_alpha(6, action.shape, seed=10)
+    x, logdet = flow(z)
+    x_g, logdet_g = flow(U1Gauge.gauge_transform(z, alpha))
+    assert field_distance("u1_ncp", x_g, U1Gauge.gauge_transform(x, alpha)) < 1e-10
+    assert maxabs(logdet_g - logdet) < 1e-10
+    # and the inverse commutes with gauge transformations, too
+    x = x.detach()
+    z_back_g, _ = flow.inverse(U1Gauge.gauge_transform(x, alpha))
+    assert field_distance("u1_ncp", z_back_g, U1Gauge.gauge_transform(z, alpha)) < 1e-10
+
+
+def test_every_ncp_layer_is_gauge_equivariant():
+    flow, action = make_flow("u1_ncp", n_layers=8)  # both directions × all 4 stripe offsets
+    z = base_sample(flow, 4)
+    alpha = random_alpha(4, action.shape, seed=11)
+    for layer in flow.layers:
+        y, ld = layer(z)
+        y_g, ld_g = layer(U1Gauge.gauge_transform(z, alpha))
+        assert field_distance("u1_ncp", y_g, U1Gauge.gauge_transform(y, alpha)) < 1e-10
+        assert maxabs(ld_g - ld) < 1e-10
+        z = y.detach()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Translations (CNN conditioners)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _roll(field, shift, u1):
+    """Translate a field by ``shift`` lattice sites (the two last axes; for U(1) both link channels)."""
+    return torch.roll(field, shifts=shift, dims=(-2, -1))
+
+
+@pytest.mark.parametrize("shift", [(2, 0), (0, 2), (1, 1), (-1, 1)])
+@pytest.mark.parametrize("name", [n for n in CNN if n in PHI4])
+def test_cnn_flow_is_translation_equivariant(name, shift):
+    """A shift that preserves the checkerboard (even Σ shift) commutes with T; the logdet is unchanged."""
+    flow, _ = make_flow(name)
+    z = base_sample(flow, 4)
+    x, logdet = flow(z)
+    x_s, logdet_s = flow(_roll(z, shift, False))
+    assert maxabs(x_s - _roll(x, shift, False)) < 1e-12 * max(1.0, maxabs(x))
+    assert maxabs(logdet_s - logdet) < 1e-10
+
+
+@pytest.mark.parametrize("shift", [(2, 0), (1, 1)])
+def test_z2nice_cnn_couplings_are_translation_equivariant(shift):
+    """The Z2Nice CNN couplings alone (no final scaling layer) commute with mask-preserving shifts."""
+    flow, _ = make_flow("z2nice-cnn", scaling=False)
+    z = base_sample(flow, 4)
+    x, logdet = flow(z)
+    assert maxabs(x - z) > 0.1
+    x_s, logdet_s = flow(_roll(z, shift, False))
+    assert maxabs(x_s - _roll(x, shift, False)) < 1e-12 * max(1.0, maxabs(x))  # round-off of |x| ~ 30
+    assert maxabs(logdet_s - logdet) < 1e-10
+
+
+@pytest.mark.parametrize("name", [n for n in CNN if n in PHI4])
+def test_odd_shift_breaks_phi4_translation_equivariance(name):
+    """Sanity check: a shift by one site swaps the checkerboard parities, so T no longer commutes."""
+    flow, _ = make_flow(name)
+    z = base_sample(flow, 4)
+    x, _ = flow(z)
+    assert maxabs(flow(_roll(z, (1, 0), False))[0] - _roll(x, (1, 0), False)) > 1e-3
+
+
+@pytest.mark.parametrize("shift", [(4, 0), (0, 4), (4, 4)])
+def test_u1_flow_is_translation_equivariant(shift):
+    """Shifts by multiples of the stripe period 4 along both axes commute with T (8×8 lattice)."""
+    flow, _ = make_flow("u1_ncp", shape=(8, 8))
+    z = base_sample(flow, 3)
+    x, logdet = flow(z)
+    x_s, logdet_s = flow(_roll(z, shift, True))
+    assert field_distance("u1_ncp", x_s, _roll(x, shift, True)) < 1e-12
+    assert maxabs(logdet_s - logdet) < 1e-10
+
+
+@pytest.mark.parametrize("shift", [(1, 0), (0, 1)])
+def test_off_period_shift_breaks_u1_translation_equivariance(shift):
+    """Sanity check: a one-site shift moves the active stripes of half the layers."""
+    flow, _ = make_flow("u1_ncp", shape=(8, 8))
+    z = base_sample(flow, 3)
+    x, _ = flow(z)
+    assert field_distance("u1_ncp", flow(_roll(z, shift, True))[0], _roll(x, shift, True)) > 1e-3
