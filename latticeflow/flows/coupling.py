@@ -78,8 +78,11 @@ class Coupling(Bijection):
         return vjp
 
     # -- shared machinery ---------------------------------------------------------------------------
+    #: set False when ``conditioner_params`` reads only the a-sites itself (then x is passed unmasked)
+    needs_masked_input: bool = True
+
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
-        return x.masked_fill(self.mask, 0.0)
+        return x.masked_fill(self.mask, 0.0) if self.needs_masked_input else x
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).index_select(1, self.idx_b)

@@ -53,6 +53,7 @@ class AffineCoupling(Coupling):
         mask = checkerboard_mask(shape, parity)
         super().__init__(mask)
         self.net = SiteConditioner(shape, mask, 2, conditioner, hidden, kernel_size, activation, bias=True)
+        self.needs_masked_input = conditioner == "cnn"  # the FC conditioner gathers the a-sites itself
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(x_frozen)
@@ -80,6 +81,7 @@ class AdditiveCoupling(Coupling):
         mask = checkerboard_mask(shape, parity)
         super().__init__(mask)
         self.net = SiteConditioner(shape, mask, 1, conditioner, hidden, kernel_size, activation, bias=not odd)
+        self.needs_masked_input = conditioner == "cnn"  # the FC conditioner gathers the a-sites itself
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> torch.Tensor:
         return self.net(x_frozen)[:, 0]
