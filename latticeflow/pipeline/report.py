@@ -42,11 +42,22 @@ def _plot_u1(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     counts = np.asarray(h["count"], dtype=float)
     a1.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label="HMC")
-    a1.plot(h["exact_Q"], h["exact_P"], "k.--", label="exact")
+    eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
+    keep = ep > 1e-5 * ep.max()
+    a1.plot(eq[keep], ep[keep], "k.--", label="exact")
     a1.set_xlabel("topological charge Q"); a1.set_ylabel("P(Q)"); a1.legend()
     plaq = ens["observables/plaquette"]
-    a2.plot(plaq[: min(len(plaq), 20000)], lw=0.4)
-    a2.set_xlabel("row (sweep-major)"); a2.set_ylabel("<cos P>")
+    if "chain" in ens.keys():
+        chain, step = ens["chain"], ens["mc_index"]
+        for c in np.unique(chain)[:3]:
+            sel = chain == c
+            order = np.argsort(step[sel])
+            a2.plot(step[sel][order], plaq[sel][order], lw=0.5, label=f"chain {c}")
+        a2.set_xlabel("trajectory"); a2.legend(fontsize=7)
+    else:
+        a2.plot(plaq, lw=0.4); a2.set_xlabel("configuration")
+    a2.axhline(result.row("<cos P>").exact, color="k", ls="--")
+    a2.set_ylabel("<cos P> per configuration")
     fig.tight_layout(); path = plots / "topology_and_plaquette.png"; fig.savefig(path, dpi=110); plt.close(fig)
     return [path]
 
