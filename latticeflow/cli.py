@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set action.beta=2.0 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name in ("sample", "run"):
+            p.add_argument("--checkpoint", default=None, help="trained flow (default <output.dir>/checkpoints/latest.pt)")
     p = sub.add_parser("analyze", help="observables of an ensemble with Gamma-method errors and exact values")
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -43,22 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_sample(args, then_analyze: bool) -> int:
     from .config import load_config
-    from .pipeline import analyze, sample
+    from .pipeline import run, sample
 
     cfg, text = load_config(args.config, args.overrides)
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
-    summary = sample(cfg, text, command=command, progress=not args.no_progress)
-    verb = "resumed" if summary.resumed else "wrote"
-    print(f"{verb} {summary.path}: {summary.n_rows} configurations ({summary.n_new} new) in {summary.seconds:.1f} s; "
-          f"acceptance {summary.acceptance:.3f}, <exp(-dH)> {summary.exp_minus_delta_h:.4f}, step size {summary.step_size:.4g}")
     if then_analyze:
-        from .pipeline.report import write_report
-
-        result = analyze(summary.path)
-        print(result.table())
-        written = write_report(result, summary, cfg.output_dir)
-        print("wrote " + ", ".join(str(p) for p in written))
+        summary = run(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint)
+        _print_sampled(summary["ensemble"])
+        if "training" in summary:
+            t = summary["training"]
+            print(f"trained {t['steps']} steps (resumed from {t['resumed_from']}); final KL up to log Z "
+                  f"{t['final'].get('loss', float('nan')):.4f}, reverse ESS/N {t['final'].get('reverse_ess', float('nan')):.3f}")
+        if "forward_ess" in summary:
+            print(f"forward ESS/N of the flow on the HMC ensemble: {summary['forward_ess']:.3f}")
+        for table in summary["tables"]:
+            print(table)
+            print()
+        print("wrote " + ", ".join(summary["files"]))
+        return 0
+    _print_sampled(sample(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint).as_dict())
     return 0
+
+
+def _print_sampled(s: dict) -> None:
+    verb = "resumed" if s["resumed"] else "wrote"
+    extra = f"acceptance {s['acceptance']:.3f}"
+    if s["exp_minus_delta_h"] == s["exp_minus_delta_h"]:  # HMC
+        extra += f", <exp(-dH)> {s['exp_minus_delta_h']:.4f}, step size {s['step_size']:.4g}"
+    print(f"{verb} {s['path']}: {s['n_rows']} configurations ({s['n_new']} new) in {s['seconds']:.1f} s; {extra}")
 
 
 def _cmd_train(args) -> int:

@@ -52,8 +52,10 @@ class SamplerConfig:
     step_size: float = 0.1
     integrator: str = "leapfrog"
     target_acceptance: float = 0.8
+    step_size_jitter: float = 0.2
     save_every: int = 1
     batch_size: int = 1024
+    reference_hmc: int = 0
 
 
 @dataclass
@@ -217,6 +219,10 @@ def _validate(cfg: Config) -> None:
     for key in ("n_samples", "n_chains", "n_leapfrog", "save_every", "batch_size"):
         if getattr(s, key) < 1:
             raise ConfigError(f"sampler.{key} must be >= 1, got {getattr(s, key)}")
+    if not 0 <= s.step_size_jitter < 1:
+        raise ConfigError(f"sampler.step_size_jitter must be in [0, 1), got {s.step_size_jitter}")
+    if s.reference_hmc < 0:
+        raise ConfigError(f"sampler.reference_hmc must be >= 0, got {s.reference_hmc}")
     if s.n_thermalize < 0:
         raise ConfigError(f"sampler.n_thermalize must be >= 0, got {s.n_thermalize}")
     if not s.step_size > 0:

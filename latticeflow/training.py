@@ -32,9 +32,17 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. repeated non-finite losses)."""
 
 
+def _safe(ess, log_weight: torch.Tensor) -> float:
+    """ESS of finite log-weights; NaN for a batch with NaN/inf (that step is skipped anyway)."""
+    if not bool(torch.isfinite(log_weight).all()):
+        return float("nan")
+    return ess(log_weight)
+
+
 @dataclass
 class _Interval:
     n: int = 0
+    n_good: int = 0
     loss: float = 0.0
     rev: float = 0.0
     fwd: float = 0.0
@@ -82,6 +90,7 @@ class Trainer:
         self.data = None if data is None else data.to(self.device)
         self.step_count = 0
         self.n_skipped = 0
+        self.wall_time = 0.0  # training seconds before this process (from the checkpoint)
         self._bad_in_row = 0
 
     # -- one optimisation step ----------------------------------------------------------------------
@@ -92,14 +101,14 @@ class Trainer:
             z = self.flow.base.sample((self.batch_size,), generator=self.generator)
             rev = reverse_kl(self.flow, self.action, z, self.estimator)
             info["reverse_kl"] = float(rev.detach())
-            info["reverse_ess"] = reverse_ess(rev.log_weight)
+            info["reverse_ess"] = _safe(reverse_ess, rev.log_weight)
             terms.append((1 - self.forward_weight if self.objective == "mixed" else 1.0, rev))
         if self.objective in ("forward_kl", "mixed"):
             idx = torch.randint(0, self.data.shape[0], (self.batch_size,), generator=self.generator, device=self.device)
             x = self.data[idx]
             fwd = forward_kl(self.flow, self.action, x, self.forward_estimator)
             info["forward_kl"] = float(fwd.detach())
-            info["forward_ess"] = forward_ess(fwd.log_weight)
+            info["forward_ess"] = _safe(forward_ess, fwd.log_weight)
             terms.append((self.forward_weight if self.objective == "mixed" else 1.0, fwd))
         loss = sum(w * t for w, t in terms)
         return loss, info
@@ -158,23 +167,24 @@ class Trainer:
                 m = self.step()
                 acc.n += 1
                 if not m["skipped"]:
+                    acc.n_good += 1
                     acc.loss += m["loss"]
                     acc.grad_norm += m["grad_norm"]
-                if "reverse_kl" in m and math.isfinite(m["reverse_kl"]):
+                if "reverse_kl" in m and math.isfinite(m["reverse_kl"]) and math.isfinite(m["reverse_ess"]):
                     acc.rev += m["reverse_kl"]; acc.rev_ess += m["reverse_ess"]; acc.n_rev += 1
-                if "forward_kl" in m and math.isfinite(m["forward_kl"]):
+                if "forward_kl" in m and math.isfinite(m["forward_kl"]) and math.isfinite(m["forward_ess"]):
                     acc.fwd += m["forward_kl"]; acc.fwd_ess += m["forward_ess"]; acc.n_fwd += 1
                 bar.update(1)
                 if self.step_count % log_every == 0 or self.step_count == n_steps:
                     now = time.perf_counter()
-                    good = max(acc.n - int(m["skipped"]), 1)
+                    good = max(acc.n_good, 1)
                     row = {"step": self.step_count, "loss": acc.loss / good,
                            "reverse_kl": acc.rev / acc.n_rev if acc.n_rev else float("nan"),
                            "forward_kl": acc.fwd / acc.n_fwd if acc.n_fwd else float("nan"),
                            "reverse_ess": acc.rev_ess / acc.n_rev if acc.n_rev else float("nan"),
                            "forward_ess": acc.fwd_ess / acc.n_fwd if acc.n_fwd else float("nan"),
                            "grad_norm": acc.grad_norm / good, "lr": self.optimizer.param_groups[0]["lr"],
-                           "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": now - t_start,
+                           "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": self.wall_time + now - t_start,
                            "n_skipped": self.n_skipped}
                     rows.append(row)
                     bar.set_postfix(kl=f"{row['loss']:.3f}", ess=f"{row['reverse_ess']:.3f}", refresh=False)
@@ -185,8 +195,12 @@ class Trainer:
                         callback(row)
                     acc, t_last = _Interval(), now
                 if checkpoint_path is not None and (self.step_count % checkpoint_every == 0 or self.step_count == n_steps):
+                    elapsed = time.perf_counter() - t_start
+                    self.wall_time += elapsed
                     save_checkpoint(checkpoint_path, self.state_dict())
+                    self.wall_time -= elapsed
         finally:
+            self.wall_time += time.perf_counter() - t_start
             bar.close()
             if fh is not None:
                 fh.close()
@@ -196,6 +210,7 @@ class Trainer:
         return {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "generator": self.generator.get_state(), "step": self.step_count, "n_skipped": self.n_skipped,
+                "wall_time": self.wall_time,
                 "objective": self.objective, "estimator": self.estimator}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -206,3 +221,4 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.step_count = int(state["step"])
         self.n_skipped = int(state.get("n_skipped", 0))
+        self.wall_time = float(state.get("wall_time", 0.0))

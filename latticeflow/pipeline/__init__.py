@@ -8,3 +8,6 @@ __all__ += ["EnsembleAnalysis", "analyze"]
 from .train import build_trainer, train  # noqa: E402
 
 __all__ += ["build_trainer", "train"]
+from .run import comparison_table, run  # noqa: E402
+
+__all__ += ["comparison_table", "run"]

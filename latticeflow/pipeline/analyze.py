@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from actions import exact
-from ..analysis import GammaResult, ObservableRow, format_table, gamma_method, gamma_method_derived, split_replicas
+from ..analysis import (GammaResult, ObservableRow, format_table, gamma_method, gamma_method_derived, jackknife,
+                        reverse_ess, split_replicas)
 from ..io import open_ensemble
 
 __all__ = ["EnsembleAnalysis", "analyze"]
@@ -59,6 +60,34 @@ def _replicas(ens, name: str, chain, mc_index) -> list[np.ndarray]:
     return split_replicas(values, chain, mc_index) if chain is not None else [values]
 
 
+class _Stats:
+    """Primary and derived estimates: Gamma method for Markov chains (replicas = chains), or
+    importance reweighting ⟨O⟩ = Σ w O / Σ w with a binned jackknife for i.i.d. flow samples."""
+
+    def __init__(self, S: float, log_weight: np.ndarray | None = None, n_bins: int = 50) -> None:
+        self.S, self.n_bins = S, n_bins
+        self.w = None if log_weight is None else np.exp(log_weight - log_weight.max())
+
+    def _result(self, mean: float, error: float, n: int) -> GammaResult:
+        return GammaResult(mean=mean, error=error, error_of_error=error / math.sqrt(2 * (self.n_bins - 1)),
+                           tau_int=0.5, tau_int_error=0.0, window=0, n=n, n_replicas=1)
+
+    def primary(self, replicas: list[np.ndarray]) -> GammaResult:
+        if self.w is None:
+            return gamma_method(replicas, S=self.S)
+        o = np.concatenate(replicas).astype(np.float64)
+        mean, err = jackknife(lambda w, wo: wo / w, [self.w, self.w * o], n_bins=self.n_bins)
+        return self._result(mean, err, len(o))
+
+    def derived(self, func, data: list[list[np.ndarray]]) -> GammaResult:
+        if self.w is None:
+            return gamma_method_derived(func, data, S=self.S)
+        arrays = [np.concatenate(d).astype(np.float64) for d in data]
+        mean, err = jackknife(lambda w, *wo: func(*[v / w for v in wo]), [self.w, *[self.w * a for a in arrays]],
+                              n_bins=self.n_bins)
+        return self._result(mean, err, len(arrays[0]))
+
+
 def _exact_phi4(couplings: dict, shape: tuple[int, ...]) -> dict[str, Any]:
     if couplings.get("lam", 1.0) != 0.0:
         return {}
@@ -68,24 +97,24 @@ def _exact_phi4(couplings: dict, shape: tuple[int, ...]) -> dict[str, Any]:
             "action_density": exact.free_field_action_density(), "G": g}
 
 
-def _analyze_phi4(ens, chain, mc_index, volume: int, S: float, rows: list, extra: dict) -> None:
+def _analyze_phi4(ens, chain, mc_index, volume: int, st: _Stats, rows: list, extra: dict) -> None:
     ex = _exact_phi4(ens.couplings, ens.shape)
     rep = {k: _replicas(ens, f"observables/{k}", chain, mc_index) for k in ("m", "abs_m", "m2", "m4", "action_density")}
-    rows.append(ObservableRow("m", gamma_method(rep["m"], S=S), ex.get("m", 0.0)))
-    rows.append(ObservableRow("|m|", gamma_method(rep["abs_m"], S=S), None))
-    rows.append(ObservableRow("chi2 = V<m^2>", gamma_method([volume * r for r in rep["m2"]], S=S), ex.get("chi2")))
-    rows.append(ObservableRow("chi = V(<m^2>-<|m|>^2)", gamma_method_derived(
-        lambda m2, am: volume * (m2 - am**2), [rep["m2"], rep["abs_m"]], S=S), None))
-    rows.append(ObservableRow("binder U", gamma_method_derived(
-        lambda m4, m2: 1 - m4 / (3 * m2**2), [rep["m4"], rep["m2"]], S=S), ex.get("binder")))
-    rows.append(ObservableRow("S/V", gamma_method(rep["action_density"], S=S), ex.get("action_density")))
+    rows.append(ObservableRow("m", st.primary(rep["m"]), ex.get("m", 0.0)))
+    rows.append(ObservableRow("|m|", st.primary(rep["abs_m"]), None))
+    rows.append(ObservableRow("chi2 = V<m^2>", st.primary([volume * r for r in rep["m2"]]), ex.get("chi2")))
+    rows.append(ObservableRow("chi = V(<m^2>-<|m|>^2)", st.derived(
+        lambda m2, am: volume * (m2 - am**2), [rep["m2"], rep["abs_m"]]), None))
+    rows.append(ObservableRow("binder U", st.derived(
+        lambda m4, m2: 1 - m4 / (3 * m2**2), [rep["m4"], rep["m2"]]), ex.get("binder")))
+    rows.append(ObservableRow("S/V", st.primary(rep["action_density"]), ex.get("action_density")))
     # two-point function along axis 0 and the zero-momentum correlator with its effective mass
     L0 = ens.shape[0]
     g_rows = _replicas(ens, "observables/two_point", chain, mc_index)
     c_rows = _replicas(ens, "observables/zero_momentum_correlator", chain, mc_index)
     correlator = []
     for t in range(L0 // 2 + 1):
-        res = gamma_method([r[:, t, 0] if r.ndim == 3 else r[:, t] for r in g_rows], S=S)
+        res = st.primary([r[:, t, 0] if r.ndim == 3 else r[:, t] for r in g_rows])
         exact_g = float(ex["G"][t, 0]) if "G" in ex else None
         if t in (0, 1, L0 // 2):
             rows.append(ObservableRow(f"G({t},0)", res, exact_g))
@@ -99,31 +128,49 @@ def _analyze_phi4(ens, chain, mc_index, volume: int, S: float, rows: list, extra
             return math.acosh(arg) if arg >= 1 else float("nan")
 
         try:
-            m_eff.append({"t": t, **gamma_method_derived(meff, data, S=S).as_dict()})
+            m_eff.append({"t": t, **st.derived(meff, data).as_dict()})
         except (ValueError, ZeroDivisionError):
             m_eff.append({"t": t, "mean": float("nan"), "error": float("nan")})
     extra["two_point_G_t0"] = correlator
     extra["effective_mass"] = m_eff
 
 
-def _analyze_u1(ens, chain, mc_index, volume: int, S: float, rows: list, extra: dict) -> None:
+def _analyze_u1(ens, chain, mc_index, volume: int, st: _Stats, rows: list, extra: dict) -> None:
     beta = ens.couplings["beta"]
     plaq = exact.u1_mean_plaquette(beta, volume)
     rep = {k: _replicas(ens, f"observables/{k}", chain, mc_index)
            for k in ("plaquette", "topological_charge", "q2", "action_density", "wilson_loop_1x1", "wilson_loop_2x2", "polyakov_loop")}
-    rows.append(ObservableRow("<cos P>", gamma_method(rep["plaquette"], S=S), plaq))
-    rows.append(ObservableRow("S/V", gamma_method(rep["action_density"], S=S), -beta * plaq))
-    rows.append(ObservableRow("Q", gamma_method(rep["topological_charge"], S=S), 0.0))
-    rows.append(ObservableRow("chi_t = <Q^2>/V", gamma_method([r / volume for r in rep["q2"]], S=S),
+    rows.append(ObservableRow("<cos P>", st.primary(rep["plaquette"]), plaq))
+    rows.append(ObservableRow("S/V", st.primary(rep["action_density"]), -beta * plaq))
+    rows.append(ObservableRow("Q", st.primary(rep["topological_charge"]), 0.0))
+    rows.append(ObservableRow("chi_t = <Q^2>/V", st.primary([r / volume for r in rep["q2"]]),
                               exact.u1_topological_susceptibility(beta, volume)))
-    rows.append(ObservableRow("W(1x1)", gamma_method(rep["wilson_loop_1x1"], S=S), exact.u1_wilson_loop(beta, volume, 1)))
-    rows.append(ObservableRow("W(2x2)", gamma_method(rep["wilson_loop_2x2"], S=S), exact.u1_wilson_loop(beta, volume, 4)))
-    rows.append(ObservableRow("|Polyakov loop|", gamma_method(rep["polyakov_loop"], S=S), None))
+    rows.append(ObservableRow("W(1x1)", st.primary(rep["wilson_loop_1x1"]), exact.u1_wilson_loop(beta, volume, 1)))
+    rows.append(ObservableRow("W(2x2)", st.primary(rep["wilson_loop_2x2"]), exact.u1_wilson_loop(beta, volume, 4)))
+    rows.append(ObservableRow("|Polyakov loop|", st.primary(rep["polyakov_loop"]), None))
     q = np.concatenate(rep["topological_charge"]).round().astype(int)
-    values, counts = np.unique(q, return_counts=True)
+    values, inverse = np.unique(q, return_inverse=True)
+    counts = np.bincount(inverse, weights=st.w if st.w is not None else None)
+    counts = counts / counts.sum() * len(q)
     qs, probs = exact.u1_charge_distribution(beta, volume)
     extra["charge_histogram"] = {"Q": values.tolist(), "count": counts.tolist(),
                                  "exact_Q": np.asarray(qs).tolist(), "exact_P": np.asarray(probs).tolist()}
+
+
+def _free_energy(log_weight: np.ndarray, theory: str, couplings: dict, shape: tuple) -> dict[str, Any]:
+    """ln Z = ln mean(w) with error √(1/ESS − 1/N) (delta method), reverse ESS, and the exact ln Z
+    (Lebesgue measure: for U(1) the (2π)^{2V} of the uniform base is included) where known."""
+    n = len(log_weight)
+    m = log_weight.max()
+    log_z = float(m + np.log(np.mean(np.exp(log_weight - m))))
+    ess = reverse_ess(log_weight)
+    out = {"reverse_ess": ess, "log_z": log_z, "log_z_error": math.sqrt(max(1 / (ess * n) - 1 / n, 0.0))}
+    volume = int(np.prod(shape))
+    if theory == "phi4" and couplings.get("lam", 1.0) == 0.0:
+        out["log_z_exact"] = exact.free_field_log_z(shape, couplings["kappa"])
+    elif theory == "u1":
+        out["log_z_exact"] = exact.u1_log_z(couplings["beta"], volume) + 2 * volume * math.log(2 * math.pi)
+    return out
 
 
 def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
@@ -137,10 +184,13 @@ def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
         volume = int(np.prod(ens.shape))
         rows: list[ObservableRow] = []
         extra: dict[str, Any] = {}
+        weighted = chain is None and "log_weight" in keys
+        log_weight = ens["log_weight"] if "log_weight" in keys else None
+        st = _Stats(S, log_weight if weighted else None)
         if ens.theory == "phi4":
-            _analyze_phi4(ens, chain, mc_index, volume, S, rows, extra)
+            _analyze_phi4(ens, chain, mc_index, volume, st, rows, extra)
         elif ens.theory == "u1":
-            _analyze_u1(ens, chain, mc_index, volume, S, rows, extra)
+            _analyze_u1(ens, chain, mc_index, volume, st, rows, extra)
         else:
             raise ValueError(f"{path}: no analysis for theory {ens.theory!r}")
         if "accepted" in keys:
@@ -151,5 +201,16 @@ def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
             rows.append(ObservableRow("<exp(-dH)>", gamma_method([np.exp(-r) for r in dh], S=S), 1.0))
         if chain is not None:
             extra["n_chains"] = int(len(np.unique(chain)))
+        extra["sampler"] = ens.attrs.get("sampler")
+        if "longest_rejection_run" in ens.attrs:
+            extra["longest_rejection_run"] = int(ens.attrs["longest_rejection_run"])
+        if weighted:
+            extra["estimator"] = "reweighting (jackknife errors)"
+            fe = _free_energy(log_weight, ens.theory, ens.couplings, ens.shape)
+            extra.update(fe)
+            rows.append(ObservableRow("ln Z", st._result(fe["log_z"], fe["log_z_error"], len(log_weight)),
+                                      fe.get("log_z_exact")))
+        else:
+            extra["estimator"] = "Gamma method (chains as replicas)"
         return EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
                                 shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra)

@@ -12,19 +12,33 @@ from .analyze import EnsembleAnalysis
 __all__ = ["write_report"]
 
 
-def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+def _weights(ens) -> np.ndarray | None:
+    """Importance weights of i.i.d. flow samples (None for Markov chains)."""
+    keys = ens.keys()
+    if "log_weight" in keys and "chain" not in keys:
+        lw = ens["log_weight"]
+        return np.exp(lw - lw.max())
+    return None
+
+
+def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(ens["observables/m"], bins=60, density=True, color="C0", alpha=0.8)
-    ax.set_xlabel("magnetisation m"); ax.set_ylabel("density"); ax.set_title("P(m), HMC")
+    label = ens.attrs.get("sampler", "")
+    ax.hist(ens["observables/m"], bins=60, density=True, color="C0", alpha=0.6, weights=_weights(ens), label=label)
+    if reference is not None:
+        with open_ensemble(reference.path) as ref:
+            ax.hist(ref["observables/m"], bins=60, density=True, histtype="step", color="k", label="HMC")
+    ax.legend()
+    ax.set_xlabel("magnetisation m"); ax.set_ylabel("density"); ax.set_title("P(m)")
     fig.tight_layout(); out.append(plots / "magnetization_histogram.png"); fig.savefig(out[-1], dpi=110); plt.close(fig)
 
     corr = result.extra["two_point_G_t0"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     t = [c["t"] for c in corr]
-    a1.errorbar(t, [c["mean"] for c in corr], [c["error"] for c in corr], fmt="o", label="HMC")
+    a1.errorbar(t, [c["mean"] for c in corr], [c["error"] for c in corr], fmt="o", label=label)
     if corr[0]["exact"] is not None:
         a1.plot(t, [c["exact"] for c in corr], "k--", label="exact (free field)")
     a1.set_xlabel("t"); a1.set_ylabel("G(t, 0)"); a1.set_yscale("log"); a1.legend()
@@ -35,13 +49,17 @@ def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
     return out
 
 
-def _plot_u1(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+def _plot_u1(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     h = result.extra["charge_histogram"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     counts = np.asarray(h["count"], dtype=float)
-    a1.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label="HMC")
+    a1.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label=ens.attrs.get("sampler", ""))
+    if reference is not None:
+        hr = reference.extra["charge_histogram"]
+        cr = np.asarray(hr["count"], dtype=float)
+        a1.step(hr["Q"], cr / cr.sum(), where="mid", color="C3", label="HMC")
     eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
     keep = ep > 1e-5 * ep.max()
     a1.plot(eq[keep], ep[keep], "k.--", label="exact")
@@ -62,7 +80,7 @@ def _plot_u1(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
     return [path]
 
 
-def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path) -> list[Path]:
+def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path, reference: EnsembleAnalysis | None = None) -> list[Path]:
     """Write ``summary.json`` and ``plots/*.png`` for an analysed ensemble; returns the paths."""
     import matplotlib
 
@@ -72,8 +90,11 @@ def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path) -> lis
     plots.mkdir(parents=True, exist_ok=True)
     summary = {"sampling": sample_summary.as_dict() if sample_summary is not None else None,
                "analysis": result.as_dict()}
+    if reference is not None:
+        summary["reference_analysis"] = reference.as_dict()
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=float))
     with open_ensemble(result.path) as ens:
-        pngs = _plot_phi4(result, ens, plots) if result.theory == "phi4" else _plot_u1(result, ens, plots)
+        plot = _plot_phi4 if result.theory == "phi4" else _plot_u1
+        pngs = plot(result, ens, plots, reference)
     return [path, *pngs]

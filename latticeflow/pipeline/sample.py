@@ -63,16 +63,18 @@ def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
-           progress: bool = True) -> SampleSummary:
+           progress: bool = True, checkpoint: str | None = None, path: Path | None = None) -> SampleSummary:
     """Generate (or resume) the ensemble of ``cfg`` into ``<output.dir>/ensemble.h5``."""
     if cfg.sampler.name != "hmc":
-        raise ConfigError(f"sampler.name {cfg.sampler.name!r} needs a trained flow; only 'hmc' runs without one")
+        from .sample_flow import sample_with_flow
+
+        return sample_with_flow(cfg, config_text, checkpoint=checkpoint, command=command, progress=progress, path=path)
     s = cfg.sampler
     action = build_action(cfg.action)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
     out_dir = cfg.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "ensemble.h5"
+    path = Path(path) if path is not None else out_dir / "ensemble.h5"
     n_chains = s.n_chains
     n_sweeps = math.ceil(s.n_samples / n_chains)
     n_target = n_sweeps * n_chains
@@ -80,7 +82,7 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
 
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     hmc = HMC(action, n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
-              target_acceptance=s.target_acceptance, generator=generator)
+              target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler="hmc", seed=cfg.seed,
                             config_text=config_text, dtype=cfg.dtype, command=command)

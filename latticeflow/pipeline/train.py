@@ -1,7 +1,7 @@
 """`latticeflow train`: build the flow of a config, train it, and keep a resumable run directory.
 
 ``<output.dir>/checkpoints/latest.pt`` (atomic; flow, optimiser, scheduler, RNG, step),
-``metrics.csv`` (one row per ``train.log_every`` steps), ``plots/training.png``, ``summary.json``.
+``metrics.csv`` (one row per ``train.log_every`` steps), ``plots/training.png``, ``train_summary.json``.
 Rerunning the same command resumes from the checkpoint and ends exactly where an uninterrupted
 run would have ended.
 """
@@ -20,6 +20,21 @@ from ..flows import build_flow
 from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
 from ..training import METRIC_FIELDS, Trainer
 from .sample import resolve_device
+
+
+def json_dumps(obj) -> str:
+    """Strict JSON (NaN and inf become null)."""
+    def clean(o):
+        if isinstance(o, float):
+            return o if np.isfinite(o) else None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, (np.floating, np.integer)):
+            return clean(o.item())
+        return o
+    return json.dumps(clean(obj), indent=2)
 
 __all__ = ["train", "build_trainer", "load_target_samples"]
 
@@ -124,5 +139,5 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True) -> dict:
     plot = _plot(metrics, out / "plots")
     if plot is not None:
         summary["plot"] = str(plot)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "train_summary.json").write_text(json_dumps(summary))
     return summary

@@ -1,4 +1,7 @@
-"""Samplers: HMC (baseline and forward-KL training data); neural MCMC and flow samplers follow."""
+"""Samplers: HMC (baseline and forward-KL training data), i.i.d. flow samples with importance weights,
+and neural MCMC (independent Metropolis–Hastings with flow proposals)."""
+from .flow import FlowBatch, flow_batches
 from .hmc import HMC, HMCStep
+from .nmcmc import ChainState, NMCMCBatch, metropolize, nmcmc_batches
 
-__all__ = ["HMC", "HMCStep"]
+__all__ = ["HMC", "HMCStep", "FlowBatch", "flow_batches", "ChainState", "NMCMCBatch", "metropolize", "nmcmc_batches"]

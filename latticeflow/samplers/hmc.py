@@ -3,7 +3,9 @@
 H(x, p) = ½ Σ p² + S(x); a trajectory integrates Hamilton's equations with ``n_leapfrog`` steps of
 the leapfrog or the 2nd-order minimum-norm (Omelyan) integrator, then accepts with min(1, e^{−ΔH}).
 Many independent chains run as the batch dimension. The step size is tuned during thermalisation to
-a target acceptance and then frozen (detailed balance needs a fixed step size). ⟨e^{−ΔH}⟩ = 1 is a
+a target acceptance and then frozen; each trajectory draws its step size uniformly within
+±``step_size_jitter`` of it, independently of the state (detailed balance holds for each draw), which
+breaks the resonances of a fixed trajectory length (Mackenzie 1989). ⟨e^{−ΔH}⟩ = 1 is a
 built-in check of reversibility and area preservation (Creutz 1988).
 Periodic fields (U(1) link angles) are projected back with ``action.project`` after each update.
 """
@@ -44,7 +46,7 @@ class HMC:
 
     def __init__(self, action, *, n_leapfrog: int = 10, step_size: float = 0.1,
                  integrator: str = "leapfrog", target_acceptance: float = 0.8,
-                 generator: torch.Generator | None = None) -> None:
+                 step_size_jitter: float = 0.2, generator: torch.Generator | None = None) -> None:
         if n_leapfrog < 1:
             raise ValueError(f"sampler.n_leapfrog must be >= 1, got {n_leapfrog}")
         if not step_size > 0:
@@ -58,6 +60,9 @@ class HMC:
         self.step_size = float(step_size)
         self.integrator = integrator
         self.target_acceptance = float(target_acceptance)
+        if not 0 <= step_size_jitter < 1:
+            raise ValueError(f"sampler.step_size_jitter must be in [0, 1), got {step_size_jitter}")
+        self.step_size_jitter = float(step_size_jitter)
         self.generator = generator
         self._project: Callable[[torch.Tensor], torch.Tensor] = getattr(action, "project", None) or (lambda x: x)
 
@@ -88,7 +93,11 @@ class HMC:
         s0 = self.action.action(x) if action_x is None else action_x
         h0 = 0.5 * (p * p).flatten(1).sum(-1) + s0
         integrate = self._leapfrog if self.integrator == "leapfrog" else self._omelyan
-        x1, p1 = integrate(x, p, self.step_size)
+        eps = self.step_size
+        if self.step_size_jitter:  # random trajectory length: avoids resonant, non-ergodic modes (Mackenzie 1989)
+            u = float(torch.rand((), generator=gen, dtype=torch.float64, device=x.device))
+            eps *= 1 + self.step_size_jitter * (2 * u - 1)
+        x1, p1 = integrate(x, p, eps)
         s1 = self.action.action(x1)
         h1 = 0.5 * (p1 * p1).flatten(1).sum(-1) + s1
         delta_h = h1 - h0

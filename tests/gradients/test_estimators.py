@@ -132,7 +132,7 @@ def test_sticking_the_landing_is_not_vacuous():
 
 
 # -- unbiasedness -----------------------------------------------------------------------------------------
-def _paired_t_values(flow, action, est_a, est_b, n_batches, batch, seed=0):
+def _paired_t_values(flow, est_a, est_b, n_batches, batch, seed=0):
     """t-values of the mean over batches of (g_a − g_b), each pair on the same z, per parameter component."""
     gen = torch.Generator().manual_seed(seed)
     diffs = []
@@ -193,7 +193,7 @@ def test_fast_path_is_unbiased():
     def biased(z):
         return std(1.2 * z)
 
-    t, d = _paired_t_values(flow, action, fast, std, 200, 8)
+    t, d = _paired_t_values(flow, fast, std, 200, 8)
     n = t.numel()
     assert n >= 100
     # the estimators differ batch by batch, by much more than round-off (otherwise this tests nothing)
@@ -202,7 +202,7 @@ def test_fast_path_is_unbiased():
     p = _hotelling_p_value(d)
     assert p > 1e-3, f"Hotelling T² p-value {p:.2e}"
 
-    t_biased, d_biased = _paired_t_values(flow, action, biased, std, 50, 8)
+    t_biased, d_biased = _paired_t_values(flow, biased, std, 50, 8)
     assert float(t_biased.abs().max()) > 8, "the statistic should reject a biased estimator"
     assert _hotelling_p_value(d_biased) < 1e-6
 
