@@ -1,0 +1,92 @@
+"""`latticeflow bench sampling`: configurations per second of flow sampling, neural MCMC and the HDF5 write.
+
+For φ⁴ 16×8 (Z2Nice, CNN) and U(1) 8×8 (NCP) flows at their initialisation (the cost does not depend on
+training): the time per batch of (a) drawing flow samples with log q and the action, (b) measuring the
+observables, (c) the Metropolis step of NMCMC, (d) appending the batch to an HDF5 ensemble with flush.
+The HDF5 share is (d) / ((a) + (b) + (c) + (d)) of an NMCMC run; the design asks for ≤ 10 %.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actions import Phi4, U1Gauge
+from ..flows import build_flow
+from ..io import EnsembleWriter
+from ..samplers import nmcmc_batches
+
+__all__ = ["run_sampling_bench", "format_sampling_table"]
+
+
+def _cases():
+    return [("phi4 16x8 z2nice", Phi4((16, 8), kappa=0.3, lam=0.022), {"family": "z2nice"}),
+            ("u1 8x8 ncp", U1Gauge((8, 8), beta=2.0), {"family": "u1_ncp"})]
+
+
+@torch.no_grad()
+def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdir: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    flow = build_flow(flow_cfg, action).to(dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    t_flow, t_obs, t_mh, t_write = [], [], [], []
+    path = tmpdir / f"{name.replace(' ', '_')}.h5"
+    writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                            field_shape=tuple(action.field_shape), sampler="nmcmc", seed=0,
+                            dtype=str(dtype).replace("torch.", ""))
+    state = None
+    try:
+        for i in range(n_batches + 1):
+            t0 = time.perf_counter()
+            x, log_q = flow.sample(batch_size, generator=gen)
+            s = action.action(x)
+            t1 = time.perf_counter()
+            obs = {k: v.numpy() for k, v in action.observables(x).items()}
+            t2 = time.perf_counter()
+            # the Metropolis step alone (proposals already drawn): reuse nmcmc's batch logic on these samples
+            from ..samplers.nmcmc import metropolize
+            lw = (-s - log_q).double().numpy()
+            idx = metropolize(lw, np.log(np.random.default_rng(i).random(batch_size)), -np.inf)
+            xs = x[torch.as_tensor(np.maximum(idx, 0))]
+            t3 = time.perf_counter()
+            writer.append(xs, s, log_q=log_q, log_weight=-s - log_q, accepted=np.ones(batch_size, bool),
+                          chain=np.zeros(batch_size, np.int64), mc_index=np.arange(batch_size) + i * batch_size,
+                          observables=obs)
+            t4 = time.perf_counter()
+            if i:  # first batch is warm-up
+                t_flow.append(t1 - t0); t_obs.append(t2 - t1); t_mh.append(t3 - t2); t_write.append(t4 - t3)
+        size = path.stat().st_size
+    finally:
+        writer.close()
+    del state
+    med = {k: statistics.median(v) for k, v in (("flow", t_flow), ("observables", t_obs), ("metropolis", t_mh),
+                                                  ("hdf5_write", t_write))}
+    total = sum(med.values())
+    return {"case": name, "batch_size": batch_size, "n_batches": n_batches,
+            "configs_per_s": {"flow_sampling": batch_size / med["flow"],
+                              "nmcmc_with_observables": batch_size / (total - med["hdf5_write"]),
+                              "nmcmc_written": batch_size / total,
+                              "hdf5_write": batch_size / med["hdf5_write"]},
+            "seconds_per_batch": med, "hdf5_share": med["hdf5_write"] / total,
+            "bytes_per_config": size / ((n_batches + 1) * batch_size)}
+
+
+def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> list[dict]:
+    """One result per case (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return [_bench(n, a, f, batch_size, 3 if quick else n_batches, dtype, Path(tmp)) for n, a, f in _cases()]
+
+
+def format_sampling_table(results: list[dict]) -> str:
+    lines = [f"{'case':<18} {'flow cfg/s':>11} {'NMCMC cfg/s':>12} {'written cfg/s':>14} {'HDF5 cfg/s':>11} {'HDF5 share':>11}",
+             "-" * 82]
+    for r in results:
+        c = r["configs_per_s"]
+        lines.append(f"{r['case']:<18} {c['flow_sampling']:>11.0f} {c['nmcmc_with_observables']:>12.0f} "
+                     f"{c['nmcmc_written']:>14.0f} {c['hdf5_write']:>11.0f} {100 * r['hdf5_share']:>10.1f}%")
+    return "\n".join(lines)
