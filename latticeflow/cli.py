@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
-    p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios)")
-    p.add_argument("name", choices=["gradients"], help="which benchmark")
+    p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
+                                     "wall time), sampling (configurations/s and the HDF5 share)")
+    p.add_argument("name", choices=["gradients", "training", "sampling"], help="which benchmark")
+    p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
+    p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a reduced grid (smoke test)")
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed repetitions after warm-up")
@@ -103,6 +106,20 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_bench(args) -> int:
     import torch
+
+    if args.name == "sampling":
+        from .bench.sampling import format_sampling_table, run_sampling_bench
+
+        results = run_sampling_bench(quick=args.quick, dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype])
+        print(json.dumps({"benchmark": "sampling", "results": results}, indent=2) if args.json else format_sampling_table(results))
+        return 0
+    if args.name == "training":
+        from .bench.training import format_training_table, run_training_bench
+
+        result = run_training_bench(seconds=args.seconds, plot_path=args.plot,
+                                    dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype], device=args.device)
+        print(json.dumps({"benchmark": "training", **result}, indent=2, default=float) if args.json else format_training_table(result))
+        return 0
 
     from .bench import default_cases, format_gradient_table, run_gradient_bench
     from .pipeline import resolve_device

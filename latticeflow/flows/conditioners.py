@@ -55,22 +55,27 @@ class PeriodicConv2d(nn.Conv2d):
         return super().forward(circular_pad(x, self.pad))
 
 
+def _stack(sizes: Sequence[int], layer, activation: str) -> nn.Sequential:
+    """layer(a, b) for consecutive sizes with activations between; the last layer starts at zero."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(layer(a, b))
+        if i < len(sizes) - 2:
+            layers.append(make_activation(activation))
+    nn.init.zeros_(layers[-1].weight)
+    if layers[-1].bias is not None:
+        nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
 class ConvNet(nn.Module):
     """Periodic CNN ``(B, C_in, L0, L1) -> (B, C_out, L0, L1)``."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int], kernel_size: int = 3,
                  activation: str = "tanh", bias: bool = True) -> None:
         super().__init__()
-        sizes = [in_channels, *hidden, out_channels]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(PeriodicConv2d(a, b, kernel_size, bias=bias))
-            if i < len(sizes) - 2:
-                layers.append(make_activation(activation))
-        nn.init.zeros_(layers[-1].weight)
-        if bias:
-            nn.init.zeros_(layers[-1].bias)
-        self.net = nn.Sequential(*layers)
+        self.net = _stack([in_channels, *hidden, out_channels],
+                          lambda a, b: PeriodicConv2d(a, b, kernel_size, bias=bias), activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -82,16 +87,7 @@ class DenseNet(nn.Module):
     def __init__(self, n_in: int, n_out: int, out_channels: int, hidden: Sequence[int], activation: str = "tanh",
                  bias: bool = True) -> None:
         super().__init__()
-        sizes = [n_in, *hidden, n_out * out_channels]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b, bias=bias))
-            if i < len(sizes) - 2:
-                layers.append(make_activation(activation))
-        nn.init.zeros_(layers[-1].weight)
-        if bias:
-            nn.init.zeros_(layers[-1].bias)
-        self.net = nn.Sequential(*layers)
+        self.net = _stack([n_in, *hidden, n_out * out_channels], lambda a, b: nn.Linear(a, b, bias=bias), activation)
         self.out_channels, self.n_out = out_channels, n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,6 @@ from latticeflow.bench.training import (VARIANCE_ESTIMATORS, _gradient_variance,
                                         run_training_bench)
 from latticeflow.flows import build_flow
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 ROW_KEYS = {"wall_time", "step", "loss", "ess", "var_standard", "var_fast_path"}

@@ -12,12 +12,6 @@ from latticeflow.samplers import flow_batches, metropolize, nmcmc_batches
 from latticeflow.training import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_metropolize_accepts_by_weight_ratio():
