@@ -240,7 +240,10 @@ def _validate(cfg: Config) -> None:
     if t.forward_estimator not in (None, "standard", "gdreg", "fast_path"):
         raise ConfigError(f"train.forward_estimator must be one of standard, gdreg, fast_path, got {t.forward_estimator!r}")
     if t.objective != "reverse_kl" and not t.data:
-        raise ConfigError(f"train.data (an HDF5 ensemble of target samples) is required for objective {t.objective}")
+        raise ConfigError(f"train.data (an HDF5 ensemble of target samples, or 'reference' for the run's HMC "
+                          f"reference ensemble) is required for objective {t.objective}")
+    if t.data == "reference" and cfg.sampler.reference_hmc < 1:
+        raise ConfigError("train.data is 'reference' but sampler.reference_hmc is 0 (no HMC reference ensemble)")
     if t.scheduler not in (None, "plateau"):
         raise ConfigError(f"train.scheduler must be null or 'plateau', got {t.scheduler!r}")
     if not 0 <= t.forward_weight <= 1:

@@ -1,9 +1,9 @@
 """`latticeflow run`: the whole pipeline in one run directory.
 
-HMC configs: sample → analyse → report. Flow configs (``sampler.name: nmcmc | flow``): train (resumes)
-→ sample with the trained flow (resumes) → optionally an HMC reference ensemble of
-``sampler.reference_hmc`` configurations (``ensemble_hmc.h5``) with the forward ESS of the flow on it →
-analyse → comparison table flow vs HMC vs exact, ``summary.json`` and plots. An interrupted run is
+HMC configs: sample → analyse → report. Flow configs (``sampler.name: nmcmc | flow``): optionally an HMC
+reference ensemble of ``sampler.reference_hmc`` configurations (``ensemble_hmc.h5``; with
+``train.data: reference`` it is also the forward-KL training data) → train (resumes) → sample with the
+trained flow (resumes) → the forward ESS of the flow on the HMC ensemble → analyse → comparison table flow vs HMC vs exact, ``summary.json`` and plots. An interrupted run is
 resumed by rerunning the same command.
 """
 from __future__ import annotations
@@ -69,14 +69,16 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"name": cfg.name, "sampler": cfg.sampler.name}
+    hmc = None
+    if cfg.sampler.name != "hmc" and cfg.sampler.reference_hmc > 0:  # first: it may be the training data
+        hmc_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name="hmc", n_samples=cfg.sampler.reference_hmc))
+        hmc = sample(hmc_cfg, config_text, command=command, progress=progress, path=out / "ensemble_hmc.h5")
     if cfg.sampler.name != "hmc" and checkpoint is None:
         summary["training"] = train(cfg, config_text, progress=progress)
     sampled = sample(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint)
     results = {cfg.sampler.name: analyze(sampled.path)}
     tables = [results[cfg.sampler.name].table()]
-    if cfg.sampler.name != "hmc" and cfg.sampler.reference_hmc > 0:
-        hmc_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name="hmc", n_samples=cfg.sampler.reference_hmc))
-        hmc = sample(hmc_cfg, config_text, command=command, progress=progress, path=out / "ensemble_hmc.h5")
+    if hmc is not None:
         results["hmc"] = analyze(hmc.path)
         summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
         tables.append(results["hmc"].table())

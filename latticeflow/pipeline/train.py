@@ -63,7 +63,11 @@ def build_trainer(cfg: Config):
     torch.manual_seed(cfg.seed)
     flow = build_flow(cfg.flow, action).to(device=device, dtype=dtype)
     t = cfg.train
-    data = load_target_samples(t.data, action, dtype, device) if t.data else None
+    data_path = str(cfg.output_dir / "ensemble_hmc.h5") if t.data == "reference" else t.data
+    if t.data == "reference" and not Path(data_path).is_file():
+        raise ConfigError(f"train.data is 'reference' but {data_path} does not exist yet: 'latticeflow run' makes it "
+                          f"first when sampler.reference_hmc > 0")
+    data = load_target_samples(data_path, action, dtype, device) if t.data else None
     trainer = Trainer(flow, action, objective=t.objective, estimator=t.estimator, forward_estimator=t.forward_estimator,
                       batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
                       plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,

@@ -15,7 +15,7 @@ from latticeflow.flows import build_flow
 
 
 ROW_KEYS = {"wall_time", "step", "loss", "ess", "var_standard", "var_fast_path"}
-FINAL_KEYS = {"ess", "loss", "steps", "train_seconds", "steps_per_s", "var_standard", "var_fast_path"}
+FINAL_KEYS = {"ess", "ess_tail_mean", "loss", "steps", "train_seconds", "steps_per_s", "var_standard", "var_fast_path"}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,25 @@ def test_structure_and_values(quick):
             assert len(with_var) >= 2 and hist[0] in with_var and hist[-1] in with_var
             for r in with_var:
                 for v in VARIANCE_ESTIMATORS:
-                    assert math.isfinite(r[f"var_{v}"]) and r[f"var_{v}"] >= 0
+                    for key in (f"var_{v}", f"var_median_{v}", f"gradsq_{v}"):
+                        assert math.isfinite(r[key]) and r[key] >= 0
             assert final["ess"] == hist[-1]["ess"] and final["var_fast_path"] == hist[-1]["var_fast_path"]
         c = t["comparison"]
         assert c["steps_per_s_ratio"] > 0 and c["winner_at_equal_time"] in ("standard", "fast_path")
         assert c["ess_at_equal_steps"]["step"] == min(r["final"]["steps"] for r in t["runs"].values())
     assert {"theory", "estimator", "ess", "step"} <= rows[0].keys() and len(rows) >= 12
     json.dumps(result, allow_nan=False)  # strict JSON for `bench training --json`
+
+
+def test_interleaved_runs_keep_their_own_clocks():
+    result = run_training_bench(seconds=1.0, theories=("phi4",), batch_size=32, variance_every=0.5, eval_every=0.25,
+                                eval_batch=128, variance_batches=3, variance_batch_size=8, interleave=True)
+    assert result["interleave"] is True
+    runs = result["theories"]["phi4"]["runs"]
+    for run in runs.values():
+        assert 1.0 <= run["final"]["train_seconds"] < 3.0 and run["final"]["steps"] > 0
+        assert 0 < run["final"]["ess"] <= 1
+    assert runs["standard"]["history"][0]["loss"] == runs["fast_path"]["history"][0]["loss"]
 
 
 def test_identical_start(quick):
