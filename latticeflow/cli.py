@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["gradients", "training", "sampling"], help="which benchmark")
     p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--sequential", action="store_true",
+                   help="training: run the estimators one after the other instead of interleaved slices")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a reduced grid (smoke test)")
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed repetitions after warm-up")
@@ -72,7 +75,7 @@ def _cmd_sample(args, then_analyze: bool) -> int:
 
 def _print_sampled(s: dict) -> None:
     verb = "resumed" if s["resumed"] else "wrote"
-    extra = f"acceptance {s['acceptance']:.3f}"
+    extra = f"acceptance {s['acceptance']:.3f}" if s["acceptance"] == s["acceptance"] else "i.i.d. flow samples"
     if s["exp_minus_delta_h"] == s["exp_minus_delta_h"]:  # HMC
         extra += f", <exp(-dH)> {s['exp_minus_delta_h']:.4f}, step size {s['step_size']:.4g}"
     print(f"{verb} {s['path']}: {s['n_rows']} configurations ({s['n_new']} new) in {s['seconds']:.1f} s; {extra}")
@@ -107,6 +110,8 @@ def _cmd_analyze(args) -> int:
 def _cmd_bench(args) -> int:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.name == "sampling":
         from .bench.sampling import format_sampling_table, run_sampling_bench
 
@@ -116,9 +121,12 @@ def _cmd_bench(args) -> int:
     if args.name == "training":
         from .bench.training import format_training_table, run_training_bench
 
+        log = (lambda r: print(f"  {r.get('theory')} {r.get('estimator')}: t={r.get('wall_time', 0):.0f}s step {r.get('step')} "
+                               f"ESS {r.get('ess')}", file=sys.stderr, flush=True))
         result = run_training_bench(seconds=args.seconds, plot_path=args.plot,
-                                    dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype], device=args.device)
-        print(json.dumps({"benchmark": "training", **result}, indent=2, default=float) if args.json else format_training_table(result))
+                                    dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype], device=args.device,
+                                    progress=None if args.json else log, threads=args.threads, interleave=not args.sequential)
+        print(json.dumps(result, indent=2) if args.json else format_training_table(result))
         return 0
 
     from .bench import default_cases, format_gradient_table, run_gradient_bench

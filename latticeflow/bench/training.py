@@ -348,7 +348,7 @@ def plot_training_bench(result: dict, path: str) -> None:
                                 label=f"var {v} @ params of {e} run")
         row[0].set(title=f"{t['case']}: reverse ESS", xlabel="training wall time [s]", ylabel="ESS (eval batch)",
                    ylim=(0, 1.02))
-        row[1].set(title=f"{t['case']}: gradient variance (tr Cov, batch {t['variance_batch_size']})",
+        row[1].set(title=f"{t['case']}: tr Cov[grad], batch {t['variance_batch_size']}",
                    xlabel="training wall time [s]", ylabel="tr Cov[grad]", yscale="log")
         row[0].legend(fontsize=8)
         row[1].legend(fontsize=7)
