@@ -57,11 +57,14 @@ def _cmd_sample(args, then_analyze: bool) -> int:
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
     if then_analyze:
         summary = run(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint)
-        _print_sampled(summary["ensemble"])
         if "training" in summary:
             t = summary["training"]
-            print(f"trained {t['steps']} steps (resumed from {t['resumed_from']}); final KL up to log Z "
-                  f"{t['final'].get('loss', float('nan')):.4f}, reverse ESS/N {t['final'].get('reverse_ess', float('nan')):.3f}")
+            if t["steps"] == t["resumed_from"]:
+                print(f"flow already trained for {t['steps']} steps ({t['checkpoint']})")
+            else:
+                print(f"trained {t['steps']} steps (resumed from {t['resumed_from']}); final KL up to log Z "
+                      f"{t['final'].get('loss', float('nan')):.4f}, reverse ESS/N {t['final'].get('reverse_ess', float('nan')):.3f}")
+        _print_sampled(summary["ensemble"])
         if "forward_ess" in summary:
             print(f"forward ESS/N of the flow on the HMC ensemble: {summary['forward_ess']:.3f}")
         for table in summary["tables"]:
@@ -74,6 +77,9 @@ def _cmd_sample(args, then_analyze: bool) -> int:
 
 
 def _print_sampled(s: dict) -> None:
+    if s["n_new"] == 0:
+        print(f"{s['path']} already holds {s['n_rows']} configurations")
+        return
     verb = "resumed" if s["resumed"] else "wrote"
     extra = f"acceptance {s['acceptance']:.3f}" if s["acceptance"] == s["acceptance"] else "i.i.d. flow samples"
     if s["exp_minus_delta_h"] == s["exp_minus_delta_h"]:  # HMC
