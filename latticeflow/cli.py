@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
+    p.add_argument("--pyerrors", metavar="PATH", default=None,
+                   help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
+                        "as a pyerrors json.gz file")
     p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
                                      "wall time), sampling (configurations/s and the HDF5 share)")
     p.add_argument("name", choices=["gradients", "training", "sampling"], help="which benchmark")
@@ -106,6 +109,10 @@ def _cmd_analyze(args) -> int:
     if not Path(args.file).is_file():
         raise FileNotFoundError(f"ensemble file not found: {args.file!r}")
     result = analyze(args.file, S=args.S)
+    if args.pyerrors:
+        from .pipeline.analyze import export_pyerrors
+
+        print(f"wrote {export_pyerrors(args.file, args.pyerrors)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, default=float))
     else:

@@ -18,7 +18,7 @@ from ..analysis import (GammaResult, ObservableRow, format_table, gamma_method, 
                         reverse_ess, split_replicas)
 from ..io import open_ensemble
 
-__all__ = ["EnsembleAnalysis", "analyze"]
+__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors"]
 
 
 @dataclass
@@ -214,3 +214,26 @@ def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
             extra["estimator"] = "Gamma method (chains as replicas)"
         return EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
                                 shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra)
+
+
+def export_pyerrors(path: str, out: str) -> str:
+    """Scalar per-configuration observables of a Markov-chain ensemble as a pyerrors json.gz file
+    (replicas ``<file stem>|r01``, … one per chain, in Monte Carlo order)."""
+    from pathlib import Path
+
+    from ..analysis import dump_pyerrors_json
+
+    with open_ensemble(path) as ens:
+        keys = set(ens.keys())
+        if "chain" not in keys:
+            raise ValueError(f"{path}: pyerrors export needs a Markov chain ensemble (hmc or nmcmc), not i.i.d. flow samples")
+        chain, mc = ens["chain"], ens["mc_index"]
+        obs = {}
+        for key in sorted(k for k in keys if k.startswith("observables/")):
+            values = ens[key]
+            if values.ndim == 1:
+                obs[key.split("/", 1)[1]] = split_replicas(values.astype(np.float64), chain, mc)
+        obs["action"] = split_replicas(ens["action"], chain, mc)
+        theory = ens.theory
+    written = dump_pyerrors_json(out, obs, ensemble=Path(path).stem, description=f"latticeflow {theory} ensemble {path}")
+    return str(written)

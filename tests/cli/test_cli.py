@@ -133,3 +133,16 @@ def test_run_writes_table_summary_and_plots(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["analysis"]["observables"]["chi2 = V<m^2>"]["exact"] == pytest.approx(2.5)
     assert (tmp_path / "out" / "plots" / "correlator.png").stat().st_size > 1000
+
+
+def test_analyze_exports_pyerrors_json_with_chains_as_replicas(tmp_path):
+    from latticeflow.analysis import load_pyerrors_json
+
+    cfg = write_config(tmp_path, U1.replace("n_samples: 4096", "n_samples: 512"))
+    run("sample", str(cfg), "--no-progress", cwd=tmp_path)
+    run("analyze", "out/ensemble.h5", "--pyerrors", "obs.json.gz", cwd=tmp_path)
+    data = load_pyerrors_json(tmp_path / "obs.json.gz")
+    assert len(data["plaquette"]) == 16 and all(len(r) == 32 for r in data["plaquette"])
+    with open_ensemble(tmp_path / "out" / "ensemble.h5") as ens:
+        first = ens["observables/plaquette"][ens["chain"] == 0]
+    assert np.allclose(data["plaquette"][0], first)
