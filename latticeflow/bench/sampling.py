@@ -19,7 +19,8 @@ import torch
 from actions import Phi4, U1Gauge
 from ..flows import build_flow
 from ..io import EnsembleWriter
-from ..samplers import nmcmc_batches
+from ..samplers.flow import sample_chunked
+from ..samplers.nmcmc import metropolize
 
 __all__ = ["run_sampling_bench", "format_sampling_table"]
 
@@ -39,17 +40,15 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler="nmcmc", seed=0,
                             dtype=str(dtype).replace("torch.", ""))
-    state = None
     try:
         for i in range(n_batches + 1):
             t0 = time.perf_counter()
-            x, log_q = flow.sample(batch_size, generator=gen)
+            x, log_q = sample_chunked(flow, batch_size, generator=gen)
             s = action.action(x)
             t1 = time.perf_counter()
             obs = {k: v.numpy() for k, v in action.observables(x).items()}
             t2 = time.perf_counter()
-            # the Metropolis step alone (proposals already drawn): reuse nmcmc's batch logic on these samples
-            from ..samplers.nmcmc import metropolize
+            # the Metropolis step alone (proposals already drawn)
             lw = (-s - log_q).double().numpy()
             idx = metropolize(lw, np.log(np.random.default_rng(i).random(batch_size)), -np.inf)
             xs = x[torch.as_tensor(np.maximum(idx, 0))]
@@ -63,7 +62,6 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
         size = path.stat().st_size
     finally:
         writer.close()
-    del state
     med = {k: statistics.median(v) for k, v in (("flow", t_flow), ("observables", t_obs), ("metropolis", t_mh),
                                                   ("hdf5_write", t_write))}
     total = sum(med.values())

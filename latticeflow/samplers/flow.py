@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FlowBatch", "flow_batches"]
+__all__ = ["FlowBatch", "flow_batches", "sample_chunked"]
+
+#: flow evaluations run in chunks of at most this many configurations: larger tensors fall out of the
+#: CPU caches (measured on φ⁴ 16×8: 2.6k configurations/s at 1024–2048, 1.7k/s at 4096)
+SAMPLE_CHUNK = 1024
 
 
 @dataclass
@@ -24,13 +28,23 @@ class FlowBatch:
 
 
 @torch.no_grad()
+def sample_chunked(flow, n: int, generator: torch.Generator | None = None,
+                   chunk: int = SAMPLE_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flow.sample(n)`` evaluated in chunks of ``chunk`` configurations (same distribution)."""
+    if n <= chunk:
+        return flow.sample(n, generator=generator)
+    parts = [flow.sample(min(chunk, n - i), generator=generator) for i in range(0, n, chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
 def flow_batches(flow, action, n_samples: int, batch_size: int,
                  generator: torch.Generator | None = None) -> Iterator[FlowBatch]:
     """Yield ``ceil(n_samples / batch_size)`` batches whose sizes add up to ``n_samples``."""
     done = 0
     while done < n_samples:
         b = min(batch_size, n_samples - done)
-        x, log_q = flow.sample(b, generator=generator)
+        x, log_q = sample_chunked(flow, b, generator=generator)
         s = action.action(x)
         yield FlowBatch(x, log_q, s, -s - log_q)
         done += b
