@@ -13,21 +13,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from ._repair import _fsync_path
+
 __all__ = ["save_checkpoint", "load_checkpoint"]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (best effort; not possible on every platform)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -55,7 +43,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    _fsync_path(str(directory))  # make the rename durable (best effort)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
