@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["reverse_kl", "forward_kl", "REVERSE_ESTIMATORS", "FORWARD_ESTIMATORS", "KLLoss"]
+__all__ = ["reverse_kl", "forward_kl", "REVERSE_ESTIMATORS", "FORWARD_ESTIMATORS"]
 
 REVERSE_ESTIMATORS = ("standard", "path_inverse", "fast_path")
 FORWARD_ESTIMATORS = ("standard", "gdreg", "fast_path")
-
-
-class KLLoss(torch.Tensor):
-    """Marker type only for documentation; losses are plain 0-dim tensors with ``.log_weight`` attached."""
 
 
 def _inner(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,6 @@ def ncp_mixture(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return g.mean(-1), torch.logsumexp(log_gp, -1) - math.log(k)
 
 
-def _ncp_dlog_fprime(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """∂_P log G'(P) = Σ_k softmax_k(log g_k') · (−sinh(s_k) sin P / D_k)."""
-    _, log_gp, d = _ncp_terms(p, s)
-    w = torch.softmax(log_gp, -1)
-    return (w * (-torch.sinh(s) * torch.sin(p).unsqueeze(-1) / d)).sum(-1)
-
-
 def _bisect(tau: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     lo = torch.full_like(tau, -math.pi)
     hi = torch.full_like(tau, math.pi)
@@ -176,7 +169,3 @@ class NCPCoupling(Coupling):
         p = ncp_inverse(tau, s)
         _, log_gp = ncp_mixture(p, s)
         return wrap(p - rest), log_gp
-
-    def dlog_fprime(self, x, params):
-        rest, s, _ = params
-        return _ncp_dlog_fprime(wrap(x + rest), s)
