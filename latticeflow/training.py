@@ -91,6 +91,7 @@ class Trainer:
         self.step_count = 0
         self.n_skipped = 0
         self.wall_time = 0.0  # training seconds before this process (from the checkpoint)
+        self.checkpoint_extra: dict[str, Any] = {}  # written into every checkpoint (e.g. the run's config)
         self._bad_in_row = 0
 
     # -- one optimisation step ----------------------------------------------------------------------
@@ -211,7 +212,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "generator": self.generator.get_state(), "step": self.step_count, "n_skipped": self.n_skipped,
                 "wall_time": self.wall_time,
-                "objective": self.objective, "estimator": self.estimator}
+                "objective": self.objective, "estimator": self.estimator, **self.checkpoint_extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flow.load_state_dict(state["flow"])

@@ -132,9 +132,7 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True) -> dict:
         _truncate_metrics(metrics, resumed_from)
     (out / "config.yaml").write_text(config_text)
     t0 = time.perf_counter()
-    original_state_dict = trainer.state_dict
-    trainer.state_dict = lambda: {**original_state_dict(), "config_flow": cfg.flow, "theory": action.theory,
-                                  "config": config_text}
+    trainer.checkpoint_extra = {"config_flow": cfg.flow, "theory": action.theory, "config": config_text}
     rows = trainer.train(cfg.train.steps, log_every=cfg.train.log_every, metrics_path=metrics, checkpoint_path=ckpt,
                          checkpoint_every=cfg.train.checkpoint_every, progress=progress)
     last = rows[-1] if rows else {}
