@@ -103,6 +103,7 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
             sweep = 0
             writer.set_attrs(step_size=hmc.step_size, n_chains=n_chains, n_thermalize=s.n_thermalize,
                              n_leapfrog=s.n_leapfrog, integrator=s.integrator, save_every=s.save_every)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ accepted, Σ e^{−ΔH}: no sync per trajectory
         acc_sum = edh_sum = 0.0
         n_traj = 0
         bar = tqdm(total=n_target, initial=min(n_rows, n_target), desc="sample", unit="cfg",
@@ -117,8 +118,8 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
                     step = hmc.step(x, action_x)
                     x, action_x = step.x, step.action
                     accepted_any |= step.accepted
-                    acc_sum += float(step.accepted.to(torch.float64).sum())
-                    edh_sum += float(torch.exp(-step.delta_h.to(torch.float64)).nan_to_num(0.0).sum())
+                    sums[0] += step.accepted.to(torch.float64).sum()
+                    sums[1] += torch.exp(-step.delta_h.to(torch.float64)).nan_to_num(0.0).sum()
                     n_traj += n_chains
                 obs = _measure(action, x)
                 obs["delta_h"] = step.delta_h.detach().cpu().numpy()
@@ -135,6 +136,7 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
                           mc_index=np.concatenate(rows["mc_index"]), observables=observables)
             writer.set_attrs(rng_state=generator.get_state().cpu().numpy(), rng_state_rows=writer.n_rows)
             bar.update(len(rows["chain"]) * n_chains)
+            acc_sum, edh_sum = sums.tolist()  # one sync per written batch
             if n_traj:
                 bar.set_postfix(acc=f"{acc_sum / n_traj:.3f}", exp_dH=f"{edh_sum / n_traj:.3f}", refresh=False)
         bar.close()
