@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from .analysis import forward_ess, reverse_ess
+from .flows import collect_reconstruction
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
 
 METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
-                 "steps_per_s", "wall_time", "n_skipped")
+                 "steps_per_s", "wall_time", "n_skipped", "reconstruction")
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +52,8 @@ class _Interval:
     rev_ess: float = 0.0
     fwd_ess: float = 0.0
     grad_norm: float = 0.0
+    rec: float = 0.0
+    n_rec: int = 0
 
 
 class Trainer:
@@ -58,13 +61,15 @@ class Trainer:
 
     ``objective``: ``reverse_kl``, ``forward_kl`` or ``mixed`` (loss = (1 − w) reverse + w forward with
     w = ``forward_weight``); forward KL needs ``data`` (target samples, ``(N, *field_shape)``).
+    Self-normalizing layers (family ``snf``) add λ Σ_l ρ_l, their reconstruction losses, with
+    λ = ``reconstruction_weight`` (reported as ``reconstruction``, not part of the KL).
     """
 
     def __init__(self, flow, action, *, objective: str = "reverse_kl", estimator: str = "fast_path",
                  forward_estimator: str | None = None, batch_size: int = 256, lr: float = 1e-3,
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
-                 seed: int = 0, max_bad_steps: int = 10) -> None:
+                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 1.0) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
@@ -79,6 +84,7 @@ class Trainer:
             self.forward_estimator = forward_estimator or {"fast_path": "fast_path", "path_inverse": "gdreg"}.get(estimator, "standard")
         self.batch_size, self.grad_clip = batch_size, grad_clip
         self.forward_weight = forward_weight
+        self.reconstruction_weight = reconstruction_weight
         self.max_bad_steps = max_bad_steps
         self.optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
@@ -117,8 +123,13 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
         self.optimizer.zero_grad(set_to_none=True)
+        collect_reconstruction(self.flow)  # drop terms of forward passes made outside training steps
         loss, info = self._loss()
         value = float(loss.detach())
+        rec = collect_reconstruction(self.flow)
+        if rec is not None:
+            info["reconstruction"] = float(rec.detach())
+            loss = loss + self.reconstruction_weight * rec
         bad = not math.isfinite(value)
         grad_norm = float("nan")
         if not bad:
@@ -175,6 +186,8 @@ class Trainer:
                     acc.rev += m["reverse_kl"]; acc.rev_ess += m["reverse_ess"]; acc.n_rev += 1
                 if "forward_kl" in m and math.isfinite(m["forward_kl"]) and math.isfinite(m["forward_ess"]):
                     acc.fwd += m["forward_kl"]; acc.fwd_ess += m["forward_ess"]; acc.n_fwd += 1
+                if math.isfinite(m.get("reconstruction", float("nan"))):
+                    acc.rec += m["reconstruction"]; acc.n_rec += 1
                 bar.update(1)
                 if self.step_count % log_every == 0 or self.step_count == n_steps:
                     now = time.perf_counter()
@@ -186,7 +199,8 @@ class Trainer:
                            "forward_ess": acc.fwd_ess / acc.n_fwd if acc.n_fwd else float("nan"),
                            "grad_norm": acc.grad_norm / good, "lr": self.optimizer.param_groups[0]["lr"],
                            "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": self.wall_time + now - t_start,
-                           "n_skipped": self.n_skipped}
+                           "n_skipped": self.n_skipped,
+                           "reconstruction": acc.rec / acc.n_rec if acc.n_rec else float("nan")}
                     rows.append(row)
                     bar.set_postfix(kl=f"{row['loss']:.3f}", ess=f"{row['reverse_ess']:.3f}", refresh=False)
                     if writer is not None:
