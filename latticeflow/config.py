@@ -74,7 +74,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     data: str | None = None
     forward_weight: float = 0.5
-    reconstruction_weight: float = 1.0
+    reconstruction_weight: float = 10.0
     max_bad_steps: int = 10
     checkpoint_every: int = 100
     log_every: int = 10

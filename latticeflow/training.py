@@ -69,7 +69,7 @@ class Trainer:
                  forward_estimator: str | None = None, batch_size: int = 256, lr: float = 1e-3,
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
-                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 1.0) -> None:
+                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
