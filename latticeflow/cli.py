@@ -137,7 +137,7 @@ def _cmd_bench(args) -> int:
 
         log = (lambda r: print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
                                file=sys.stderr, flush=True))
-        result = run_snf_bench(quick=args.quick, repeats=min(args.repeats, 3) if args.repeats != 10 else 3,
+        result = run_snf_bench(quick=args.quick, repeats=3 if args.repeats == 10 else args.repeats,
                                dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
                                progress=None if args.json else log)
         print(json.dumps(result, indent=2) if args.json else format_snf_table(result))

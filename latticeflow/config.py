@@ -286,15 +286,16 @@ def config_from_dict(data: Any) -> Config:
 
 
 def _snf_defaults(cfg: Config, raw_train: dict) -> None:
-    """Self-normalizing flows train with the standard estimators (their layers have no score hooks), and by
-    default accelerate the direction the objective differentiates (forward for reverse KL, else inverse)."""
+    """Self-normalizing flows train with autograd estimators (standard by default; path_inverse and gdreg work
+    too, fast_path needs score hooks the linear layers do not have), and by default accelerate the direction
+    the objective differentiates (forward for reverse KL, else inverse)."""
     t = cfg.train
     if "estimator" not in raw_train:
         t.estimator = "standard"
     for key in ("estimator", "forward_estimator"):
         value = getattr(t, key)
-        if value not in (None, "standard"):
-            raise ConfigError(f"train.{key} {value!r} needs score hooks that flow.family 'snf' does not have; "
+        if value == "fast_path" or (key == "forward_estimator" and value is None and t.estimator == "fast_path"):
+            raise ConfigError(f"train.{key} 'fast_path' needs score hooks that flow.family 'snf' does not have; "
                               f"use train.{key}: standard")
     if "direction" not in cfg.flow:
         cfg.flow["direction"] = "forward" if t.objective == "reverse_kl" else "inverse"

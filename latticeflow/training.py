@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .analysis import forward_ess, reverse_ess
-from .flows import collect_reconstruction
+from .flows import collect_reconstruction, self_normalized_training
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
@@ -123,8 +123,9 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
         self.optimizer.zero_grad(set_to_none=True)
-        collect_reconstruction(self.flow)  # drop terms of forward passes made outside training steps
-        loss, info = self._loss()
+        collect_reconstruction(self.flow)  # drop stale terms (none are made outside training steps)
+        with self_normalized_training():
+            loss, info = self._loss()
         value = float(loss.detach())
         rec = collect_reconstruction(self.flow)
         if rec is not None:
@@ -186,7 +187,7 @@ class Trainer:
                     acc.rev += m["reverse_kl"]; acc.rev_ess += m["reverse_ess"]; acc.n_rev += 1
                 if "forward_kl" in m and math.isfinite(m["forward_kl"]) and math.isfinite(m["forward_ess"]):
                     acc.fwd += m["forward_kl"]; acc.fwd_ess += m["forward_ess"]; acc.n_fwd += 1
-                if math.isfinite(m.get("reconstruction", float("nan"))):
+                if not m["skipped"] and math.isfinite(m.get("reconstruction", float("nan"))):
                     acc.rec += m["reconstruction"]; acc.n_rec += 1
                 bar.update(1)
                 if self.step_count % log_every == 0 or self.step_count == n_steps:

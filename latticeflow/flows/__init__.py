@@ -9,7 +9,8 @@ from .build import FLOW_FAMILIES, build_flow, flow_defaults
 from .coupling import Coupling
 from .flow import Flow, StandardNormal, UniformAngles
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
-from .snf import OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction
+from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction,
+                  self_normalized_training)
 from .u1 import NCPCoupling, ncp_inverse, ncp_mixture
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture",
     "FlowError", "NotInvertibleError", "DomainError",
     "SelfNormDense", "SelfNormConv", "SelfNormalizing", "OddPower", "collect_reconstruction",
+    "self_normalized_training",
 ]

@@ -19,7 +19,8 @@ Family ``snf`` (self-normalizing flows, Keller et al. 2021; see `latticeflow.flo
                 kernel_size, activation as above): 0
   gradient      self_normalized (learned inverse R in the log-det gradient) | exact (the twin): self_normalized
   direction     the flow direction that applies W and trains at O(D²): inverse (x → z, forward KL /
-                maximum likelihood) | forward (z → x, reverse KL): inverse
+                maximum likelihood) | forward (z → x, reverse KL): inverse here; config files default it
+                from train.objective. The other direction solves W exactly (O(D³) gradients, R unused).
   block         conv only: regroup 2 × 2 blocks into 4 channels first (2) or not (1): 1
   refresh       dense: exact log-det value every this many updates while self-normalized training: 25
 """

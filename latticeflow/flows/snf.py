@@ -20,6 +20,7 @@ update, and recomputed exactly every ``refresh`` updates (25) (it only enters re
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -29,9 +30,23 @@ from .base import Bijection, FlowError
 from .conditioners import circular_pad
 
 __all__ = ["SelfNormDense", "SelfNormConv", "SelfNormalizing", "OddPower", "collect_reconstruction",
-           "circulant_kernel_fft", "GRADIENTS"]
+           "circulant_kernel_fft", "self_normalized_training", "GRADIENTS"]
 
 GRADIENTS = ("self_normalized", "exact")
+_IN_TRAINING_STEP = [False]
+
+
+@contextlib.contextmanager
+def self_normalized_training(enabled: bool = True):
+    """Inside (the `Trainer` wraps each step in it), layers with ``gradient="self_normalized"`` use the SNF
+    backward, the tracked log-det value and record reconstruction losses. Everywhere else every layer is
+    exact (log-det by LU / FFT, exact autograd), so no log q, sample or weight ever depends on R."""
+    previous = _IN_TRAINING_STEP[0]
+    _IN_TRAINING_STEP[0] = enabled
+    try:
+        yield
+    finally:
+        _IN_TRAINING_STEP[0] = previous
 
 
 class _SelfNormLinear(torch.autograd.Function):
@@ -80,7 +95,7 @@ class SelfNormalizing(Bijection):
         self.register_buffer("_ld_value", torch.zeros(()))
         self.register_buffer("_n_updates", torch.tensor(-1))  # −1: not yet computed
         self._pending: list[torch.Tensor] = []
-        self._cache: tuple | None = None
+        self._cache: dict | None = None
 
     # -- operator-specific pieces (dense / conv) -----------------------------------------------------
     def _op(self, h: torch.Tensor, K: torch.Tensor) -> torch.Tensor: raise NotImplementedError
@@ -93,15 +108,21 @@ class SelfNormalizing(Bijection):
     def _from_op(self, h: torch.Tensor, like: torch.Tensor) -> torch.Tensor: return h
 
     # -- log-det values ---------------------------------------------------------------------------------
-    def _key(self) -> tuple:
-        return (self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
+    def _cached(self, name: str, compute):
+        """``compute()`` under no_grad, cached while W holds the same values (an O(D²) comparison, so
+        in-place updates that bypass autograd's version counter — fused optimisers, ``.data`` — are seen)."""
+        w = self.weight.detach()
+        ref = self._cache.get("weight") if self._cache else None
+        if ref is None or ref.shape != w.shape or ref.dtype != w.dtype or ref.device != w.device or not torch.equal(ref, w):
+            self._cache = {"weight": w.clone()}
+        if name not in self._cache:
+            with torch.no_grad():
+                self._cache[name] = compute()
+        return self._cache[name]
 
     def logdet_value(self) -> torch.Tensor:
         """Exact log|det W| without gradient, cached until W changes."""
-        if self._cache is None or self._cache[0] != self._key():
-            with torch.no_grad():
-                self._cache = (self._key(), self.exact_logdet().detach())
-        return self._cache[1]
+        return self._cached("logdet", lambda: self.exact_logdet().detach())
 
     def _tracked_logdet(self) -> torch.Tensor:
         """The value used during self-normalized training: exact every ``refresh`` updates (25), else ℓ + tr(R ΔW)."""
@@ -110,7 +131,8 @@ class SelfNormalizing(Bijection):
     # -- the linear map in both directions -----------------------------------------------------------------
     def _apply_w(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self._to_op(x)
-        if self.gradient == "self_normalized" and torch.is_grad_enabled() and self.weight.requires_grad:
+        if (self.gradient == "self_normalized" and _IN_TRAINING_STEP[0] and torch.is_grad_enabled()
+                and self.weight.requires_grad):
             y, ld, rec = _SelfNormLinear.apply(h, self.weight, self.inverse_weight, self._tracked_logdet(), self)
             if len(self._pending) > 16:  # not collected by a trainer: keep memory bounded
                 self._pending.pop(0)
@@ -141,7 +163,7 @@ class SelfNormalizing(Bijection):
         """mean_b ‖h − R W h‖² / mean_b ‖h‖² on field-shaped ``h`` (0 when R = W⁻¹)."""
         op = self._to_op(h)
         e = op - self._op(self._op(op, self.weight), self.inverse_weight)
-        return float((e * e).sum() / (op * op).sum().clamp_min(1e-300))
+        return float((e * e).sum() / (op * op).sum().clamp_min(torch.finfo(op.dtype).tiny))
 
 
 def collect_reconstruction(flow: nn.Module) -> torch.Tensor | None:
@@ -176,27 +198,24 @@ class SelfNormDense(SelfNormalizing):
     def _solve(self, y):
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return torch.linalg.solve(self.weight, y.T).T
-        key = ("lu",) + self._key()
-        if getattr(self, "_lu", None) is None or self._lu[0] != key:
-            with torch.no_grad():
-                self._lu = (key, torch.linalg.lu_factor(self.weight))
-        lu, piv = self._lu[1]
+        lu, piv = self._cached("lu", lambda: torch.linalg.lu_factor(self.weight))
         return torch.linalg.lu_solve(lu, piv, y.T).T
 
     def _tracked_logdet(self) -> torch.Tensor:
         with torch.no_grad():
             W = self.weight
             n = int(self._n_updates)
-            if n < 0 or n >= self.refresh:
+            dW = W - self._weight_ref
+            changed = bool(dW.any())
+            if n >= 0 and changed:
+                n += 1  # W was updated since the last call
+            if n < 0 or n >= self.refresh:  # exact after every `refresh` updates
                 self._ld_value.copy_(self.logdet_value())
-                self._weight_ref.copy_(W)
-                self._n_updates.fill_(0)
-            else:
-                dW = W - self._weight_ref
-                if bool(dW.any()):
-                    self._ld_value.add_((self.inverse_weight * dW.T).sum())  # tr(R ΔW)
-                    self._weight_ref.copy_(W)
-                    self._n_updates.add_(1)
+                n = 0
+            elif changed:
+                self._ld_value.add_((self.inverse_weight * dW.T).sum())  # tr(R ΔW)
+            self._weight_ref.copy_(W)
+            self._n_updates.fill_(n)
             return self._ld_value.clone()
 
 
@@ -236,8 +255,8 @@ class SelfNormConv(SelfNormalizing):
         self.block = block
         self.lattice = (lattice[0] // block, lattice[1] // block)
         self.channels = channels * block * block
-        if kernel_size // 2 > min(self.lattice):
-            raise FlowError(f"flow.kernel_size {kernel_size} is too large for the {list(self.lattice)} lattice of the layer")
+        if kernel_size > min(self.lattice):  # wrapped offsets would alias in the R-based log-det gradient
+            raise FlowError(f"flow.kernel_size {kernel_size} is larger than the {list(self.lattice)} lattice of the layer")
         w = torch.zeros(self.channels, self.channels, kernel_size, kernel_size)
         w[:, :, kernel_size // 2, kernel_size // 2] = torch.eye(self.channels)
         super().__init__(w, gradient=gradient, inverted=inverted, refresh=refresh)

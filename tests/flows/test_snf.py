@@ -6,7 +6,8 @@ import torch
 
 from actions import Phi4
 from latticeflow.config import ConfigError, config_from_dict
-from latticeflow.flows import FlowError, OddPower, SelfNormConv, SelfNormDense, build_flow, collect_reconstruction
+from latticeflow.flows import (FlowError, OddPower, SelfNormConv, SelfNormDense, build_flow, collect_reconstruction,
+                               self_normalized_training)
 
 DT = torch.float64
 
@@ -76,7 +77,7 @@ def _r_dense(layer, r):
 
 
 @pytest.mark.parametrize("make", [lambda: SelfNormDense((3, 4)), lambda: SelfNormConv((3, 3)),
-                                  lambda: SelfNormConv((2, 5, 5), kernel_size=5)])
+                                  lambda: SelfNormConv((2, 5, 5), kernel_size=5), lambda: SelfNormConv((6, 6), block=2)])
 def test_snf_gradient_equals_exact_gradient_when_r_is_the_inverse(make):
     """With R = W⁻¹: ∂L/∂W (self-normalized) = ∂L/∂W (exact), and ∂L/∂R = the exact gradient of L(W = R⁻¹)."""
     layer = _perturb(make().to(DT), seed=3)
@@ -86,7 +87,8 @@ def test_snf_gradient_equals_exact_gradient_when_r_is_the_inverse(make):
 
     def loss(grad_mode):
         layer.gradient = grad_mode
-        y, ld = layer(x)
+        with self_normalized_training():
+            y, ld = layer(x)
         return 0.1 * (y ** 3).sum() + (y ** 2).sum() - 1.7 * ld.sum()
 
     layer.zero_grad()
@@ -115,7 +117,8 @@ def test_snf_gradient_differs_when_r_is_not_the_inverse():
     for mode in ("self_normalized", "exact"):
         layer.gradient = mode
         layer.zero_grad()
-        y, ld = layer(x)
+        with self_normalized_training():
+            y, ld = layer(x)
         (y.pow(2).sum() - ld.sum()).backward()
         grads.append(layer.weight.grad.clone())
     assert (grads[0] - grads[1]).abs().max() > 1e-3
@@ -135,13 +138,34 @@ def test_evaluation_never_uses_r():
             if isinstance(m, SelfNormDense):
                 m.inverse_weight.normal_()
         assert torch.equal(before, flow.log_prob(x))
-    # the same log q with gradients enabled (exact autograd path)
+    # the same log q with gradients enabled (exact autograd path), also after training steps moved W
     assert torch.allclose(flow.log_prob(x), before, atol=1e-12)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2, fused=False)
+    for _ in range(3):
+        with self_normalized_training():
+            loss = -flow.log_prob(x).mean()
+        opt.zero_grad()
+        (loss + collect_reconstruction(flow)).backward()
+        opt.step()
+    with torch.no_grad():
+        exact_now = flow.log_prob(x)
+    assert not torch.allclose(exact_now, before)
+    assert torch.allclose(flow.log_prob(x), exact_now, atol=1e-12)
+    with torch.no_grad():  # W changed behind autograd's back: the cached log-det and LU follow
+        for m in flow.modules():
+            if isinstance(m, SelfNormDense):
+                m.weight.data.mul_(1.1)
+        z, ld = flow.inverse(x)
+        assert torch.allclose(flow.forward(z)[0], x, atol=1e-10)
+        fresh = build_flow({"family": "snf", "layer": "dense", "n_layers": 2}, action).to(DT)
+        fresh.load_state_dict(flow.state_dict())
+        assert torch.allclose(flow.log_prob(x), fresh.log_prob(x), atol=1e-10)
+        assert not torch.allclose(flow.log_prob(x), exact_now)
 
 
 @pytest.mark.parametrize("flow_cfg", [
     {"family": "snf", "layer": "dense", "n_layers": 2},
-    {"family": "snf", "layer": "conv", "n_layers": 2, "block": 2},
+    {"family": "snf", "layer": "conv", "n_layers": 2, "block": 2, "kernel_size": 1},
     {"family": "snf", "layer": "dense", "n_layers": 2, "couplings": 2, "conditioner": "fc", "hidden": [16]},
     {"family": "snf", "layer": "conv", "n_layers": 1, "couplings": 2, "direction": "forward"},
 ])
@@ -181,9 +205,10 @@ def test_tracked_logdet_follows_w_and_refreshes():
     opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
     stale = None
     for step in range(7):
-        y, ld = layer(x)
+        with self_normalized_training():
+            y, ld = layer(x)
         exact = torch.linalg.slogdet(layer.weight).logabsdet.detach()
-        if step % 4 == 0:  # a refresh (after 0, 3+1 … updates) gives the exact value
+        if step % 3 == 0:  # a refresh (after 0, 3, 6 updates) gives the exact value
             assert torch.allclose(ld[0], exact, atol=1e-12)
             stale = exact
         else:  # first-order tracking is much closer than the value at the last refresh
@@ -199,7 +224,7 @@ def test_snf_config_errors_and_defaults():
     action = Phi4((4, 4), kappa=0.2, lam=0.02)
     for bad, word in [({"layer": "sparse"}, "flow.layer"), ({"gradient": "approx"}, "flow.gradient"),
                       ({"direction": "up"}, "flow.direction"), ({"layer": "conv", "block": 3}, "flow.block"),
-                      ({"refresh": 0}, "flow.refresh")]:
+                      ({"refresh": 0}, "flow.refresh"), ({"layer": "conv", "block": 2}, "flow.kernel_size")]:
         with pytest.raises(FlowError, match=word.replace(".", r"\.")):
             build_flow({"family": "snf", **bad}, action)
     base = {"action": {"theory": "phi4", "shape": [4, 4], "kappa": 0.2, "lam": 0.02}, "flow": {"family": "snf"}}
