@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
                         "as a pyerrors json.gz file")
     p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
-                                     "wall time), sampling (configurations/s and the HDF5 share)")
-    p.add_argument("name", choices=["gradients", "training", "sampling"], help="which benchmark")
+                                     "wall time), sampling (configurations/s and the HDF5 share), scaling (MPI "
+                                     "weak scaling at 1 and 2 ranks)")
+    p.add_argument("name", choices=["gradients", "training", "sampling", "scaling"], help="which benchmark")
     p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -134,6 +135,12 @@ def _cmd_bench(args) -> int:
 
         results = run_sampling_bench(quick=args.quick, dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype])
         print(json.dumps({"benchmark": "sampling", "results": results}, indent=2) if args.json else format_sampling_table(results))
+        return 0
+    if args.name == "scaling":
+        from .bench.scaling import format_scaling_table, run_scaling_bench
+
+        result = run_scaling_bench(quick=args.quick, dtype=args.dtype)
+        print(json.dumps(result, indent=2) if args.json else format_scaling_table(result))
         return 0
     if args.name == "training":
         from .bench.training import format_training_table, run_training_bench
