@@ -154,8 +154,9 @@ def init_torch_distributed(world: World, device: torch.device | str = "cpu") -> 
     if dist.is_initialized():
         return dist.get_backend()
     if world.is_main:
+        # the host name, not its address: on many systems it resolves to a loopback address locally
         addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if world.local_size == world.size
-                                                 else socket.gethostbyname(socket.gethostname()))
+                                                 else socket.gethostname())
         port = int(os.environ.get("MASTER_PORT") or _free_port())
     else:
         addr, port = None, None
