@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .analysis import forward_ess, reverse_ess
-from .distributed import World, all_gather_rows, average_gradients, broadcast_module
+from .distributed import World, all_gather_rows, average_gradients, broadcast_module, init_torch_distributed
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
@@ -66,6 +66,8 @@ class Trainer:
 
     ``objective``: ``reverse_kl``, ``forward_kl`` or ``mixed`` (loss = (1 − w) reverse + w forward with
     w = ``forward_weight``); forward KL needs ``data`` (target samples, ``(N, *field_shape)``).
+    ``world`` (:class:`latticeflow.distributed.World`, default one process): data-parallel ranks;
+    ``batch_size`` is then the global batch.
     """
 
     def __init__(self, flow, action, *, objective: str = "reverse_kl", estimator: str = "fast_path",
@@ -102,6 +104,7 @@ class Trainer:
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.data = None if data is None else data.to(self.device)
+        init_torch_distributed(self.world, self.device)  # no-op with one rank or when already joined
         broadcast_module(flow, self.world)  # identical start on every rank, whatever the initialisation
         self.step_count = 0
         self.n_skipped = 0

@@ -46,6 +46,13 @@ def test_master_file_reads_as_one_ensemble_of_all_replicas(tmp_path):
         sample(u1_cfg(moved), progress=False, world=World())
 
 
+def test_master_without_its_shards_is_refused(tmp_path):
+    master = write_master(make_shards(tmp_path), [shard_path(tmp_path / "ensemble.h5", r) for r in (0, 1)], seed=1)
+    shard_path(master, 1).unlink()
+    with pytest.raises(ValueError, match="shard ensemble.r001.h5 is missing"):
+        open_ensemble(master)
+
+
 def test_master_refuses_shards_of_other_couplings(tmp_path):
     make_shards(tmp_path, betas=(2.0, 3.0))
     with pytest.raises(EnsembleMismatchError, match="beta"):
