@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
                         "as a pyerrors json.gz file")
     p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
-                                     "wall time), sampling (configurations/s and the HDF5 share), scaling (MPI "
+                                     "wall time), sampling (configurations/s and the HDF5 share), snf "
+                                     "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
                                      "weak scaling at 1 and 2 ranks)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "scaling"], help="which benchmark")
+    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling"], help="which benchmark")
     p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -141,6 +142,16 @@ def _cmd_bench(args) -> int:
 
         result = run_scaling_bench(quick=args.quick, dtype=args.dtype)
         print(json.dumps(result, indent=2) if args.json else format_scaling_table(result))
+        return 0
+    if args.name == "snf":
+        from .bench.snf import format_snf_table, run_snf_bench
+
+        log = (lambda r: print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
+                               file=sys.stderr, flush=True))
+        result = run_snf_bench(quick=args.quick, repeats=min(args.repeats, 3) if args.repeats != 10 else 3,
+                               dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
+                               progress=None if args.json else log)
+        print(json.dumps(result, indent=2) if args.json else format_snf_table(result))
         return 0
     if args.name == "training":
         from .bench.training import format_training_table, run_training_bench

@@ -74,6 +74,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     data: str | None = None
     forward_weight: float = 0.5
+    reconstruction_weight: float = 10.0
     max_bad_steps: int = 10
     checkpoint_every: int = 100
     log_every: int = 10
@@ -248,6 +249,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.scheduler must be null or 'plateau', got {t.scheduler!r}")
     if not 0 <= t.forward_weight <= 1:
         raise ConfigError(f"train.forward_weight must be in [0, 1], got {t.forward_weight}")
+    if not t.reconstruction_weight >= 0:
+        raise ConfigError(f"train.reconstruction_weight must be >= 0, got {t.reconstruction_weight}")
     for key in ("steps", "batch_size", "checkpoint_every", "log_every", "max_bad_steps", "plateau_patience"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
@@ -276,8 +279,25 @@ def config_from_dict(data: Any) -> Config:
             typ = {f.name: f.type for f in dataclasses.fields(Config)}[key]
             kwargs[key] = _coerce(value, typ, key)
     cfg = Config(**kwargs)
+    if cfg.flow.get("family") == "snf":
+        _snf_defaults(cfg, data.get("train") or {})
     _validate(cfg)
     return cfg
+
+
+def _snf_defaults(cfg: Config, raw_train: dict) -> None:
+    """Self-normalizing flows train with the standard estimators (their layers have no score hooks), and by
+    default accelerate the direction the objective differentiates (forward for reverse KL, else inverse)."""
+    t = cfg.train
+    if "estimator" not in raw_train:
+        t.estimator = "standard"
+    for key in ("estimator", "forward_estimator"):
+        value = getattr(t, key)
+        if value not in (None, "standard"):
+            raise ConfigError(f"train.{key} {value!r} needs score hooks that flow.family 'snf' does not have; "
+                              f"use train.{key}: standard")
+    if "direction" not in cfg.flow:
+        cfg.flow["direction"] = "forward" if t.objective == "reverse_kl" else "inverse"
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -28,12 +28,13 @@ import torch
 
 from .analysis import forward_ess, reverse_ess
 from .distributed import World, all_gather_rows, average_gradients, broadcast_module, init_torch_distributed
+from .flows import collect_reconstruction
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
 
 METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
-                 "steps_per_s", "wall_time", "n_skipped")
+                 "steps_per_s", "wall_time", "n_skipped", "reconstruction")
 
 
 class TrainingError(RuntimeError):
@@ -59,6 +60,8 @@ class _Interval:
     rev_ess: float = 0.0
     fwd_ess: float = 0.0
     grad_norm: float = 0.0
+    rec: float = 0.0
+    n_rec: int = 0
 
 
 class Trainer:
@@ -66,6 +69,8 @@ class Trainer:
 
     ``objective``: ``reverse_kl``, ``forward_kl`` or ``mixed`` (loss = (1 − w) reverse + w forward with
     w = ``forward_weight``); forward KL needs ``data`` (target samples, ``(N, *field_shape)``).
+    Self-normalizing layers (family ``snf``) add λ Σ_l ρ_l, their reconstruction losses, with
+    λ = ``reconstruction_weight`` (reported as ``reconstruction``, not part of the KL).
     ``world`` (:class:`latticeflow.distributed.World`, default one process): data-parallel ranks;
     ``batch_size`` is then the global batch.
     """
@@ -74,7 +79,8 @@ class Trainer:
                  forward_estimator: str | None = None, batch_size: int = 256, lr: float = 1e-3,
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
-                 seed: int = 0, max_bad_steps: int = 10, world: World | None = None) -> None:
+                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0,
+                 world: World | None = None) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
@@ -95,6 +101,7 @@ class Trainer:
         local = batch_size // self.world.size
         self._shard = slice(self.world.rank * local, (self.world.rank + 1) * local)  # this rank's rows of a batch
         self.forward_weight = forward_weight
+        self.reconstruction_weight = reconstruction_weight
         self.max_bad_steps = max_bad_steps
         self.optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
@@ -126,9 +133,10 @@ class Trainer:
             terms.append(("forward", self.forward_weight if self.objective == "mixed" else 1.0, fwd))
         return terms
 
-    def _metrics(self, loss: torch.Tensor, terms) -> tuple[float, dict[str, float]]:
-        """Loss value and KL / ESS of the global batch (one all-gather across ranks under MPI)."""
-        values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms]])
+    def _metrics(self, loss: torch.Tensor, terms, rec: torch.Tensor | None) -> tuple[float, dict[str, float]]:
+        """Loss value, KL / ESS and reconstruction loss of the global batch (one all-gather under MPI)."""
+        extra = [] if rec is None else [rec.detach().to(loss.dtype)]
+        values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms], *extra])
         log_weights = [t.log_weight for _, _, t in terms]
         if self.world.distributed:
             n = values.numel()
@@ -138,19 +146,26 @@ class Trainer:
             local = self.batch_size // self.world.size
             log_weights = [gathered[:, n + i * local:n + (i + 1) * local].reshape(-1) for i in range(len(terms))]
         info: dict[str, float] = {}
-        for (kind, _, _), value, lw in zip(terms, values[1:].tolist(), log_weights):
+        values_list = values.tolist()
+        for (kind, _, _), value, lw in zip(terms, values_list[1:], log_weights):
             ess = reverse_ess if kind == "reverse" else forward_ess
             info[f"{kind}_kl"] = value
             info[f"{kind}_ess"] = _safe(ess, lw)
-        return float(values[0]), info
+        if rec is not None:
+            info["reconstruction"] = values_list[-1]
+        return values_list[0], info
 
     def step(self) -> dict[str, float]:
         """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
         self.optimizer.zero_grad(set_to_none=True)
+        collect_reconstruction(self.flow)  # drop terms of forward passes made outside training steps
         terms = self._terms()
         loss = sum(w * t for _, w, t in terms)
-        value, info = self._metrics(loss, terms)
-        bad = not math.isfinite(value)  # the global loss: every rank takes the same decision
+        rec = collect_reconstruction(self.flow)  # a batch mean like the KL terms: averaged over ranks alike
+        value, info = self._metrics(loss, terms, rec)
+        if rec is not None:
+            loss = loss + self.reconstruction_weight * rec
+        bad = not math.isfinite(value)  # the global KL loss: every rank takes the same decision
         grad_norm = float("nan")
         if not bad:
             loss.backward()
@@ -213,6 +228,8 @@ class Trainer:
                     acc.rev += m["reverse_kl"]; acc.rev_ess += m["reverse_ess"]; acc.n_rev += 1
                 if "forward_kl" in m and math.isfinite(m["forward_kl"]) and math.isfinite(m["forward_ess"]):
                     acc.fwd += m["forward_kl"]; acc.fwd_ess += m["forward_ess"]; acc.n_fwd += 1
+                if math.isfinite(m.get("reconstruction", float("nan"))):
+                    acc.rec += m["reconstruction"]; acc.n_rec += 1
                 bar.update(1)
                 if self.step_count % log_every == 0 or self.step_count == n_steps:
                     now = time.perf_counter()
@@ -224,7 +241,8 @@ class Trainer:
                            "forward_ess": acc.fwd_ess / acc.n_fwd if acc.n_fwd else float("nan"),
                            "grad_norm": acc.grad_norm / good, "lr": self.optimizer.param_groups[0]["lr"],
                            "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": self.wall_time + now - t_start,
-                           "n_skipped": self.n_skipped}
+                           "n_skipped": self.n_skipped,
+                           "reconstruction": acc.rec / acc.n_rec if acc.n_rec else float("nan")}
                     rows.append(row)
                     bar.set_postfix(kl=f"{row['loss']:.3f}", ess=f"{row['reverse_ess']:.3f}", refresh=False)
                     if writer is not None:

@@ -13,7 +13,11 @@ lengths N_r (N = sum_r N_r):
   ``rho(t) = Gamma(t)/Gamma(0)``;
 * automatic window: the first W with
   ``g(W) = exp(-W/tau) - tau/sqrt(W N) < 0``, ``tau = S / ln((2 tau_int(W)+1)/(2 tau_int(W)-1))``
-  (tau tiny, i.e. stop, once tau_int(W) <= 1/2);
+  (tau tiny, i.e. stop, once tau_int(W) <= 1/2). For anticorrelated chains, where rho(t)
+  oscillates (HMC trajectories near half a period of a slow mode flip m -> -m) and this stop comes
+  at W = 1 with tau_int(1) far below the true value, the window is widened to Geyer's initial
+  positive sequence (Stat. Sci. 7 (1992) 473): pairs rho(2k) + rho(2k+1) are summed up to the
+  first non-positive pair;
 * bias correction ``Gamma(t) -> Gamma(t) + C_F(W)/N``, hence
   ``C_F(W) -> C_F(W) (1 + (2W+1)/N)``; the error of the mean is ``sqrt(C_F(W)/N)`` and
   ``tau_int = C_F(W) / (2 Gamma(0))``;
@@ -187,7 +191,13 @@ def _choose_window(gamma: np.ndarray, n: int, S: float) -> tuple[int, bool]:
         g = np.where(above, np.exp(-w / tau) - tau / np.sqrt(w * float(n)), -1.0)
     hits = np.flatnonzero(g < 0)
     if hits.size:
-        return int(w[hits[0]]), True
+        first = int(hits[0])
+        if not above[first]:  # stopped because tau_int(W) <= 1/2: an oscillating rho(t)
+            pairs = rho[0:-1:2][: (rho.size - 1) // 2] + rho[1::2][: (rho.size - 1) // 2]  # rho(2k) + rho(2k+1)
+            bad = np.flatnonzero(pairs <= 0)
+            k = int(bad[0]) if bad.size else pairs.size
+            return max(int(w[first]), 2 * k - 1, 0), True
+        return int(w[first]), True
     return int(w[-1]), False
 
 

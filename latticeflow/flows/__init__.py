@@ -1,17 +1,20 @@
 """Normalizing flows: bijections with log-determinants and score hooks, composed with a base density.
 
 Families: ``realnvp`` and ``z2nice`` for φ⁴ (checkerboard couplings), ``u1_ncp`` for 2D U(1)
-(gauge-equivariant NCP couplings with an implicit, bisection-based inverse). See `build_flow`.
+(gauge-equivariant NCP couplings with an implicit, bisection-based inverse), ``snf`` for φ⁴
+(self-normalizing linear layers with learned inverses, Keller et al. 2021). See `build_flow`.
 """
 from .base import Bijection, DomainError, FlowError, NotInvertibleError
 from .build import FLOW_FAMILIES, build_flow, flow_defaults
 from .coupling import Coupling
 from .flow import Flow, StandardNormal, UniformAngles
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
+from .snf import OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction
 from .u1 import NCPCoupling, ncp_inverse, ncp_mixture
 
 __all__ = [
     "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "build_flow", "flow_defaults", "FLOW_FAMILIES",
     "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture",
     "FlowError", "NotInvertibleError", "DomainError",
+    "SelfNormDense", "SelfNormConv", "SelfNormalizing", "OddPower", "collect_reconstruction",
 ]

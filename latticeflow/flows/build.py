@@ -1,7 +1,7 @@
 """`build_flow(config, action)`: a `Flow` from the ``flow:`` section of a run config.
 
 Keys (all optional but ``family``; defaults depend on the family):
-  family        realnvp | z2nice (φ⁴), u1_ncp (U(1))
+  family        realnvp | z2nice | snf (φ⁴), u1_ncp (U(1))
   n_layers      coupling layers (φ⁴: 8, alternating checkerboard parity; U(1): 16 = 2 directions × 4 stripes × 2)
   conditioner   cnn | fc (φ⁴; U(1) is always cnn)
   hidden        hidden widths / channels (cnn: [16, 16], fc: [256, 256]; U(1): [8, 8])
@@ -10,6 +10,18 @@ Keys (all optional but ``family``; defaults depend on the family):
   n_components  NCP mixture components (U(1)): 2
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
+
+Family ``snf`` (self-normalizing flows, Keller et al. 2021; see `latticeflow.flows.snf`):
+  layer         dense (W mixes all sites) | conv (periodic k × k convolution): dense
+  n_layers      self-normalizing linear layers: 2
+  nonlinearity  an `OddPower` elementwise bijection after every linear layer but the last: true
+  couplings     Z2Nice couplings after every linear layer (alternating parity; conditioner, hidden,
+                kernel_size, activation as above): 0
+  gradient      self_normalized (learned inverse R in the log-det gradient) | exact (the twin): self_normalized
+  direction     the flow direction that applies W and trains at O(D²): inverse (x → z, forward KL /
+                maximum likelihood) | forward (z → x, reverse KL): inverse
+  block         conv only: regroup 2 × 2 blocks into 4 channels first (2) or not (1): 1
+  refresh       dense: exact log-det value every this many updates while self-normalized training: 25
 """
 from __future__ import annotations
 
@@ -21,16 +33,22 @@ from .base import FlowError
 from .conditioners import ACTIVATIONS, ODD_ACTIVATIONS
 from .flow import Flow, StandardNormal, UniformAngles
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
+from .snf import GRADIENTS, OddPower, SelfNormConv, SelfNormDense
 from .u1 import NCPCoupling
 
 __all__ = ["build_flow", "FLOW_FAMILIES", "flow_defaults"]
 
-FLOW_FAMILIES = ("realnvp", "z2nice", "u1_ncp")
-_KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling"}
+FLOW_FAMILIES = ("realnvp", "z2nice", "u1_ncp", "snf")
+_KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling",
+         "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh"}
 
 
 def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
     """The defaults of one family (with the given conditioner)."""
+    if family == "snf":
+        return {"layer": "dense", "n_layers": 2, "nonlinearity": True, "couplings": 0, "gradient": "self_normalized",
+                "direction": "inverse", "block": 1, "refresh": 25, "conditioner": conditioner,
+                "hidden": [16, 16] if conditioner == "cnn" else [256, 256], "kernel_size": 3, "activation": "tanh"}
     if family == "u1_ncp":
         return {"n_layers": 16, "conditioner": "cnn", "hidden": [8, 8], "kernel_size": 3, "activation": "tanh",
                 "n_components": 2}
@@ -81,13 +99,17 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
                   for i in range(n_layers)]
         return Flow(UniformAngles(action.field_shape), layers)
 
+    common = dict(conditioner=opts["conditioner"], hidden=hidden, kernel_size=kernel, activation=opts["activation"])
+    if family == "snf" and not opts["couplings"]:
+        return _build_snf(shape, action.field_shape, opts, common)
     if any(s % 2 for s in shape):
         raise FlowError(f"flow: checkerboard couplings need even lattice extents, got shape {list(shape)}")
     if opts["conditioner"] not in ("cnn", "fc"):
         raise _err("conditioner", f"must be 'cnn' or 'fc', got {opts['conditioner']!r}")
     if opts["conditioner"] == "cnn" and len(shape) != 2:
         raise _err("conditioner", f"'cnn' needs a 2D lattice, got shape {list(shape)}; use 'fc'")
-    common = dict(conditioner=opts["conditioner"], hidden=hidden, kernel_size=kernel, activation=opts["activation"])
+    if family == "snf":
+        return _build_snf(shape, action.field_shape, opts, common)
     if family == "z2nice":
         if opts["activation"] not in ODD_ACTIVATIONS:
             raise _err("activation", f"must be odd for z2nice (tanh), got {opts['activation']!r}")
@@ -97,3 +119,32 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
     else:
         layers = [AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
     return Flow(StandardNormal(action.field_shape), layers)
+
+
+def _build_snf(shape: tuple[int, ...], field_shape, opts: dict[str, Any], common: dict[str, Any]) -> Flow:
+    """Self-normalizing linear layers, `OddPower` nonlinearities and Z2Nice couplings: an odd map, so q(−φ) = q(φ)."""
+    if opts["layer"] not in ("dense", "conv"):
+        raise _err("layer", f"must be 'dense' or 'conv', got {opts['layer']!r}")
+    if opts["gradient"] not in GRADIENTS:
+        raise _err("gradient", f"must be one of {', '.join(GRADIENTS)}, got {opts['gradient']!r}")
+    if opts["direction"] not in ("inverse", "forward"):
+        raise _err("direction", f"must be 'inverse' (forward KL) or 'forward' (reverse KL), got {opts['direction']!r}")
+    for key in ("couplings", "refresh", "block"):
+        v = opts[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "couplings" else 1):
+            raise _err(key, f"must be a {'non-negative' if key == 'couplings' else 'positive'} integer, got {v!r}")
+    if opts["layer"] == "conv" and len(shape) != 2:
+        raise _err("layer", f"'conv' needs a 2D lattice, got shape {list(shape)}; use 'dense'")
+    if opts["couplings"] and opts["activation"] not in ODD_ACTIVATIONS:
+        raise _err("activation", f"must be odd for Z2Nice couplings (tanh), got {opts['activation']!r}")
+    lin = dict(gradient=opts["gradient"], inverted=opts["direction"] == "inverse")
+    layers: list = []
+    for i in range(opts["n_layers"]):
+        if opts["layer"] == "dense":
+            layers.append(SelfNormDense(shape, refresh=opts["refresh"], **lin))
+        else:
+            layers.append(SelfNormConv(shape, kernel_size=opts["kernel_size"], block=opts["block"], **lin))
+        if opts["nonlinearity"] and i < opts["n_layers"] - 1:
+            layers.append(OddPower())
+        layers += [AdditiveCoupling(shape, j % 2, odd=True, **common) for j in range(opts["couplings"])]
+    return Flow(StandardNormal(field_shape), layers)

@@ -78,7 +78,8 @@ def build_trainer(cfg: Config, world: World | None = None):
     trainer = Trainer(flow, action, objective=t.objective, estimator=t.estimator, forward_estimator=t.forward_estimator,
                       batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
                       plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,
-                      forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps, world=world)
+                      forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps,
+                      reconstruction_weight=t.reconstruction_weight, world=world)
     return action, flow, trainer
 
 

@@ -255,3 +255,27 @@ def test_torch_and_list_inputs_are_accepted(ar1):
     assert gamma_method(torch.as_tensor(x)) == ref
     assert gamma_method(x.tolist()) == ref
     assert gamma_method([torch.as_tensor(x[:2000]), x[2000:]]) == gamma_method(np.split(x, 2))
+
+
+@pytest.mark.parametrize("a", [-0.3, -0.5, -0.7])
+def test_anticorrelated_ar1_tau_int_is_recovered(ar1, a):
+    """ρ(t) = aᵗ oscillates; Wolff's stop at τ_int(1) <= 1/2 would give τ ≈ 1/2 + a. The window widens to
+    Geyer's initial positive sequence and recovers τ_int = (1 + a)/(2(1 − a)) (N = 2·10⁵)."""
+    res = gamma_method(ar1(a, 200_000, 11))
+    exact = (1 + a) / (2 * (1 - a))
+    assert res.window > 1
+    assert abs(res.tau_int - exact) < 4 * res.tau_int_error + 0.01, (res, exact)
+
+
+def test_damped_oscillating_autocorrelation_is_not_underestimated():
+    """AR(2) x_t = −0.8 x_{t−1} − 0.3 x_{t−2} + ε (ρ(1) = −0.62, then damped oscillation): exact
+    τ_int = 0.064. W = 1 would give 0.5 + ρ(1) < 0 (→ the naive 1/2) or, for milder cases, far too little;
+    the paired window is conservative: τ ≤ τ̂ < 2τ."""
+    from scipy.signal import lfilter
+
+    e = np.random.default_rng(4).standard_normal(200_000)
+    x = lfilter([1.0], [1.0, 0.8, 0.3], e)
+    a1, a2 = -0.8, -0.3
+    exact = (1 + a2) * ((1 - a2) ** 2 - a1 ** 2) / (2 * (1 - a2) * (1 - a1 - a2) ** 2)
+    res = gamma_method(x)
+    assert exact <= res.tau_int < 2 * exact, (res, exact)

@@ -23,27 +23,32 @@ def flat_params(flow) -> np.ndarray:
     return torch.cat([p.detach().reshape(-1) for p in flow.parameters()]).numpy()
 
 
-def make_trainer(action, world, data=None, **kw) -> Trainer:
+SNF = {"family": "snf", "layer": "dense", "n_layers": 2, "nonlinearity": True, "gradient": "self_normalized"}
+
+
+def make_trainer(action, world, data=None, flow_config=FLOW, **kw) -> Trainer:
     torch.manual_seed(11)  # the same initial flow everywhere
-    flow = build_flow(FLOW, action).to(F64)
+    flow = build_flow(flow_config, action).to(F64)
     return Trainer(flow, action, seed=7, world=world, data=data, **kw)
 
 
-@pytest.mark.parametrize("objective,estimator", [("reverse_kl", "fast_path"), ("reverse_kl", "standard"),
-                                                 ("mixed", "path_inverse")])
-def test_two_ranks_equal_one_process_with_the_global_batch(world, objective, estimator):
+@pytest.mark.parametrize("objective,estimator,flow_config", [
+    ("reverse_kl", "fast_path", FLOW), ("reverse_kl", "standard", FLOW), ("mixed", "path_inverse", FLOW),
+    ("forward_kl", "standard", SNF)])  # self-normalizing layers: the reconstruction loss is averaged too
+def test_two_ranks_equal_one_process_with_the_global_batch(world, objective, estimator, flow_config):
     action = Phi4(shape=(8, 8), kappa=0.3, lam=0.02)
     data = torch.randn(100, 8, 8, generator=torch.Generator().manual_seed(3), dtype=F64)  # any target samples
     kw = dict(objective=objective, estimator=estimator, batch_size=32, lr=3e-3, grad_clip=1.0,
-              data=data if objective == "mixed" else None)
+              data=data if objective != "reverse_kl" else None, flow_config=flow_config)
     parallel = make_trainer(action, world, **kw)
     single = make_trainer(action, World(), **kw)  # one process, the whole batch of 32, on each rank
     start = flat_params(single.flow)
     for _ in range(5):
         m_par, m_one = parallel.step(), single.step()
-        for key in ("loss", "grad_norm", "reverse_ess", "forward_ess"):
+        for key in ("loss", "grad_norm", "reverse_ess", "forward_ess", "reconstruction"):
             if key in m_one:
                 assert m_par[key] == pytest.approx(m_one[key], rel=1e-10, abs=1e-10), key
+    assert ("reconstruction" in m_par) == (flow_config is SNF)
     p_par, p_one = flat_params(parallel.flow), flat_params(single.flow)
     assert np.abs(p_par - p_one).max() < 1e-10
     assert np.abs(p_one - start).max() > 1e-4  # the steps did move the parameters
