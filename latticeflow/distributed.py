@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 __all__ = ["World", "get_world", "launched_by_mpi", "seed_for_rank", "init_torch_distributed",
-           "average_gradients", "all_gather_rows", "broadcast_module", "shutdown", "abort_on_error",
+           "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error",
            "MPI_ENV_VARS"]
 
 #: environment variables by which MPI launchers announce a multi-process job (MPICH/Hydra and PMI-2
@@ -167,37 +167,39 @@ def init_torch_distributed(world: World, device: torch.device | str = "cpu") -> 
     return backend
 
 
-def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
-    """Replace every ``p.grad`` by its mean over the ranks: one all-reduce (sum) of the flattened grads.
+def all_reduce_step(params: list[torch.nn.Parameter], values: torch.Tensor, rows: torch.Tensor,
+                    world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one collective of a data-parallel training step: a single all-reduce (sum) that leaves in
+    every ``p.grad`` its mean over the ranks, returns the mean over the ranks of ``values`` (k,) and
+    gathers every rank's ``rows`` (m,) into ``(size, m)`` (each rank fills its own slot, zeros elsewhere).
 
-    Every rank must hold gradients for the same parameters (same model, same code path).
+    ``params`` must be the same list on every rank; a parameter without a gradient on this rank (e.g. a
+    rank whose loss was non-finite made no backward) contributes zeros and keeps ``grad`` None.
     """
     if not world.distributed:
-        return
+        return values, rows.reshape(1, -1)
     import torch.distributed as dist
 
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world.size
+    ref = params[0] if params else values
+    k, m = values.numel(), rows.numel()
+    sizes = [p.numel() for p in params]
+    n_grad = sum(sizes)
+    flat = torch.zeros(n_grad + k + world.size * m, dtype=ref.dtype, device=ref.device)
     offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
+    for p, n in zip(params, sizes):
+        if p.grad is not None:
+            flat[offset:offset + n] = p.grad.reshape(-1)
         offset += n
-
-
-def all_gather_rows(x: torch.Tensor, world: World) -> torch.Tensor:
-    """Concatenate equal-length 1-D tensors of all ranks in rank order (the global batch)."""
-    if not world.distributed:
-        return x
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(world.size)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    flat[n_grad:n_grad + k] = values
+    slot = n_grad + k + world.rank * m
+    flat[slot:slot + m] = rows.reshape(-1)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, n in zip(params, sizes):
+        if p.grad is not None:
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad)).div_(world.size)
+        offset += n
+    return flat[n_grad:n_grad + k] / world.size, flat[n_grad + k:].view(world.size, m)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .analysis import forward_ess, reverse_ess
-from .distributed import World, all_gather_rows, average_gradients, broadcast_module, init_torch_distributed
+from .distributed import World, all_reduce_step, broadcast_module, init_torch_distributed
 from .flows import collect_reconstruction
 from .gradients import forward_kl, reverse_kl
 
@@ -133,44 +133,45 @@ class Trainer:
             terms.append(("forward", self.forward_weight if self.objective == "mixed" else 1.0, fwd))
         return terms
 
-    def _metrics(self, loss: torch.Tensor, terms, rec: torch.Tensor | None) -> tuple[float, dict[str, float]]:
-        """Loss value, KL / ESS and reconstruction loss of the global batch (one all-gather under MPI)."""
-        extra = [] if rec is None else [rec.detach().to(loss.dtype)]
-        values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms], *extra])
-        log_weights = [t.log_weight for _, _, t in terms]
-        if self.world.distributed:
-            n = values.numel()
-            packed = torch.cat([values.double(), *[lw.double().reshape(-1) for lw in log_weights]])
-            gathered = all_gather_rows(packed, self.world).view(self.world.size, -1)
-            values = gathered[:, :n].mean(0)  # equal slices: the mean of the means is the global mean
-            local = self.batch_size // self.world.size
-            log_weights = [gathered[:, n + i * local:n + (i + 1) * local].reshape(-1) for i in range(len(terms))]
+    @staticmethod
+    def _metrics(values: torch.Tensor, rows: torch.Tensor, terms, has_rec: bool) -> tuple[float, dict[str, float]]:
+        """Loss value, KL / ESS and reconstruction loss of the (global) batch from ``values`` =
+        (loss, KL per term[, reconstruction]) and ``rows`` = log-weights, (ranks, terms × B/N)."""
+        log_weights = rows.reshape(rows.shape[0], len(terms), -1) if terms else rows
         info: dict[str, float] = {}
         values_list = values.tolist()
-        for (kind, _, _), value, lw in zip(terms, values_list[1:], log_weights):
+        for i, ((kind, _, _), value) in enumerate(zip(terms, values_list[1:])):
             ess = reverse_ess if kind == "reverse" else forward_ess
             info[f"{kind}_kl"] = value
-            info[f"{kind}_ess"] = _safe(ess, lw)
-        if rec is not None:
+            info[f"{kind}_ess"] = _safe(ess, log_weights[:, i].reshape(-1))
+        if has_rec:
             info["reconstruction"] = values_list[-1]
         return values_list[0], info
 
     def step(self) -> dict[str, float]:
-        """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
+        """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite).
+
+        Under MPI the step has one collective (:func:`latticeflow.distributed.all_reduce_step`): the
+        gradients, loss values and log-weights of all ranks in one all-reduce; the skip decision is
+        taken on the global loss, so every rank takes the same one.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         collect_reconstruction(self.flow)  # drop terms of forward passes made outside training steps
         terms = self._terms()
         loss = sum(w * t for _, w, t in terms)
         rec = collect_reconstruction(self.flow)  # a batch mean like the KL terms: averaged over ranks alike
-        value, info = self._metrics(loss, terms, rec)
-        if rec is not None:
-            loss = loss + self.reconstruction_weight * rec
-        bad = not math.isfinite(value)  # the global KL loss: every rank takes the same decision
+        values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms],
+                              *([] if rec is None else [rec.detach().to(loss.dtype)])])
+        rows = torch.cat([t.log_weight.reshape(-1) for _, _, t in terms])
+        if math.isfinite(float(values[0])):
+            (loss if rec is None else loss + self.reconstruction_weight * rec).backward()
+        params = [p for p in self.flow.parameters() if p.requires_grad]
+        values, rows = all_reduce_step(params, values, rows, self.world)
+        value, info = self._metrics(values, rows, terms, rec is not None)
+        bad = not math.isfinite(value)  # the global KL loss
         grad_norm = float("nan")
         if not bad:
-            loss.backward()
-            params = [p for p in self.flow.parameters() if p.grad is not None]
-            average_gradients(params, self.world)
+            params = [p for p in params if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf")))
             bad = not math.isfinite(grad_norm)
         if bad:

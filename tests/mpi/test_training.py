@@ -81,3 +81,32 @@ def test_train_pipeline_rank_zero_writes_and_resume_is_exact(world, shared_dir):
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert same, "resumed 2-rank training differs from an uninterrupted one"
     assert steps == [2, 4, 6, 8]  # rank 0 alone wrote each row once
+
+
+class NaNOnRankOne:
+    """φ⁴ whose action is NaN on rank 1 during one chosen step (e.g. an overflow in one slice)."""
+
+    def __init__(self, action, rank):
+        self.inner, self.rank, self.poison = action, rank, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def action(self, x):
+        s = self.inner.action(x)
+        return s + float("nan") if self.poison and self.rank == 1 else s
+
+    def force(self, x):
+        return self.inner.force(x)
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_on_every_rank(world):
+    action = NaNOnRankOne(Phi4(shape=(8, 8), kappa=0.3, lam=0.02), world.rank)
+    trainer = make_trainer(action, world, batch_size=32, estimator="standard")
+    skipped = []
+    for step in range(4):
+        action.poison = step == 2
+        skipped.append(trainer.step()["skipped"])
+    both = world.allgather((skipped, flat_params(trainer.flow)))
+    assert both[0][0] == both[1][0] == [0.0, 0.0, 1.0, 0.0]
+    assert np.array_equal(both[0][1], both[1][1])
