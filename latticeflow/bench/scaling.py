@@ -5,8 +5,8 @@ interpreter, else the one on PATH). Every rank keeps the same share of work at b
 training of a Z2Nice flow (8 CNN couplings [16, 16]) on φ⁴ 8×8 with ``batch`` configurations per rank
 (global batch = ranks × batch), and ``latticeflow sample`` with the flow sampler and with HMC, ``samples``
 configurations per rank (HMC: 4 × ``samples``) into shard files plus the master file. Each timed phase
-starts and ends with a barrier, so the time is that of the slowest rank; the best of ``repeats`` runs of
-each phase counts (the one least disturbed by other processes). Efficiency = per-rank throughput at
+starts and ends with a barrier, so the time is that of the slowest rank; the sizes alternate for
+``rounds`` rounds and the best of all runs of a phase counts (the one least disturbed by other processes). Efficiency = per-rank throughput at
 2 ranks / at 1 rank (1 is perfect weak scaling; on a 2-core machine anything else running on the cores
 lowers it; the ``cpu_efficiency`` beside it, from CPU seconds, tells such contention apart from MPI
 overhead).
@@ -49,16 +49,30 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _best(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    """Per phase, the faster of two worker results."""
+    if a is None:
+        return b
+    out = dict(a, seconds=dict(a["seconds"]), cpu_seconds=dict(a["cpu_seconds"]))
+    for phase, keys in (("train", ("train_steps_per_s", "train_configs_per_s")), ("flow", ("flow_configs_per_s",)),
+                        ("hmc", ("hmc_configs_per_s",))):
+        if b["seconds"][phase] < a["seconds"][phase]:
+            out["seconds"][phase], out["cpu_seconds"][phase] = b["seconds"][phase], b["cpu_seconds"][phase]
+            out.update({k: b[k] for k in keys})
+    return out
+
+
 def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch: int = 128, samples: int = 8192,
-                      repeats: int = 3, dtype: str = "float32", quick: bool = False,
+                      repeats: int = 3, rounds: int = 2, dtype: str = "float32", quick: bool = False,
                       timeout: float = 900.0) -> dict[str, Any]:
-    """Time the workers at every size in ``ranks`` (best of ``repeats`` per phase); returns per-size
-    numbers and the efficiencies."""
+    """Time the workers at every size in ``ranks``, the sizes interleaved for ``rounds`` rounds, each
+    phase the best of ``repeats`` runs, and the best over the rounds; returns per-size numbers and
+    the efficiencies."""
     if quick:
-        steps, samples, repeats = 5, 512, 1
+        steps, samples, repeats, rounds = 5, 512, 1, 1
     mpiexec = find_mpiexec()
-    results = {}
-    for n in ranks:
+    results: dict[int, Any] = {}
+    for n in [n for _ in range(rounds) for n in ranks]:
         args = json.dumps({"steps": steps, "batch": batch, "samples": samples, "dtype": dtype, "repeats": repeats})
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "latticeflow.bench.scaling", args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
@@ -66,9 +80,10 @@ def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"bench scaling: 'mpiexec -n {n}' worker failed (status {proc.returncode}): {tail}")
-        results[n] = json.loads(lines[-1][len(_TAG):])
+        results[n] = _best(results.get(n), json.loads(lines[-1][len(_TAG):]))
     out: dict[str, Any] = {"benchmark": "scaling", "mpiexec": mpiexec, "threads_per_rank": 1, "dtype": dtype,
                            "per_rank_batch": batch, "per_rank_samples": samples, "train_steps": steps, "repeats": repeats,
+                           "rounds": rounds,
                            "load_average": list(os.getloadavg()), "ranks": {str(n): r for n, r in results.items()}}
     if 1 in results:
         base = results[1]
