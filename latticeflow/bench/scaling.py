@@ -6,7 +6,7 @@ training of a Z2Nice flow (8 CNN couplings [16, 16]) on φ⁴ 8×8 with ``batch`
 (global batch = ranks × batch), and ``latticeflow sample`` with the flow sampler and with HMC, ``samples``
 configurations per rank (HMC: 4 × ``samples``) into shard files plus the master file. Each timed phase
 starts and ends with a barrier, so the time is that of the slowest rank; the sizes alternate for
-``rounds`` rounds and the best of all runs of a phase counts (the one least disturbed by other processes). Efficiency = per-rank throughput at
+``rounds`` rounds of ``repeats`` runs per phase and the median run counts (robust to other processes). Efficiency = per-rank throughput at
 2 ranks / at 1 rank (1 is perfect weak scaling; on a 2-core machine anything else running on the cores
 lowers it; the ``cpu_efficiency`` beside it, from CPU seconds, tells such contention apart from MPI
 overhead).
@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,29 +50,28 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _best(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
-    """Per phase, the faster of two worker results."""
-    if a is None:
-        return b
-    out = dict(a, seconds=dict(a["seconds"]), cpu_seconds=dict(a["cpu_seconds"]))
-    for phase, keys in (("train", ("train_steps_per_s", "train_configs_per_s")), ("flow", ("flow_configs_per_s",)),
-                        ("hmc", ("hmc_configs_per_s",))):
-        if b["seconds"][phase] < a["seconds"][phase]:
-            out["seconds"][phase], out["cpu_seconds"][phase] = b["seconds"][phase], b["cpu_seconds"][phase]
-            out.update({k: b[k] for k in keys})
-    return out
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Throughputs of one world size from the median wall (and CPU) seconds of every run of each phase."""
+    first = runs[0]
+    wall = {ph: statistics.median(t for r in runs for t in r["wall"][ph]) for ph in first["wall"]}
+    cpu = {ph: statistics.median(t for r in runs for t in r["cpu"][ph]) for ph in first["cpu"]}
+    n, w = first["ranks"], first["work"]
+    return {"ranks": n, "train_steps_per_s": w["train_steps"] / wall["train"],
+            "train_configs_per_s": w["train_steps"] * w["train_batch"] * n / wall["train"],
+            "flow_configs_per_s": w["flow"] * n / wall["flow"], "hmc_configs_per_s": w["hmc"] * n / wall["hmc"],
+            "seconds": wall, "cpu_seconds": cpu, "n_runs": len(runs) * len(first["wall"]["train"])}
 
 
 def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch: int = 128, samples: int = 8192,
                       repeats: int = 3, rounds: int = 2, dtype: str = "float32", quick: bool = False,
                       timeout: float = 900.0) -> dict[str, Any]:
-    """Time the workers at every size in ``ranks``, the sizes interleaved for ``rounds`` rounds, each
-    phase the best of ``repeats`` runs, and the best over the rounds; returns per-size numbers and
+    """Time the workers at every size in ``ranks``, the sizes interleaved for ``rounds`` rounds of
+    ``repeats`` runs of every phase; throughputs from the median times; returns per-size numbers and
     the efficiencies."""
     if quick:
         steps, samples, repeats, rounds = 5, 512, 1, 1
     mpiexec = find_mpiexec()
-    results: dict[int, Any] = {}
+    raw: dict[int, list[dict[str, Any]]] = {n: [] for n in ranks}
     for n in [n for _ in range(rounds) for n in ranks]:
         args = json.dumps({"steps": steps, "batch": batch, "samples": samples, "dtype": dtype, "repeats": repeats})
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "latticeflow.bench.scaling", args]
@@ -80,11 +80,12 @@ def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"bench scaling: 'mpiexec -n {n}' worker failed (status {proc.returncode}): {tail}")
-        results[n] = _best(results.get(n), json.loads(lines[-1][len(_TAG):]))
+        raw[n].append(json.loads(lines[-1][len(_TAG):]))
+    results = {n: _summarise(r) for n, r in raw.items()}
     out: dict[str, Any] = {"benchmark": "scaling", "mpiexec": mpiexec, "threads_per_rank": 1, "dtype": dtype,
                            "per_rank_batch": batch, "per_rank_samples": samples, "train_steps": steps, "repeats": repeats,
-                           "rounds": rounds,
-                           "load_average": list(os.getloadavg()), "ranks": {str(n): r for n, r in results.items()}}
+                           "rounds": rounds, "load_average": list(os.getloadavg()),
+                           "ranks": {str(n): r for n, r in results.items()}}
     if 1 in results:
         base = results[1]
         out["efficiency"] = {str(n): {k: r[k] / n / base[k] for k in ("train_configs_per_s", "flow_configs_per_s",
@@ -110,21 +111,18 @@ def format_scaling_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _timed(world, fn, repeats: int) -> tuple[float, float]:
-    """Best of ``repeats`` (wall seconds on the slowest rank, CPU seconds of the busiest rank) of ``fn(i)``.
-
-    The best repeat is the one least disturbed by other processes on a shared machine.
-    """
-    best_wall = best_cpu = float("inf")
+def _timed(world, fn, repeats: int) -> tuple[list[float], list[float]]:
+    """Per run of ``fn(i)``: wall seconds of the slowest rank and CPU seconds of the busiest rank."""
+    walls, cpus = [], []
     for i in range(repeats):
         world.barrier()
         t0, c0 = time.perf_counter(), time.process_time()
         fn(i)
         c1 = time.process_time()
         world.barrier()
-        best_wall = min(best_wall, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, max(world.allgather(c1 - c0)))
-    return best_wall, best_cpu
+        walls.append(time.perf_counter() - t0)
+        cpus.append(max(world.allgather(c1 - c0)))
+    return walls, cpus
 
 
 def _worker(params: dict[str, Any]) -> None:
@@ -149,24 +147,23 @@ def _worker(params: dict[str, Any]) -> None:
         _, flow, trainer = build_trainer(cfg, world)
         for _ in range(3):  # warm-up
             trainer.step()
-        cpu: dict[str, float] = {}
+        wall: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         reps = params["repeats"]
-        t_train, cpu["train"] = _timed(world, lambda i: [trainer.step() for _ in range(params["steps"])], reps)
+        wall["train"], cpu["train"] = _timed(world, lambda i: [trainer.step() for _ in range(params["steps"])], reps)
         if world.is_main:
             (tmp / "checkpoints").mkdir()
             save_checkpoint(tmp / "checkpoints" / "latest.pt", {"flow": flow.state_dict()})
         world.barrier()
-        t_flow, cpu["flow"] = _timed(world, lambda i: sample(cfg, "", progress=False, world=world,
+        wall["flow"], cpu["flow"] = _timed(world, lambda i: sample(cfg, "", progress=False, world=world,
                                                              path=tmp / f"flow{i}.h5"), reps)
         n_hmc = params["samples"] * 4  # HMC on 8x8 is ~4x faster per configuration than the flow
         hmc = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name="hmc", n_samples=n_hmc))
-        t_hmc, cpu["hmc"] = _timed(world, lambda i: sample(hmc, "", progress=False, world=world,
+        wall["hmc"], cpu["hmc"] = _timed(world, lambda i: sample(hmc, "", progress=False, world=world,
                                                            path=tmp / f"hmc{i}.h5"), reps)
-        n = world.size
-        result = {"ranks": n, "train_steps_per_s": params["steps"] / t_train,
-                  "train_configs_per_s": params["steps"] * params["batch"] * n / t_train,
-                  "flow_configs_per_s": params["samples"] * n / t_flow, "hmc_configs_per_s": n_hmc * n / t_hmc,
-                  "seconds": {"train": t_train, "flow": t_flow, "hmc": t_hmc}, "cpu_seconds": cpu}
+        result = {"ranks": world.size, "wall": wall, "cpu": cpu,
+                  "work": {"train_steps": params["steps"], "train_batch": params["batch"], "flow": params["samples"],
+                           "hmc": n_hmc}}
         if world.is_main:
             print(_TAG + json.dumps(result), flush=True)
     finally:
