@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["World", "get_world", "launched_by_mpi", "seed_for_rank", "init_torch_distributed",
+__all__ = ["World", "get_world", "launched_by_mpi", "launcher_size", "seed_for_rank", "init_torch_distributed",
            "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error",
            "MPI_ENV_VARS"]
 
