@@ -136,7 +136,8 @@ def sample_sharded(cfg: Config, config_text: str = "", *, command: str | None = 
     problem = world.bcast(problem)
     if problem:
         raise ConfigError(problem)
-    rank_cfg = dataclasses.replace(cfg, seed=seed_for_rank(cfg.seed, world.rank))
+    # its own seed stream, and with device: cuda its own GPU (cuda:<local rank>)
+    rank_cfg = dataclasses.replace(cfg, seed=seed_for_rank(cfg.seed, world.rank), device=str(world.device(cfg.device)))
     shard = shard_path(path, world.rank)
     mine = sample(rank_cfg, config_text, command=command, progress=progress and world.is_main, checkpoint=checkpoint,
                   path=shard, replica=world.rank)
