@@ -68,3 +68,19 @@ def test_seeds_per_rank_are_distinct_and_rank_zero_keeps_the_run_seed():
 def test_without_a_launcher_the_world_is_one_process():
     world = get_world()
     assert (world.rank, world.size, world.comm) == (0, 1, None)
+
+
+def test_without_mpi4py_one_process_runs_and_a_launcher_gets_a_clear_error():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['mpi4py'] = None\n"  # mpi4py absent: importing it raises ImportError
+            "from latticeflow.distributed import get_world\n"
+            "try:\n    w = get_world(); print('size', w.size)\nexcept RuntimeError as e:\n    print('error', e)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_"))}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    launched = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**env, "PMI_SIZE": "2", "PMI_RANK": "0"})
+    assert plain.stdout.strip() == "size 1"
+    assert launched.stdout.startswith("error started by an MPI launcher but mpi4py is not installed")
