@@ -7,6 +7,7 @@ match; tests share one directory made by rank 0 (``shared_dir``), never pytest's
 """
 from __future__ import annotations
 
+import faulthandler
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from latticeflow.distributed import get_world, init_torch_distributed, launched_by_mpi, launcher_size, shutdown
 
 UNDER_MPI = launched_by_mpi()
+WATCHDOG_SECONDS = 600  # the lane takes ~15 s
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,7 +41,10 @@ def world():
                        f"{launcher_size()}): run 'mpiexec -n 2' with the mpiexec of mpi4py's MPI")
     w = get_world()
     init_torch_distributed(w, "cpu")
+    # a test that fails on one rank only could leave the other waiting in a collective: never hang CI
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
     yield w
+    faulthandler.cancel_dump_traceback_later()
     shutdown(w)
 
 
