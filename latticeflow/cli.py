@@ -2,6 +2,10 @@
 
 User errors (bad config keys or values, missing files, an ensemble of another theory) print one line
 ``latticeflow: error: …`` and exit with status 2; there is no traceback unless ``LATTICEFLOW_DEBUG=1``.
+
+Under ``mpiexec -n N`` (see :mod:`latticeflow.distributed`) only rank 0 prints results; an error on any
+rank prints ``latticeflow: error on rank r of N: …`` and ends the whole job with ``MPI_Abort`` (status 2
+for user errors, 1 otherwise), so no rank is left waiting in a collective.
 """
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as a pyerrors json.gz file")
     p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
                                      "wall time), sampling (configurations/s and the HDF5 share), snf "
-                                     "(self-normalizing vs exact-gradient step time and NLL)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "snf"], help="which benchmark")
+                                     "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
+                                     "weak scaling at 1 and 2 ranks)")
+    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling"], help="which benchmark")
     p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -132,6 +137,12 @@ def _cmd_bench(args) -> int:
         results = run_sampling_bench(quick=args.quick, dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype])
         print(json.dumps({"benchmark": "sampling", "results": results}, indent=2) if args.json else format_sampling_table(results))
         return 0
+    if args.name == "scaling":
+        from .bench.scaling import format_scaling_table, run_scaling_bench
+
+        result = run_scaling_bench(quick=args.quick, dtype=args.dtype)
+        print(json.dumps(result, indent=2) if args.json else format_scaling_table(result))
+        return 0
     if args.name == "snf":
         from .bench.snf import format_snf_table, run_snf_bench
 
@@ -174,6 +185,44 @@ def _cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latticeflow`` console script."""
     args = build_parser().parse_args(argv)
+    from .distributed import get_world, shutdown
+
+    try:
+        world = get_world()
+    except RuntimeError as err:  # launched by mpiexec, but MPI is not usable
+        print(f"latticeflow: error: {err}", file=sys.stderr)
+        return 2
+    if not world.distributed or args.command == "bench":
+        return _main(args)
+    from .distributed import abort_on_error
+
+    if not world.is_main:  # results are printed once, by rank 0; warnings and errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
+    try:
+        status = _main(args, reraise=True)
+    except KeyboardInterrupt:
+        print("latticeflow: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 — any failure of one rank must end every rank
+        if os.environ.get("LATTICEFLOW_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        user = _is_user_error(err)
+        abort_on_error(world, msg if user else f"{type(err).__name__}: {msg}", 2 if user else 1)
+    shutdown(world)
+    return status
+
+
+def _is_user_error(err: BaseException) -> bool:
+    from .config import ConfigError
+    from .io import EnsembleMismatchError
+
+    return isinstance(err, (ConfigError, EnsembleMismatchError, FileNotFoundError, ValueError, OSError))
+
+
+def _main(args, reraise: bool = False) -> int:
     from .config import ConfigError
     from .io import EnsembleMismatchError
 
@@ -187,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _cmd_bench(args)
     except (ConfigError, EnsembleMismatchError, FileNotFoundError, ValueError, OSError) as err:
-        if os.environ.get("LATTICEFLOW_DEBUG"):
+        if reraise or os.environ.get("LATTICEFLOW_DEBUG"):
             raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"latticeflow: error: {msg}", file=sys.stderr)

@@ -6,6 +6,13 @@ or gradient is NaN/inf is skipped and counted; ``max_bad_steps`` in a row stop t
 message), metrics per interval (KL up to log Z, reverse ESS, forward ESS when data are given, grad
 norm, lr, steps/s, wall time) and atomic checkpoints holding everything needed for an exact resume
 (flow, optimiser, scheduler, random-number generator, step).
+
+Data parallel under MPI (``world`` of :mod:`latticeflow.distributed` with N ranks): ``batch_size`` is the
+global batch B. Every rank draws the same B base samples (or data indices) from the shared generator and
+keeps its contiguous slice of B/N, so the all-reduced mean of the per-rank gradients is the gradient of
+the one-process loss on the same B samples; loss values and log-weights are gathered, so every metric
+(KL, reverse and forward ESS) is that of the global batch, and every rank takes the same decisions
+(skipped steps, clipping, learning rate). Only rank 0 writes metrics, checkpoints and progress.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from typing import Any
 import torch
 
 from .analysis import forward_ess, reverse_ess
+from .distributed import World, all_reduce_step, broadcast_module, init_torch_distributed
 from .flows import collect_reconstruction, self_normalized_training
 from .gradients import forward_kl, reverse_kl
 
@@ -63,13 +71,16 @@ class Trainer:
     w = ``forward_weight``); forward KL needs ``data`` (target samples, ``(N, *field_shape)``).
     Self-normalizing layers (family ``snf``) add λ Σ_l ρ_l, their reconstruction losses, with
     λ = ``reconstruction_weight`` (reported as ``reconstruction``, not part of the KL).
+    ``world`` (:class:`latticeflow.distributed.World`, default one process): data-parallel ranks;
+    ``batch_size`` is then the global batch.
     """
 
     def __init__(self, flow, action, *, objective: str = "reverse_kl", estimator: str = "fast_path",
                  forward_estimator: str | None = None, batch_size: int = 256, lr: float = 1e-3,
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
-                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0) -> None:
+                 seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0,
+                 world: World | None = None) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
@@ -82,7 +93,13 @@ class Trainer:
             self.forward_estimator = estimator
         else:
             self.forward_estimator = forward_estimator or {"fast_path": "fast_path", "path_inverse": "gdreg"}.get(estimator, "standard")
+        self.world = world or World()
+        if batch_size % self.world.size:
+            raise ValueError(f"train.batch_size {batch_size} is not divisible by the {self.world.size} MPI ranks "
+                             f"(it is the global batch; each rank takes an equal share)")
         self.batch_size, self.grad_clip = batch_size, grad_clip
+        local = batch_size // self.world.size
+        self._shard = slice(self.world.rank * local, (self.world.rank + 1) * local)  # this rank's rows of a batch
         self.forward_weight = forward_weight
         self.reconstruction_weight = reconstruction_weight
         self.max_bad_steps = max_bad_steps
@@ -94,6 +111,8 @@ class Trainer:
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.data = None if data is None else data.to(self.device)
+        init_torch_distributed(self.world, self.device)  # no-op with one rank or when already joined
+        broadcast_module(flow, self.world)  # identical start on every rank, whatever the initialisation
         self.step_count = 0
         self.n_skipped = 0
         self.wall_time = 0.0  # training seconds before this process (from the checkpoint)
@@ -101,41 +120,59 @@ class Trainer:
         self._bad_in_row = 0
 
     # -- one optimisation step ----------------------------------------------------------------------
-    def _loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        info: dict[str, float] = {}
+    def _terms(self) -> list[tuple[str, float, torch.Tensor]]:
+        """(kind, weight, surrogate loss on this rank's slice of the global batch) per objective."""
         terms = []
         if self.objective in ("reverse_kl", "mixed"):
-            z = self.flow.base.sample((self.batch_size,), generator=self.generator)
+            z = self.flow.base.sample((self.batch_size,), generator=self.generator)[self._shard]
             rev = reverse_kl(self.flow, self.action, z, self.estimator)
-            info["reverse_kl"] = float(rev.detach())
-            info["reverse_ess"] = _safe(reverse_ess, rev.log_weight)
-            terms.append((1 - self.forward_weight if self.objective == "mixed" else 1.0, rev))
+            terms.append(("reverse", 1 - self.forward_weight if self.objective == "mixed" else 1.0, rev))
         if self.objective in ("forward_kl", "mixed"):
             idx = torch.randint(0, self.data.shape[0], (self.batch_size,), generator=self.generator, device=self.device)
-            x = self.data[idx]
-            fwd = forward_kl(self.flow, self.action, x, self.forward_estimator)
-            info["forward_kl"] = float(fwd.detach())
-            info["forward_ess"] = _safe(forward_ess, fwd.log_weight)
-            terms.append((self.forward_weight if self.objective == "mixed" else 1.0, fwd))
-        loss = sum(w * t for w, t in terms)
-        return loss, info
+            fwd = forward_kl(self.flow, self.action, self.data[idx[self._shard]], self.forward_estimator)
+            terms.append(("forward", self.forward_weight if self.objective == "mixed" else 1.0, fwd))
+        return terms
+
+    @staticmethod
+    def _metrics(values: torch.Tensor, rows: torch.Tensor, terms, has_rec: bool) -> tuple[float, dict[str, float]]:
+        """Loss value, KL / ESS and reconstruction loss of the (global) batch from ``values`` =
+        (loss, KL per term[, reconstruction]) and ``rows`` = log-weights, (ranks, terms × B/N)."""
+        log_weights = rows.reshape(rows.shape[0], len(terms), -1) if terms else rows
+        info: dict[str, float] = {}
+        values_list = values.tolist()
+        for i, ((kind, _, _), value) in enumerate(zip(terms, values_list[1:])):
+            ess = reverse_ess if kind == "reverse" else forward_ess
+            info[f"{kind}_kl"] = value
+            info[f"{kind}_ess"] = _safe(ess, log_weights[:, i].reshape(-1))
+        if has_rec:
+            info["reconstruction"] = values_list[-1]
+        return values_list[0], info
 
     def step(self) -> dict[str, float]:
-        """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite)."""
+        """One optimiser step; returns the step's metrics (``skipped`` = 1 if it was non-finite).
+
+        Under MPI the step has one collective (:func:`latticeflow.distributed.all_reduce_step`): the
+        gradients, loss values and log-weights of all ranks in one all-reduce; the skip decision is
+        taken on the global loss, so every rank takes the same one.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         collect_reconstruction(self.flow)  # drop stale terms (none are made outside training steps)
         with self_normalized_training():
-            loss, info = self._loss()
-        value = float(loss.detach())
-        rec = collect_reconstruction(self.flow)
-        if rec is not None:
-            info["reconstruction"] = float(rec.detach())
-            loss = loss + self.reconstruction_weight * rec
-        bad = not math.isfinite(value)
+            terms = self._terms()
+        loss = sum(w * t for _, w, t in terms)
+        rec = collect_reconstruction(self.flow)  # a batch mean like the KL terms: averaged over ranks alike
+        values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms],
+                              *([] if rec is None else [rec.detach().to(loss.dtype)])])
+        rows = torch.cat([t.log_weight.reshape(-1) for _, _, t in terms])
+        if math.isfinite(float(values[0])):
+            (loss if rec is None else loss + self.reconstruction_weight * rec).backward()
+        params = [p for p in self.flow.parameters() if p.requires_grad]
+        values, rows = all_reduce_step(params, values, rows, self.world)
+        value, info = self._metrics(values, rows, terms, rec is not None)
+        bad = not math.isfinite(value)  # the global KL loss
         grad_norm = float("nan")
         if not bad:
-            loss.backward()
-            params = [p for p in self.flow.parameters() if p.grad is not None]
+            params = [p for p in params if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf")))
             bad = not math.isfinite(grad_norm)
         if bad:
@@ -157,11 +194,17 @@ class Trainer:
     def train(self, n_steps: int, *, log_every: int = 10, metrics_path: str | Path | None = None,
               checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, progress: bool = True,
               callback: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
-        """Train until ``n_steps`` steps in total (so a resumed trainer finishes the same schedule)."""
+        """Train until ``n_steps`` steps in total (so a resumed trainer finishes the same schedule).
+
+        Under MPI only rank 0 writes ``metrics_path`` and ``checkpoint_path`` and shows progress.
+        """
         from tqdm.auto import tqdm
 
         from .io import save_checkpoint
 
+        if not self.world.is_main:
+            metrics_path = checkpoint_path = None
+            progress = False
         rows: list[dict[str, float]] = []
         writer = None
         fh = None

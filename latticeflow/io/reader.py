@@ -54,6 +54,7 @@ class Ensemble:
                 if attrs.get("n_rows", 0) != 0:
                     raise ValueError(f"damaged ensemble {self.path}: {exc}") from exc
                 names, lengths = [], []  # killed while creating datasets: nothing committed
+            _check_shards(self.path, attrs)
             committed = attrs.get("n_rows", min(lengths, default=0))
             if lengths and committed > min(lengths):
                 raise ValueError(
@@ -137,6 +138,16 @@ class Ensemble:
             f"Ensemble({self.path!r}, theory={self.theory!r}, couplings={self.couplings}, "
             f"shape={self.shape}, n_rows={self.n_rows})"
         )
+
+
+def _check_shards(path: str, attrs: dict[str, Any]) -> None:
+    """A master file of an MPI run (virtual datasets) needs its shards beside it; HDF5 would
+    silently read fill values for a missing one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for name in attrs.get("shard_files", []):
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise ValueError(f"ensemble {path} is the master file of an MPI run, but its shard {name} "
+                             f"is missing from {directory}")
 
 
 def open_ensemble(path: str | os.PathLike[str]) -> Ensemble:

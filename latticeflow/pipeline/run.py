@@ -4,7 +4,8 @@ HMC configs: sample → analyse → report. Flow configs (``sampler.name: nmcmc 
 reference ensemble of ``sampler.reference_hmc`` configurations (``ensemble_hmc.h5``; with
 ``train.data: reference`` it is also the forward-KL training data) → train (resumes) → sample with the
 trained flow (resumes) → the forward ESS of the flow on the HMC ensemble → analyse → comparison table flow vs HMC vs exact, ``summary.json`` and plots. An interrupted run is
-resumed by rerunning the same command.
+resumed by rerunning the same command. Under ``mpiexec -n N`` sampling and training run on every rank
+(shards, data-parallel training); rank 0 alone analyses and writes the report.
 """
 from __future__ import annotations
 
@@ -66,8 +67,13 @@ def comparison_table(results: dict[str, EnsembleAnalysis]) -> str:
 def run(cfg: Config, config_text: str = "", *, command: str | None = None, progress: bool = True,
         checkpoint: str | None = None) -> dict[str, Any]:
     """Run the pipeline of ``cfg``; returns the summary (also written to ``summary.json``)."""
+    from ..distributed import get_world
+
+    world = get_world()
     out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    world.barrier()
     summary: dict[str, Any] = {"name": cfg.name, "sampler": cfg.sampler.name}
     hmc = None
     if cfg.sampler.name != "hmc" and cfg.sampler.reference_hmc > 0:  # first: it may be the training data
@@ -76,6 +82,9 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
     if cfg.sampler.name != "hmc" and checkpoint is None:
         summary["training"] = train(cfg, config_text, progress=progress)
     sampled = sample(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint)
+    if not world.is_main:
+        summary.update({"ensemble": sampled.as_dict(), "tables": [], "files": []})
+        return summary
     results = {cfg.sampler.name: analyze(sampled.path)}
     tables = [results[cfg.sampler.name].table()]
     if hmc is not None:

@@ -5,6 +5,9 @@ HMC: many chains as one batch; after thermalisation (step size tuned, then froze
 batches of about ``sampler.batch_size`` rows and flushed after each. Rerunning the same command on a
 killed or shorter run resumes from the last complete batch: the chains restart from their last stored
 configurations with the stored step size and random-number state.
+
+Under ``mpiexec -n N`` every rank samples its own replica (``n_samples`` and ``n_chains`` per rank, its
+own seed) into a shard file, and rank 0 writes the master file; see :mod:`latticeflow.pipeline.shards`.
 """
 from __future__ import annotations
 
@@ -63,12 +66,30 @@ def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
-           progress: bool = True, checkpoint: str | None = None, path: Path | None = None) -> SampleSummary:
-    """Generate (or resume) the ensemble of ``cfg`` into ``<output.dir>/ensemble.h5``."""
+           progress: bool = True, checkpoint: str | None = None, path: Path | None = None,
+           replica: int | None = None, world=None) -> SampleSummary:
+    """Generate (or resume) the ensemble of ``cfg`` into ``<output.dir>/ensemble.h5``.
+
+    ``world`` defaults to the MPI world of the process: with several ranks this writes one shard per
+    rank and the master file (:func:`latticeflow.pipeline.shards.sample_sharded`). ``replica`` marks a
+    call that writes one shard: its chains are numbered from ``replica * n_chains`` (unique across
+    the shards) and ``config.yaml`` is left to the caller.
+    """
+    if replica is None:
+        from .shards import check_not_master, sample_sharded
+
+        from ..distributed import get_world
+
+        world = world or get_world()
+        if world.distributed:
+            return sample_sharded(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint,
+                                  path=path, world=world)
+        check_not_master(Path(path) if path is not None else cfg.output_dir / "ensemble.h5")
     if cfg.sampler.name != "hmc":
         from .sample_flow import sample_with_flow
 
-        return sample_with_flow(cfg, config_text, checkpoint=checkpoint, command=command, progress=progress, path=path)
+        return sample_with_flow(cfg, config_text, checkpoint=checkpoint, command=command, progress=progress, path=path,
+                                replica=replica)
     s = cfg.sampler
     action = build_action(cfg.action)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
@@ -85,14 +106,16 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
               target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler="hmc", seed=cfg.seed,
-                            config_text=config_text, dtype=cfg.dtype, command=command)
+                            replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
     t0 = time.perf_counter()
-    (out_dir / "config.yaml").write_text(config_text)  # only once the ensemble file accepted this config
+    if replica is None:
+        (out_dir / "config.yaml").write_text(config_text)  # only once the ensemble file accepted this config
+    first_chain = (replica or 0) * n_chains
     try:
         n_rows = writer.n_rows
         resumed = n_rows > 0
         if resumed:
-            x, sweep = _resume_state(path, writer, n_chains, hmc, generator, dtype, device)
+            x, sweep = _resume_state(path, writer, n_chains, hmc, generator, dtype, device, first_chain)
         else:
             x = _initial_fields(action, n_chains, generator, dtype, device)
             bar = tqdm(total=s.n_thermalize, desc="thermalise", disable=not progress, unit="traj", file=sys.stderr,
@@ -109,7 +132,7 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
         bar = tqdm(total=n_target, initial=min(n_rows, n_target), desc="sample", unit="cfg",
                    disable=not progress, file=sys.stderr, mininterval=0.5)
         action_x = None
-        chain_ids = np.arange(n_chains, dtype=np.int64)
+        chain_ids = np.arange(first_chain, first_chain + n_chains, dtype=np.int64)
         while writer.n_rows < n_target:
             rows: dict[str, list] = {"samples": [], "action": [], "accepted": [], "chain": [], "mc_index": [], "obs": []}
             for _ in range(min(sweeps_per_batch, (n_target - writer.n_rows) // n_chains)):
@@ -150,7 +173,7 @@ def sample(cfg: Config, config_text: str = "", *, command: str | None = None,
 
 
 def _resume_state(path: Path, writer: EnsembleWriter, n_chains: int, hmc: HMC,
-                  generator: torch.Generator, dtype, device) -> tuple[torch.Tensor, int]:
+                  generator: torch.Generator, dtype, device, first_chain: int = 0) -> tuple[torch.Tensor, int]:
     """Last configuration of every chain, the frozen step size and the RNG state of a stored run."""
     with open_ensemble(path) as ens:
         attrs = ens.attrs
@@ -167,7 +190,7 @@ def _resume_state(path: Path, writer: EnsembleWriter, n_chains: int, hmc: HMC,
             x = torch.as_tensor(np.asarray(f["samples"][last]), dtype=dtype, device=device)
             chain = np.asarray(f["chain"][last])
             sweep = int(np.asarray(f["mc_index"][last]).max()) + 1
-        if not np.array_equal(chain, np.arange(n_chains)):
+        if not np.array_equal(chain, np.arange(first_chain, first_chain + n_chains)):
             raise ValueError(f"{path}: the last sweep is incomplete (chains {chain.tolist()})")
         hmc.step_size = float(attrs["step_size"])
         if int(attrs.get("rng_state_rows", -1)) == n and "rng_state" in attrs:

@@ -49,8 +49,8 @@ def _resume_chain(path: Path, n: int, dtype, device) -> ChainState:
 
 
 def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | None = None, command: str | None = None,
-                     progress: bool = True, path: Path | None = None) -> SampleSummary:
-    """Write (or extend) the flow / NMCMC ensemble of ``cfg``."""
+                     progress: bool = True, path: Path | None = None, replica: int | None = None) -> SampleSummary:
+    """Write (or extend) the flow / NMCMC ensemble of ``cfg``; ``replica`` numbers the NMCMC chain of a shard."""
     s = cfg.sampler
     action, flow = load_flow(cfg, checkpoint)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
@@ -59,7 +59,7 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
     path = path or out / "ensemble.h5"
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
-                            config_text=config_text, dtype=cfg.dtype, command=command)
+                            replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
     t0 = time.perf_counter()
     n_rows = writer.n_rows
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + n_rows + 17)
@@ -78,7 +78,7 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
             for batch, state in nmcmc_batches(flow, action, remaining, s.batch_size, state=state, generator=generator):
                 obs = {k: v.cpu().numpy() for k, v in action.observables(batch.x).items()}
                 writer.append(batch.x, batch.action, log_q=batch.log_q, log_weight=batch.log_weight,
-                              accepted=batch.accepted, chain=np.zeros(len(batch.accepted), dtype=np.int64),
+                              accepted=batch.accepted, chain=np.full(len(batch.accepted), replica or 0, dtype=np.int64),
                               mc_index=batch.mc_index, observables=obs)
                 writer.set_attrs(longest_rejection_run=state.longest_rejection_run,
                                  current_rejection_run=state.current_rejection_run)

@@ -4,6 +4,10 @@
 ``metrics.csv`` (one row per ``train.log_every`` steps), ``plots/training.png``, ``train_summary.json``.
 Rerunning the same command resumes from the checkpoint and ends exactly where an uninterrupted
 run would have ended.
+
+Under ``mpiexec -n N`` the training is data parallel (see :mod:`latticeflow.training`): every rank
+builds the same flow, ``train.batch_size`` is the global batch, and rank 0 alone writes the run
+directory; every rank resumes from the same checkpoint.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError, build_action
+from ..distributed import World, get_world, init_torch_distributed
 from ..flows import build_flow
 from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
 from ..training import METRIC_FIELDS, Trainer
@@ -56,10 +61,12 @@ def load_target_samples(path: str, action, dtype, device) -> torch.Tensor:
     return torch.as_tensor(samples, dtype=dtype, device=device)
 
 
-def build_trainer(cfg: Config):
-    """(action, flow, trainer) of a config, on its device and dtype."""
+def build_trainer(cfg: Config, world: World | None = None):
+    """(action, flow, trainer) of a config, on its device and dtype (this rank's device under MPI)."""
+    world = world or World()
     action = build_action(cfg.action)
-    device, dtype = resolve_device(cfg.device), cfg.torch_dtype
+    device, dtype = world.device(str(resolve_device(cfg.device))), cfg.torch_dtype
+    init_torch_distributed(world, device)
     torch.manual_seed(cfg.seed)
     flow = build_flow(cfg.flow, action).to(device=device, dtype=dtype)
     t = cfg.train
@@ -72,7 +79,7 @@ def build_trainer(cfg: Config):
                       batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
                       plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,
                       forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps,
-                      reconstruction_weight=t.reconstruction_weight)
+                      reconstruction_weight=t.reconstruction_weight, world=world)
     return action, flow, trainer
 
 
@@ -115,30 +122,43 @@ def _plot(metrics_path: Path, out: Path) -> Path | None:
     return path
 
 
-def train(cfg: Config, config_text: str = "", *, progress: bool = True) -> dict:
-    """Train (or resume training) the flow of ``cfg``; returns the summary written to ``summary.json``."""
-    action, flow, trainer = build_trainer(cfg)
+def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: World | None = None) -> dict:
+    """Train (or resume training) the flow of ``cfg``; returns the summary written to ``summary.json``.
+
+    ``world`` defaults to the MPI world of the process (one rank without ``mpiexec``).
+    """
+    world = world or get_world()
+    action, flow, trainer = build_trainer(cfg, world)
     out = cfg.output_dir
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(exist_ok=True)
     ckpt = out / "checkpoints" / "latest.pt"
     metrics = out / "metrics.csv"
     resumed_from = 0
-    if ckpt.exists():
+    found = world.bcast(ckpt.exists())  # every rank resumes, or none
+    world.barrier()  # nobody looks before every rank has looked: rank 0 writes the directory next
+    if world.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
+    if found:
         state = load_checkpoint(ckpt, map_location=trainer.device)
         if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
             raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
         trainer.load_state_dict(state)
         resumed_from = trainer.step_count
-        _truncate_metrics(metrics, resumed_from)
-    (out / "config.yaml").write_text(config_text)
+        if world.is_main:
+            _truncate_metrics(metrics, resumed_from)
+    if world.is_main:
+        (out / "config.yaml").write_text(config_text)
     t0 = time.perf_counter()
     trainer.checkpoint_extra = {"config_flow": cfg.flow, "theory": action.theory, "config": config_text}
     rows = trainer.train(cfg.train.steps, log_every=cfg.train.log_every, metrics_path=metrics, checkpoint_path=ckpt,
                          checkpoint_every=cfg.train.checkpoint_every, progress=progress)
     last = rows[-1] if rows else {}
     summary = {"steps": trainer.step_count, "resumed_from": resumed_from, "seconds": time.perf_counter() - t0,
-               "n_skipped": trainer.n_skipped, "final": last, "checkpoint": str(ckpt), "metrics": str(metrics)}
+               "n_skipped": trainer.n_skipped, "final": last, "checkpoint": str(ckpt), "metrics": str(metrics),
+               "ranks": world.size}
+    world.barrier()  # the checkpoint is on disk before any rank moves on (e.g. to sampling)
+    if not world.is_main:
+        return summary
     plot = _plot(metrics, out / "plots")
     if plot is not None:
         summary["plot"] = str(plot)
