@@ -55,7 +55,7 @@ class _SelfNormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W, R, ld, layer):
         y = layer._op(h, W)
-        e = h - layer._op(y, R)
+        e = h - layer._op_r(y, R)
         rec = (e * e).flatten(1).sum(1).mean()
         ctx.save_for_backward(h, y, e, W, R)
         ctx.layer = layer
@@ -66,11 +66,11 @@ class _SelfNormLinear(torch.autograd.Function):
         h, y, e, W, R = ctx.saved_tensors
         layer = ctx.layer
         g_y = torch.zeros_like(y) if g_y is None else g_y
-        c = g_ld.sum() if g_ld is not None else 0.0
+        c = float(g_ld.sum()) if g_ld is not None else 0.0
         a = 2.0 * g_rec / h.shape[0] if g_rec is not None else 0.0
         g_h = layer._op_adjoint(g_y, W)
-        g_W = layer._op_weight_grad(h, g_y - a * layer._op_adjoint(e, R)) + (c * layer.scale) * layer._op_flip_t(R)
-        g_R = -layer._op_weight_grad(y, g_h + a * e) - (c * layer.scale) * layer._op_flip_t(W)
+        g_W = layer._grad_w(h, g_y - a * layer._op_adjoint_r(e, R), R, c * layer.scale)
+        g_R = layer._grad_r(y, g_h + a * e, W, -c * layer.scale)
         return (g_h if ctx.needs_input_grad[0] else None), g_W, g_R, None, None
 
 
@@ -102,6 +102,17 @@ class SelfNormalizing(Bijection):
     def _op_adjoint(self, g: torch.Tensor, K: torch.Tensor) -> torch.Tensor: raise NotImplementedError
     def _op_weight_grad(self, inp: torch.Tensor, g: torch.Tensor) -> torch.Tensor: raise NotImplementedError
     def _op_flip_t(self, K: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+
+    def _op_r(self, y: torch.Tensor, R: torch.Tensor) -> torch.Tensor: return self._op(y, R)  # R y
+    def _op_adjoint_r(self, e: torch.Tensor, R: torch.Tensor) -> torch.Tensor: return self._op_adjoint(e, R)
+
+    def _grad_w(self, h, g, R, beta: float) -> torch.Tensor:
+        """∂L/∂W = δ_yᵀ h + β Rᵀ in the layout of ``weight`` (β = c · scale)."""
+        return self._op_weight_grad(h, g) + beta * self._op_flip_t(R)
+
+    def _grad_r(self, y, g, W, beta: float) -> torch.Tensor:
+        """∂L/∂R = −gᵀ y + β Wᵀ in the layout of ``inverse_weight`` (β = −c · scale)."""
+        return beta * self._op_flip_t(W) - self._op_weight_grad(y, g)
     def exact_logdet(self) -> torch.Tensor: raise NotImplementedError  # log|det W|, differentiable
     def _solve(self, y: torch.Tensor) -> torch.Tensor: raise NotImplementedError  # W⁻¹ y, exact
     def _to_op(self, x: torch.Tensor) -> torch.Tensor: return x  # field ↔ operator layout
@@ -162,7 +173,7 @@ class SelfNormalizing(Bijection):
     def reconstruction_error(self, h: torch.Tensor) -> float:
         """mean_b ‖h − R W h‖² / mean_b ‖h‖² on field-shaped ``h`` (0 when R = W⁻¹)."""
         op = self._to_op(h)
-        e = op - self._op(self._op(op, self.weight), self.inverse_weight)
+        e = op - self._op_r(self._op(op, self.weight), self.inverse_weight)
         return float((e * e).sum() / (op * op).sum().clamp_min(torch.finfo(op.dtype).tiny))
 
 
@@ -175,7 +186,10 @@ def collect_reconstruction(flow: nn.Module) -> torch.Tensor | None:
 class SelfNormDense(SelfNormalizing):
     """y = W h on the flattened field (all D sites), W and R of shape D × D, initialised to the identity.
 
-    log|det W| by LU (slogdet), O(D³); its exact gradient W⁻ᵀ is what ``gradient="self_normalized"`` avoids.
+    Stored so that every O(D²) step reads memory contiguously: ``weight`` holds Wᵀ (y = h @ weight for
+    batch rows h), ``inverse_weight`` holds R (h ≈ y @ Rᵀ); then the SNF terms c Rᵀ, c Wᵀ and tr(R ΔW)
+    need no transposed copies. log|det W| by LU (slogdet), O(D³); its exact gradient W⁻ᵀ is what
+    ``gradient="self_normalized"`` avoids.
     """
 
     def __init__(self, field_shape: Sequence[int], *, gradient: str = "self_normalized", inverted: bool = False,
@@ -187,19 +201,21 @@ class SelfNormDense(SelfNormalizing):
 
     def _to_op(self, x): return x.flatten(1)
     def _from_op(self, h, like): return h.view(like.shape)
-    def _op(self, h, K): return h @ K.T
-    def _op_adjoint(self, g, K): return g @ K
-    def _op_weight_grad(self, inp, g): return g.T @ inp
-    def _op_flip_t(self, K): return K.T
+    def _op(self, h, A): return h @ A
+    def _op_adjoint(self, g, A): return g @ A.T
+    def _op_r(self, y, R): return y @ R.T
+    def _op_adjoint_r(self, e, R): return e @ R
+    def _grad_w(self, h, g, R, beta): return torch.addmm(R, h.T, g, beta=beta)  # hᵀ δ + β R (= (δᵀh + β Rᵀ)ᵀ)
+    def _grad_r(self, y, g, A, beta): return torch.addmm(A, g.T, y, beta=beta, alpha=-1.0)  # −gᵀ y + β Wᵀ
 
     def exact_logdet(self) -> torch.Tensor:
         return torch.linalg.slogdet(self.weight).logabsdet
 
-    def _solve(self, y):
+    def _solve(self, y):  # h Wᵀ = y
         if torch.is_grad_enabled() and self.weight.requires_grad:
-            return torch.linalg.solve(self.weight, y.T).T
+            return torch.linalg.solve(self.weight, y, left=False)
         lu, piv = self._cached("lu", lambda: torch.linalg.lu_factor(self.weight))
-        return torch.linalg.lu_solve(lu, piv, y.T).T
+        return torch.linalg.lu_solve(lu, piv, y, left=False)
 
     def _tracked_logdet(self) -> torch.Tensor:
         with torch.no_grad():
@@ -213,7 +229,7 @@ class SelfNormDense(SelfNormalizing):
                 self._ld_value.copy_(self.logdet_value())
                 n = 0
             elif changed:
-                self._ld_value.add_((self.inverse_weight * dW.T).sum())  # tr(R ΔW)
+                self._ld_value.add_((self.inverse_weight * dW).sum())  # tr(R ΔW) = Σ R ∘ ΔWᵀ, weight = Wᵀ
             self._weight_ref.copy_(W)
             self._n_updates.fill_(n)
             return self._ld_value.clone()

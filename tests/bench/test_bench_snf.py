@@ -22,3 +22,4 @@ def test_exponent_fit_recovers_a_power_law():
     rows = [{"layer": "dense", "D": d, "snf_s": 1e-9 * d ** 2, "exact_s": 1e-12 * d ** 3} for d in (1024, 2304, 4096)]
     fit = exponents(rows)["dense"]
     assert math.isclose(fit["snf"], 2.0) and math.isclose(fit["exact"], 3.0)
+    assert math.isclose(fit["snf_top"], 2.0) and math.isclose(fit["exact_top"], 3.0)

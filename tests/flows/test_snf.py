@@ -19,14 +19,14 @@ def _perturb(layer, scale=0.3, seed=0):
     return layer
 
 
-def _dense_matrix(layer, K=None) -> torch.Tensor:
-    """The D × D matrix of h ↦ K h (K = W by default) in the layer's field layout."""
+def _dense_matrix(layer, R=None) -> torch.Tensor:
+    """The D × D matrix M of h ↦ W h (or of y ↦ R y, given inverse weights R), M[out, in], field layout."""
     shape = layer.field_shape
     d = int(torch.Size(shape).numel())
     eye = torch.eye(d, dtype=DT).view(d, *shape)
-    K = layer.weight if K is None else K
-    y = layer._from_op(layer._op(layer._to_op(eye), K), eye)
-    return y.reshape(d, d).T
+    op = layer._to_op(eye)
+    y = layer._op(op, layer.weight) if R is None else layer._op_r(op, R)
+    return layer._from_op(y, eye).reshape(d, d).T
 
 
 CONV_CASES = [dict(field_shape=(4, 4), kernel_size=3), dict(field_shape=(2, 4, 6), kernel_size=3),
@@ -59,7 +59,7 @@ def _set_exact_inverse(layer):
     """R = W⁻¹ (dense); for a conv whose kernel covers the whole lattice, the kernel of the inverse circulant."""
     with torch.no_grad():
         if isinstance(layer, SelfNormDense):
-            layer.inverse_weight.copy_(torch.linalg.inv(layer.weight))
+            layer.inverse_weight.copy_(torch.linalg.inv(_dense_matrix(layer)))
             return
         minv = torch.linalg.inv(_dense_matrix(layer))
         c, (l0, l1), k = layer.channels, layer.lattice, layer.weight.shape[-1]
@@ -217,7 +217,7 @@ def test_tracked_logdet_follows_w_and_refreshes():
         ((y ** 2).sum() - ld.sum() + collect_reconstruction(layer)).backward()
         opt.step()
         with torch.no_grad():  # a perfect learned inverse: the tracking error is second order in ΔW
-            layer.inverse_weight.copy_(torch.linalg.inv(layer.weight))
+            layer.inverse_weight.copy_(torch.linalg.inv(layer.weight.T))  # weight holds Wᵀ
 
 
 def test_snf_config_errors_and_defaults():
