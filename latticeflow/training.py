@@ -65,13 +65,18 @@ class _Interval:
 
 
 def _adam(flow, lr: float) -> torch.optim.Adam:
-    """Adam, fused (one pass per parameter: 10× faster than the loop for the D × D matrices of
-    self-normalizing flows) where the device supports it."""
+    """Adam; fused (one pass per parameter, 10× faster than the loop for the D × D matrices of
+    self-normalizing flows) for flows with self-normalizing layers, where the device supports it.
+    Other flows keep the loop implementation (same updates up to rounding, and reproducible runs)."""
+    from .flows import SelfNormalizing
+
     params = list(flow.parameters())
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+    if any(isinstance(m, SelfNormalizing) for m in flow.modules()):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr)
 
 
 class Trainer:
