@@ -32,12 +32,20 @@ MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OM
                 "MV2_COMM_WORLD_SIZE")
 
 
+def _slurm_tasks() -> int | None:
+    """Tasks of the current Slurm job step (``srun -n N`` starts N copies of the command)."""
+    try:
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])
+    except (KeyError, ValueError):
+        return None
+
+
 def launched_by_mpi() -> bool:
     """True if an MPI launcher started this process (``LATTICEFLOW_MPI=0|1`` overrides)."""
     forced = os.environ.get("LATTICEFLOW_MPI")
     if forced is not None:
         return forced not in ("", "0", "false", "no")
-    return any(v in os.environ for v in MPI_ENV_VARS)
+    return any(v in os.environ for v in MPI_ENV_VARS) or (_slurm_tasks() or 1) > 1
 
 
 def launcher_size() -> int | None:
@@ -48,7 +56,7 @@ def launcher_size() -> int | None:
                 return int(os.environ[var])
             except ValueError:
                 return None
-    return None
+    return _slurm_tasks()  # PMIx and plain srun announce no size of their own
 
 
 @dataclass
@@ -87,10 +95,15 @@ class World:
         raise SystemExit(code)
 
     def device(self, name: str) -> torch.device:
-        """The torch device of this rank: ``cuda`` becomes ``cuda:<local rank>`` (one GPU per rank)."""
+        """The torch device of this rank: under MPI ``cuda`` (or ``cuda:N``) becomes ``cuda:<local rank>``,
+        one GPU per rank, as nccl requires; more ranks per node than GPUs is an error."""
         dev = torch.device(name)
-        if dev.type == "cuda" and dev.index is None and self.distributed and torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        if dev.type == "cuda" and self.distributed and torch.cuda.is_available():
+            n_gpu = torch.cuda.device_count()
+            if self.local_size > n_gpu:
+                raise RuntimeError(f"device {name!r}: {self.local_size} ranks on this node but {n_gpu} GPU(s); "
+                                   f"start at most one rank per GPU")
+            return torch.device("cuda", self.local_rank)
         return dev
 
 

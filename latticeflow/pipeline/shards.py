@@ -37,7 +37,7 @@ __all__ = ["shard_path", "write_master", "sample_sharded", "check_not_master", "
 #: root attributes only a master file has
 MASTER_ATTRS = ("n_replicas", "shard_files", "shard_rows")
 #: per-rank sampler state, meaningless for the merged ensemble
-_PER_SHARD_ATTRS = ("rng_state", "rng_state_rows", "current_rejection_run")
+_PER_SHARD_ATTRS = ("rng_state", "rng_state_rows", "current_rejection_run", "step_size", "n_chains")
 
 
 def shard_path(path: str | os.PathLike[str], rank: int) -> Path:
@@ -97,6 +97,10 @@ def write_master(path: str | os.PathLike[str], shards: list[Path], *, seed: int)
             out.attrs["n_replicas"] = np.int64(len(shards))
             out.attrs["shard_files"] = np.array([s.name for s in shards], dtype=h5py.string_dtype())
             out.attrs["shard_rows"] = np.array(rows, dtype=np.int64)
+            if "n_chains" in first_attrs:  # chains of all replicas (numbered globally)
+                out.attrs["n_chains"] = np.int64(sum(int(a.get("n_chains", 0)) for _, a, _, _ in infos))
+            if "step_size" in first_attrs:  # each rank tuned its own
+                out.attrs["shard_step_size"] = np.array([float(a.get("step_size", np.nan)) for _, a, _, _ in infos])
             if "longest_rejection_run" in first_attrs:
                 out.attrs["longest_rejection_run"] = np.int64(max(int(a.get("longest_rejection_run", 0))
                                                                   for _, a, _, _ in infos))
@@ -108,7 +112,9 @@ def write_master(path: str | os.PathLike[str], shards: list[Path], *, seed: int)
                         source = h5py.VirtualSource(shard.name, name, shape=(n, *trailing), dtype=dtype)
                         layout[start:start + n] = source
                     start += n
-                out.create_virtual_dataset(name, layout)
+                kind = np.dtype(dtype).kind  # a missing shard reads as NaN / −1, never as plausible zeros
+                fill = np.nan if kind in "fc" else (-1 if kind == "i" else None)
+                out.create_virtual_dataset(name, layout, fillvalue=fill)
         os.replace(tmp, path)
     except BaseException:
         if tmp.exists():

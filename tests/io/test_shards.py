@@ -38,6 +38,7 @@ def test_master_file_reads_as_one_ensemble_of_all_replicas(tmp_path):
         plaq = f["observables/plaquette"][:]
         parts = [h5py.File(shard_path(master, r), "r")["observables/plaquette"][:] for r in (0, 1)]
         assert f["samples"].is_virtual and int(f.attrs["n_replicas"]) == 2 and int(f.attrs["n_rows"]) == 512
+        assert int(f.attrs["n_chains"]) == 16 and len(f.attrs["shard_step_size"]) == 2  # totals, per-rank tuning
     assert np.array_equal(plaq, np.concatenate(parts)) and not np.array_equal(*parts)
     with open_ensemble(master) as ens:
         assert ens.n_rows == 512 and sorted(set(ens["chain"].tolist())) == list(range(16))
@@ -51,6 +52,9 @@ def test_master_without_its_shards_is_refused(tmp_path):
     shard_path(master, 1).unlink()
     with pytest.raises(ValueError, match="shard ensemble.r001.h5 is missing"):
         open_ensemble(master)
+    with h5py.File(master, "r") as f:  # plain h5py: the missing rows are NaN / −1, never plausible zeros
+        assert np.isnan(f["samples"][256:]).all() and np.isfinite(f["samples"][:256]).all()
+        assert (f["chain"][256:] == -1).all()
 
 
 def test_master_refuses_shards_of_other_couplings(tmp_path):
@@ -84,3 +88,18 @@ def test_without_mpi4py_one_process_runs_and_a_launcher_gets_a_clear_error():
                               env={**env, "PMI_SIZE": "2", "PMI_RANK": "0"})
     assert plain.stdout.strip() == "size 1"
     assert launched.stdout.startswith("error started by an MPI launcher but mpi4py is not installed")
+
+
+def test_slurm_steps_of_several_tasks_count_as_launched(monkeypatch):
+    """``srun -n N`` (PMIx or no PMI) announces N tasks only through Slurm: treated as an MPI launch whose
+    size must match, so a mismatched mpi4py cannot silently run N one-rank jobs. One task stays serial."""
+    from latticeflow.distributed import MPI_ENV_VARS, launched_by_mpi, launcher_size
+
+    for var in (*MPI_ENV_VARS, "LATTICEFLOW_MPI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert not launched_by_mpi()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert launched_by_mpi() and launcher_size() == 4
+    monkeypatch.setenv("PMIX_RANK", "0")
+    assert launcher_size() == 4
