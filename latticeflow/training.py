@@ -125,7 +125,8 @@ class Trainer:
         ref = next(iter(flow.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.data = None if data is None else data.to(self.device)
+        dtype = next(iter(flow.parameters()), torch.zeros(())).dtype  # e.g. float64 HMC samples, float32 flow
+        self.data = None if data is None else torch.as_tensor(data).to(device=self.device, dtype=dtype)
         init_torch_distributed(self.world, self.device)  # no-op with one rank or when already joined
         broadcast_module(flow, self.world)  # identical start on every rank, whatever the initialisation
         self.step_count = 0

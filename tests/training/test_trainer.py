@@ -131,6 +131,16 @@ def test_forward_kl_training_on_exact_samples(estimator):
     assert rows[-1]["forward_ess"] > rows[0]["forward_ess"]
 
 
+def test_target_samples_are_cast_to_the_flow_dtype():
+    """float64 HMC samples train a float32 flow (the README's workflow) instead of failing in a matmul."""
+    action = Phi4(SHAPE, kappa=0.2, lam=0.0)
+    flow = build_flow(SMALL_FLOW, action)  # float32
+    data = free_field_samples(action, 256, seed=1).to(F64)
+    trainer = Trainer(flow, action, objective="forward_kl", estimator="standard", batch_size=32, data=data)
+    assert trainer.data.dtype == torch.float32
+    assert math.isfinite(trainer.step()["forward_kl"])
+
+
 def test_mixed_training_reports_both_ess():
     action = Phi4(SHAPE, kappa=0.2, lam=0.0)
     data = free_field_samples(action, 1000, seed=3)
