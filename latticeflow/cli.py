@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training: run the estimators one after the other instead of interleaved slices")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="a reduced grid (smoke test)")
-    p.add_argument("--repeats", type=int, default=10, help="interleaved timed repetitions after warm-up")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved timed repetitions after warm-up (gradients: 10, snf: 3)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
@@ -148,7 +149,7 @@ def _cmd_bench(args) -> int:
 
         log = (lambda r: print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
                                file=sys.stderr, flush=True))
-        result = run_snf_bench(quick=args.quick, repeats=3 if args.repeats == 10 else args.repeats,
+        result = run_snf_bench(quick=args.quick, repeats=args.repeats or 3,
                                dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
                                progress=None if args.json else log)
         print(json.dumps(result, indent=2) if args.json else format_snf_table(result))
@@ -172,7 +173,7 @@ def _cmd_bench(args) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     log = (lambda r: print(f"  {r['case']} {r['objective']}: " + ", ".join(
         f"{e} {v['ratio_to_standard']:.2f}" for e, v in r["estimators"].items()), file=sys.stderr, flush=True))
-    results = run_gradient_bench(default_cases(args.quick), objectives=objectives, repeats=args.repeats, dtype=dtype,
+    results = run_gradient_bench(default_cases(args.quick), objectives=objectives, repeats=args.repeats or 10, dtype=dtype,
                                  device=args.device, progress=None if args.json else log)
     if args.json:
         print(json.dumps({"benchmark": "gradients", "torch": torch.__version__, "threads": torch.get_num_threads(),

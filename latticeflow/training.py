@@ -28,7 +28,7 @@ import torch
 
 from .analysis import forward_ess, reverse_ess
 from .distributed import World, all_reduce_step, broadcast_module, init_torch_distributed
-from .flows import collect_reconstruction, self_normalized_training
+from .flows import SelfNormalizing, collect_reconstruction, self_normalized_training
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
@@ -68,8 +68,6 @@ def _adam(flow, lr: float) -> torch.optim.Adam:
     """Adam; fused (one pass per parameter, 10× faster than the loop for the D × D matrices of
     self-normalizing flows) for flows with self-normalizing layers, where the device supports it.
     Other flows keep the loop implementation (same updates up to rounding, and reproducible runs)."""
-    from .flows import SelfNormalizing
-
     params = list(flow.parameters())
     if any(isinstance(m, SelfNormalizing) for m in flow.modules()):
         try:

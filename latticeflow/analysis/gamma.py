@@ -193,7 +193,8 @@ def _choose_window(gamma: np.ndarray, n: int, S: float) -> tuple[int, bool]:
     if hits.size:
         first = int(hits[0])
         if not above[first]:  # stopped because tau_int(W) <= 1/2: an oscillating rho(t)
-            pairs = rho[0:-1:2][: (rho.size - 1) // 2] + rho[1::2][: (rho.size - 1) // 2]  # rho(2k) + rho(2k+1)
+            m = (rho.size - 1) // 2
+            pairs = rho[0:2 * m:2] + rho[1:2 * m:2]  # rho(2k) + rho(2k+1), k = 0 .. m-1
             bad = np.flatnonzero(pairs <= 0)
             k = int(bad[0]) if bad.size else pairs.size
             return max(int(w[first]), 2 * k - 1, 0), True

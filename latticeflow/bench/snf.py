@@ -28,7 +28,7 @@ from ..flows import build_flow
 from ..samplers.hmc import HMC
 from ..training import Trainer
 
-__all__ = ["run_snf_bench", "format_snf_table"]
+__all__ = ["run_snf_bench", "format_snf_table", "hmc_ensemble"]
 
 
 def _trainer(layer: str, gradient: str, L: int, batch: int, dtype, data: torch.Tensor) -> Trainer:
@@ -87,7 +87,8 @@ def exponents(rows: list[dict[str, Any]], d_min: int = 256) -> dict[str, dict[st
     return out
 
 
-def _hmc_ensemble(action, n_chains: int, rounds: int, dtype) -> torch.Tensor:
+def hmc_ensemble(action, n_chains: int = 512, rounds: int = 40, dtype=torch.float64) -> torch.Tensor:
+    """``n_chains × rounds`` HMC configurations (200 tuned thermalisation trajectories, every 3rd kept), seed 1."""
     gen = torch.Generator().manual_seed(1)
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
     x = hmc.thermalize(torch.randn(n_chains, *action.shape, dtype=torch.float64, generator=gen), 200)
@@ -102,7 +103,7 @@ def _hmc_ensemble(action, n_chains: int, rounds: int, dtype) -> torch.Tensor:
 def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64, progress=None) -> list[dict[str, Any]]:
     """Held-out NLL −⟨log q⟩ of both twins after ``steps`` maximum-likelihood steps on the same data."""
     action = Phi4((8, 8), kappa=0.2, lam=0.022)
-    data = _hmc_ensemble(action, 512, 40, dtype)
+    data = hmc_ensemble(action, 512, 40, dtype)
     train, test = data[: 3 * len(data) // 4], data[3 * len(data) // 4:]
     rows = []
     for layer in layers:

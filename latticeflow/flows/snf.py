@@ -66,7 +66,7 @@ class _SelfNormLinear(torch.autograd.Function):
         h, y, e, W, R = ctx.saved_tensors
         layer = ctx.layer
         g_y = torch.zeros_like(y) if g_y is None else g_y
-        c = float(g_ld.sum()) if g_ld is not None else 0.0
+        c = float(g_ld.sum()) if g_ld is not None else 0.0  # one sync per layer: addmm takes a Python beta
         a = 2.0 * g_rec / h.shape[0] if g_rec is not None else 0.0
         g_h = layer._op_adjoint(g_y, W)
         g_W = layer._grad_w(h, g_y - a * layer._op_adjoint_r(e, R), R, c * layer.scale)
@@ -150,13 +150,16 @@ class SelfNormalizing(Bijection):
             self._pending.append(rec)
         else:
             y = self._op(h, self.weight)
-            ld = (self.exact_logdet() if torch.is_grad_enabled() else self.logdet_value()).expand(x.shape[0])
+            ld = self._exact_ld(x.shape[0])
         return self._from_op(y, x), ld
 
     def _solve_w(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self._solve(self._to_op(y))
-        ld = (self.exact_logdet() if torch.is_grad_enabled() else self.logdet_value()).expand(y.shape[0])
-        return self._from_op(h, y), -ld
+        return self._from_op(h, y), -self._exact_ld(y.shape[0])
+
+    def _exact_ld(self, n: int) -> torch.Tensor:
+        """Exact log|det W| per sample: differentiable under autograd, cached otherwise."""
+        return (self.exact_logdet() if torch.is_grad_enabled() else self.logdet_value()).expand(n)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._solve_w(x) if self.inverted else self._apply_w(x)

@@ -8,9 +8,9 @@ import torch
 
 from actions import Phi4, exact
 from latticeflow.analysis import gamma_method
+from latticeflow.bench.snf import hmc_ensemble
 from latticeflow.flows import SelfNormalizing, build_flow
 from latticeflow.samplers import nmcmc_batches
-from latticeflow.samplers.hmc import HMC
 from latticeflow.training import Trainer
 
 DT = torch.float64
@@ -30,18 +30,6 @@ def _covariance(shape, kappa) -> np.ndarray:
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
     diff = (idx[None, :, :] - idx[:, None, :]) % np.array(shape)
     return g[tuple(diff[..., k] for k in range(len(shape)))]
-
-
-def _hmc_ensemble(action, n_chains=512, rounds=40, seed=1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
-    x = hmc.thermalize(torch.randn(n_chains, *action.shape, dtype=DT, generator=gen), 200)
-    out = []
-    for _ in range(rounds):
-        for _ in range(3):
-            x = hmc.step(x).x
-        out.append(x.clone())
-    return torch.cat(out)
 
 
 def _snf_layers(flow):
@@ -86,7 +74,7 @@ def test_snf_test_nll_within_one_percent_of_the_exact_twin(layer):
     """Maximum likelihood on an HMC ensemble of φ⁴ 8×8 (κ = 0.2, λ = 0.022): same architecture, data, seed
     and step budget; the held-out NLL of the self-normalized flow is within 1 % of the exact-gradient twin's."""
     phi4 = Phi4((8, 8), kappa=0.2, lam=0.022)
-    data = _hmc_ensemble(phi4)
+    data = hmc_ensemble(phi4)
     train, test = data[: 3 * len(data) // 4], data[3 * len(data) // 4:]
     nll = {}
     for gradient in ("self_normalized", "exact"):
