@@ -1,13 +1,22 @@
 """`build_flow(config, action)`: a `Flow` from the ``flow:`` section of a run config.
 
-Keys (all optional but ``family``; defaults depend on the family):
-  family        realnvp | z2nice | snf (φ⁴), u1_ncp (U(1))
+Keys (all optional; defaults depend on the family):
+  family        spline | z2affine | realnvp | z2nice | snf (φ⁴), u1 | u1_ncp (U(1))
   n_layers      coupling layers (φ⁴: 8, alternating checkerboard parity; U(1): 16 = 2 directions × 4 stripes × 2)
   conditioner   cnn | fc (φ⁴; U(1) is always cnn)
   hidden        hidden widths / channels (cnn: [16, 16], fc: [256, 256]; U(1): [8, 8])
   kernel_size   3
   activation    tanh | relu | leaky_relu | silu | gelu (z2nice requires tanh: the conditioner must be odd)
-  n_components  NCP mixture components (U(1)): 2
+  dilation      dilation of the conditioner's convolutions (int, or one per convolution): 1
+  n_components  NCP mixture components (U(1), transform ncp): 2
+  fourier       φ⁴: a `FourierScaling` layer first, initialised from the quadratic part of the action
+                (the free field is exact at step 0): true for spline and z2affine, false for the others
+  n_bins, bound spline: K bins on [−bound, bound] with identity tails (φ⁴); U(1): K bins on the circle
+  z2            spline: mirrored parameters, T(−z) = −T(z) (true)
+  transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
+                projections, bisection inverse): spline for family u1, ncp for u1_ncp
+  loops         U(1): 2×1 and 1×2 Wilson loops of the frozen region as extra conditioner inputs
+                (true for transform spline, false for ncp)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
 
@@ -33,15 +42,22 @@ from typing import Any
 from .base import FlowError
 from .conditioners import ACTIVATIONS, ODD_ACTIVATIONS
 from .flow import Flow, StandardNormal, UniformAngles
-from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
+from .fourier import FourierScaling
+from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling, Z2AffineCoupling
 from .snf import GRADIENTS, OddPower, SelfNormConv, SelfNormDense
+from .spline import SplineCoupling
 from .u1 import NCPCoupling
+from .u1_spline import CircularSplineCoupling
 
 __all__ = ["build_flow", "FLOW_FAMILIES", "flow_defaults"]
 
-FLOW_FAMILIES = ("realnvp", "z2nice", "u1_ncp", "snf")
+FLOW_FAMILIES = ("spline", "z2affine", "realnvp", "z2nice", "snf", "u1", "u1_ncp")
+U1_FAMILIES = ("u1", "u1_ncp")
+DEFAULT_FAMILY = {"phi4": "spline", "u1": "u1"}
 _KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling",
-         "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh"}
+         "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh", "dilation", "fourier",
+         "n_bins", "bound", "z2", "transform", "loops"}
+U1_TRANSFORMS = ("spline", "ncp")
 
 
 def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
@@ -50,11 +66,17 @@ def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
         return {"layer": "dense", "n_layers": 2, "nonlinearity": True, "couplings": 0, "gradient": "self_normalized",
                 "direction": "inverse", "block": 1, "refresh": 25, "conditioner": conditioner,
                 "hidden": [16, 16] if conditioner == "cnn" else [256, 256], "kernel_size": 3, "activation": "tanh"}
-    if family == "u1_ncp":
+    if family in U1_FAMILIES:
+        spline = family == "u1"
         return {"n_layers": 16, "conditioner": "cnn", "hidden": [8, 8], "kernel_size": 3, "activation": "tanh",
-                "n_components": 2}
-    return {"n_layers": 8, "conditioner": conditioner, "hidden": [16, 16] if conditioner == "cnn" else [256, 256],
-            "kernel_size": 3, "activation": "tanh", "scaling": family == "z2nice"}
+                "n_components": 2, "transform": "spline" if spline else "ncp", "n_bins": 8, "loops": spline,
+                "dilation": 1}
+    opts = {"n_layers": 8, "conditioner": conditioner, "hidden": [16, 16] if conditioner == "cnn" else [256, 256],
+            "kernel_size": 3, "activation": "tanh", "scaling": family == "z2nice", "dilation": 1,
+            "fourier": family in ("spline", "z2affine")}
+    if family == "spline":
+        opts.update(n_bins=8, bound=4.0, z2=True)
+    return opts
 
 
 def _err(key: str, msg: str) -> FlowError:
@@ -69,10 +91,10 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
             hint = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
             raise FlowError(f"unknown config key 'flow.{key}'" + (f" (did you mean 'flow.{hint[0]}'?)" if hint else ""))
     theory = getattr(action, "theory", None)
-    family = cfg.get("family", "u1_ncp" if theory == "u1" else "z2nice")
+    family = cfg.get("family", DEFAULT_FAMILY.get(theory, "spline"))
     if family not in FLOW_FAMILIES:
         raise _err("family", f"must be one of {', '.join(FLOW_FAMILIES)}, got {family!r}")
-    if (family == "u1_ncp") != (theory == "u1"):
+    if (family in U1_FAMILIES) != (theory == "u1"):
         raise _err("family", f"{family!r} does not fit theory {theory!r}")
     opts = flow_defaults(family, cfg.get("conditioner", "cnn"))
     for key, value in cfg.items():
@@ -90,17 +112,13 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
         raise _err("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {opts['activation']!r}")
     shape = tuple(action.shape)
 
-    if family == "u1_ncp":
-        if len(shape) != 2 or any(s % 4 for s in shape):
-            raise FlowError(f"flow: u1_ncp needs both lattice extents to be multiples of 4 (stripes of period 4), got shape {list(shape)}")
-        k = opts["n_components"]
-        if not isinstance(k, int) or k < 1:
-            raise _err("n_components", f"must be a positive integer, got {k!r}")
-        layers = [NCPCoupling(shape, i, n_components=k, hidden=hidden, kernel_size=kernel, activation=opts["activation"])
-                  for i in range(n_layers)]
-        return Flow(UniformAngles(action.field_shape), layers)
+    dilation = _check_dilation(opts.get("dilation", 1), len(hidden) + 1)
+    if family in U1_FAMILIES:
+        return _build_u1(shape, action, opts, dict(hidden=hidden, kernel_size=kernel, activation=opts["activation"],
+                                                   dilation=dilation))
 
-    common = dict(conditioner=opts["conditioner"], hidden=hidden, kernel_size=kernel, activation=opts["activation"])
+    common = dict(conditioner=opts["conditioner"], hidden=hidden, kernel_size=kernel, activation=opts["activation"],
+                  dilation=dilation)
     if family == "snf" and not opts["couplings"]:
         return _build_snf(shape, action.field_shape, opts, common)
     if any(s % 2 for s in shape):
@@ -111,6 +129,20 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
         raise _err("conditioner", f"'cnn' needs a 2D lattice, got shape {list(shape)}; use 'fc'")
     if family == "snf":
         return _build_snf(shape, action.field_shape, opts, common)
+    if not isinstance(opts["fourier"], bool):
+        raise _err("fourier", f"must be true or false, got {opts['fourier']!r}")
+    first = [FourierScaling.from_action(action)] if opts["fourier"] else []
+    if family == "spline":
+        n_bins, bound, z2 = _check_spline(opts)
+        if z2 and opts["activation"] not in ODD_ACTIVATIONS:
+            raise _err("activation", f"must be odd for a Z2-equivariant spline (tanh), got {opts['activation']!r}")
+        layers = [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound, z2=z2, **common) for i in range(n_layers)]
+        return Flow(StandardNormal(action.field_shape), first + layers)
+    if family == "z2affine":
+        if opts["activation"] not in ODD_ACTIVATIONS:
+            raise _err("activation", f"must be odd for z2affine (tanh), got {opts['activation']!r}")
+        layers = [Z2AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
+        return Flow(StandardNormal(action.field_shape), first + layers)
     if family == "z2nice":
         if opts["activation"] not in ODD_ACTIVATIONS:
             raise _err("activation", f"must be odd for z2nice (tanh), got {opts['activation']!r}")
@@ -119,7 +151,46 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
             layers.append(GlobalScaling(shape, per_site=opts["conditioner"] == "fc"))
     else:
         layers = [AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
-    return Flow(StandardNormal(action.field_shape), layers)
+    return Flow(StandardNormal(action.field_shape), first + layers)
+
+
+def _check_dilation(dilation: Any, n_conv: int) -> int | list[int]:
+    ok = lambda d: isinstance(d, int) and not isinstance(d, bool) and d >= 1  # noqa: E731
+    if ok(dilation) or (isinstance(dilation, (list, tuple)) and len(dilation) == n_conv and all(map(ok, dilation))):
+        return dilation if isinstance(dilation, int) else list(dilation)
+    raise _err("dilation", f"must be a positive integer or a list of {n_conv} (one per convolution), got {dilation!r}")
+
+
+def _check_spline(opts: dict[str, Any]) -> tuple[int, float, bool]:
+    n_bins, bound, z2 = opts["n_bins"], opts.get("bound", 1.0), opts.get("z2", True)
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 2:
+        raise _err("n_bins", f"must be an integer >= 2, got {n_bins!r}")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0:
+        raise _err("bound", f"must be a number > 0, got {bound!r}")
+    if not isinstance(z2, bool):
+        raise _err("z2", f"must be true or false, got {z2!r}")
+    return n_bins, float(bound), z2
+
+
+def _build_u1(shape: tuple[int, ...], action, opts: dict[str, Any], common: dict[str, Any]) -> Flow:
+    """Gauge-equivariant couplings on plaquettes: circular splines or NCP mixtures."""
+    if len(shape) != 2 or any(s % 4 for s in shape):
+        raise FlowError(f"flow: gauge-equivariant U(1) couplings need both lattice extents to be multiples of 4 "
+                        f"(stripes of period 4), got shape {list(shape)}")
+    transform, loops = opts["transform"], opts["loops"]
+    if transform not in U1_TRANSFORMS:
+        raise _err("transform", f"must be one of {', '.join(U1_TRANSFORMS)}, got {transform!r}")
+    if not isinstance(loops, bool):
+        raise _err("loops", f"must be true or false, got {loops!r}")
+    if transform == "spline":
+        n_bins = _check_spline(opts)[0]
+        layers = [CircularSplineCoupling(shape, i, n_bins=n_bins, loops=loops, **common) for i in range(opts["n_layers"])]
+    else:
+        k = opts["n_components"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise _err("n_components", f"must be a positive integer, got {k!r}")
+        layers = [NCPCoupling(shape, i, n_components=k, loops=loops, **common) for i in range(opts["n_layers"])]
+    return Flow(UniformAngles(action.field_shape), layers)
 
 
 def _build_snf(shape: tuple[int, ...], field_shape, opts: dict[str, Any], common: dict[str, Any]) -> Flow:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "ODD_ACTIVATIONS", "ConvNet", "DenseNet", "PeriodicConv2d", "circular_pad", "make_activation"]
+__all__ = ["ACTIVATIONS", "ODD_ACTIVATIONS", "ConvNet", "DenseNet", "ParityNet", "PeriodicConv2d", "circular_pad",
+           "make_activation"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 ODD_ACTIVATIONS = {"tanh"}
@@ -60,11 +61,15 @@ def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 class PeriodicConv2d(nn.Conv2d):
-    """2D convolution with periodic boundary conditions (`circular_pad` + valid convolution)."""
+    """2D convolution with periodic boundary conditions (`circular_pad` + valid convolution).
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=0, bias=bias)
-        self.pad = kernel_size // 2
+    ``dilation`` d spreads the k × k taps over a (d(k−1)+1)² window: a larger receptive field at equal cost.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 dilation: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, bias=bias, dilation=dilation)
+        self.pad = dilation * (kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(circular_pad(x, self.pad))
@@ -83,14 +88,25 @@ def _stack(sizes: Sequence[int], layer, activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _dilations(dilation: int | Sequence[int], n: int) -> list[int]:
+    """One dilation per convolution: an int for all, or a list of ``n``."""
+    if isinstance(dilation, int):
+        return [dilation] * n
+    dilation = list(dilation)
+    if len(dilation) != n:
+        raise ValueError(f"dilation needs one entry per convolution ({n}), got {dilation}")
+    return dilation
+
+
 class ConvNet(nn.Module):
-    """Periodic CNN ``(B, C_in, L0, L1) -> (B, C_out, L0, L1)``."""
+    """Periodic CNN ``(B, C_in, L0, L1) -> (B, C_out, L0, L1)``; ``dilation`` per convolution (int or list)."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int], kernel_size: int = 3,
-                 activation: str = "tanh", bias: bool = True) -> None:
+                 activation: str = "tanh", bias: bool = True, dilation: int | Sequence[int] = 1) -> None:
         super().__init__()
+        dil = iter(_dilations(dilation, len(hidden) + 1))
         self.net = _stack([in_channels, *hidden, out_channels],
-                          lambda a, b: PeriodicConv2d(a, b, kernel_size, bias=bias), activation)
+                          lambda a, b: PeriodicConv2d(a, b, kernel_size, bias=bias, dilation=next(dil)), activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -107,3 +123,52 @@ class DenseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(x.shape[0], self.out_channels, self.n_out)
+
+
+class ParityNet(nn.Module):
+    """Z2-graded conditioner: an odd trunk h(x) (tanh, no biases, so h(−x) = −h(x)) and two heads,
+    ``odd = W_o h`` (no bias) and ``even = W_e (h ⊙ h) + b``, so odd(−x) = −odd(x) and even(−x) = even(x).
+
+    ``kind`` is ``cnn`` (periodic convolutions on ``(B, 1, L0, L1)``, heads are k × k convolutions) or
+    ``fc`` (``(B, n_in)`` to ``(B, C, n_out)``). Both heads start at zero. Used by the Z2-equivariant
+    affine and spline couplings (even log-scales, odd shifts, mirrored spline parameters).
+    """
+
+    def __init__(self, kind: str, n_even: int, n_odd: int, hidden: Sequence[int], kernel_size: int = 3,
+                 dilation: int | Sequence[int] = 1, n_in: int = 1, n_out: int = 1) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("a parity conditioner needs at least one hidden layer")
+        self.kind, self.n_even, self.n_odd, self.n_out = kind, n_even, n_odd, n_out
+        if kind == "cnn":
+            dil = _dilations(dilation, len(hidden) + 1)
+            it = iter(dil)
+            make = lambda a, b, bias: PeriodicConv2d(a, b, kernel_size, bias=bias, dilation=next(it))  # noqa: E731
+            sizes = [1, *hidden]
+        else:
+            make = lambda a, b, bias: nn.Linear(a, b, bias=bias)  # noqa: E731
+            sizes = [n_in, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [make(a, b, False), nn.Tanh()]
+        self.trunk = nn.Sequential(*layers)
+        k_out = n_out if kind == "fc" else 1
+        head_dil = dil[-1] if kind == "cnn" else 1
+        if kind == "cnn":
+            self.odd = PeriodicConv2d(hidden[-1], n_odd, kernel_size, bias=False, dilation=head_dil)
+            self.even = PeriodicConv2d(hidden[-1], n_even, kernel_size, bias=True, dilation=head_dil)
+        else:
+            self.odd = nn.Linear(hidden[-1], n_odd * k_out, bias=False)
+            self.even = nn.Linear(hidden[-1], n_even * k_out, bias=True)
+        for head in (self.odd, self.even):
+            nn.init.zeros_(head.weight)
+            if head.bias is not None:
+                nn.init.zeros_(head.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(even, odd): cnn ``(B, C_e, L0, L1)``, ``(B, C_o, L0, L1)``; fc ``(B, C_e, n_out)``, ``(B, C_o, n_out)``."""
+        h = self.trunk(x)
+        even, odd = self.even(h * h), self.odd(h)
+        if self.kind == "fc":
+            return even.view(x.shape[0], self.n_even, self.n_out), odd.view(x.shape[0], self.n_odd, self.n_out)
+        return even, odd

@@ -2,6 +2,8 @@
 
 - `AffineCoupling` (RealNVP, Dinh et al. 2017): y_b = x_b e^{s(x_a)} + t(x_a), log f' = s.
 - `AdditiveCoupling` (NICE; Z2Nice with an odd conditioner, Nicoli et al. 2020): y_b = x_b + t(x_a).
+- `Z2AffineCoupling`: y_b = x_b e^{s(x_a)} + t(x_a) with s even and t odd in x_a (a `ParityNet`), so
+  every layer is odd while gaining per-site, field-dependent scales.
 - `GlobalScaling`: y = e^{a} ⊙ x with a learned per-site log-scale a (logdet Σ a).
 With an odd conditioner (tanh, no biases) every Z2Nice layer is odd, T(−z) = −T(z), and with the
 symmetric N(0, 1) base q(−φ) = q(φ): the flow cannot drop one vacuum of the broken phase.
@@ -15,10 +17,11 @@ from torch import nn
 
 from actions.lattice import checkerboard_mask
 from .base import Bijection
-from .conditioners import ConvNet, DenseNet
+from .conditioners import ConvNet, DenseNet, ParityNet
 from .coupling import Coupling
 
-__all__ = ["AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SiteConditioner"]
+__all__ = ["AffineCoupling", "AdditiveCoupling", "GlobalScaling", "ParitySiteConditioner", "SiteConditioner",
+           "Z2AffineCoupling"]
 
 
 class SiteConditioner(nn.Module):
@@ -28,14 +31,14 @@ class SiteConditioner(nn.Module):
     """
 
     def __init__(self, shape: Sequence[int], mask: torch.Tensor, out_channels: int, kind: str, hidden: Sequence[int],
-                 kernel_size: int, activation: str, bias: bool) -> None:
+                 kernel_size: int, activation: str, bias: bool, dilation: int | Sequence[int] = 1) -> None:
         super().__init__()
         self.shape, self.kind, self.out_channels = tuple(shape), kind, out_channels
         flat = mask.flatten()
         self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
         self.register_buffer("idx_b", torch.nonzero(flat).flatten())
         if kind == "cnn":
-            self.net = ConvNet(1, out_channels, hidden, kernel_size, activation, bias)
+            self.net = ConvNet(1, out_channels, hidden, kernel_size, activation, bias, dilation)
         else:
             self.net = DenseNet(len(self.idx_a), len(self.idx_b), out_channels, hidden, activation, bias)
 
@@ -45,14 +48,35 @@ class SiteConditioner(nn.Module):
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 
 
+class ParitySiteConditioner(SiteConditioner):
+    """(even, odd) parameters at the b-sites, each ``(B, C, n_b)``: even(−x_a) = even(x_a), odd(−x_a) = −odd(x_a)."""
+
+    def __init__(self, shape: Sequence[int], mask: torch.Tensor, n_even: int, n_odd: int, kind: str,
+                 hidden: Sequence[int], kernel_size: int, dilation: int | Sequence[int] = 1) -> None:
+        nn.Module.__init__(self)
+        self.shape, self.kind = tuple(shape), kind
+        flat = mask.flatten()
+        self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
+        self.register_buffer("idx_b", torch.nonzero(flat).flatten())
+        self.net = ParityNet(kind, n_even, n_odd, hidden, kernel_size, dilation, n_in=len(self.idx_a),
+                             n_out=len(self.idx_b))
+
+    def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "cnn":
+            even, odd = self.net(x_frozen.unsqueeze(1))
+            return even.flatten(2).index_select(2, self.idx_b), odd.flatten(2).index_select(2, self.idx_b)
+        return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
+
+
 class AffineCoupling(Coupling):
     """RealNVP: y_b = x_b e^{s} + t, (s, t) = c(x_a); log f' = s."""
 
     def __init__(self, shape: Sequence[int], parity: int, *, conditioner: str = "cnn", hidden: Sequence[int] = (16, 16),
-                 kernel_size: int = 3, activation: str = "tanh") -> None:
+                 kernel_size: int = 3, activation: str = "tanh", dilation: int | Sequence[int] = 1) -> None:
         mask = checkerboard_mask(shape, parity)
         super().__init__(mask)
-        self.net = SiteConditioner(shape, mask, 2, conditioner, hidden, kernel_size, activation, bias=True)
+        self.net = SiteConditioner(shape, mask, 2, conditioner, hidden, kernel_size, activation, bias=True,
+                                   dilation=dilation)
         self.needs_masked_input = conditioner == "cnn"  # the FC conditioner gathers the a-sites itself
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,14 +97,31 @@ class AffineCoupling(Coupling):
         return 1 + u_b * x_b * torch.exp(s), u_b
 
 
+class Z2AffineCoupling(AffineCoupling):
+    """Z2-equivariant RealNVP: y_b = x_b e^{s(x_a)} + t(x_a), s even and t odd, so T(−x) = −T(x)."""
+
+    def __init__(self, shape: Sequence[int], parity: int, *, conditioner: str = "cnn", hidden: Sequence[int] = (16, 16),
+                 kernel_size: int = 3, activation: str = "tanh", dilation: int | Sequence[int] = 1) -> None:
+        mask = checkerboard_mask(shape, parity)
+        Coupling.__init__(self, mask)
+        self.net = ParitySiteConditioner(shape, mask, 1, 1, conditioner, hidden, kernel_size, dilation)
+        self.needs_masked_input = conditioner == "cnn"
+
+    def conditioner_params(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        even, odd = self.net(x_frozen)
+        return even[:, 0], odd[:, 0]
+
+
 class AdditiveCoupling(Coupling):
     """NICE / Z2Nice: y_b = x_b + t(x_a), log f' = 0; ``odd=True`` makes t odd (no biases, tanh)."""
 
     def __init__(self, shape: Sequence[int], parity: int, *, conditioner: str = "cnn", hidden: Sequence[int] = (16, 16),
-                 kernel_size: int = 3, activation: str = "tanh", odd: bool = True) -> None:
+                 kernel_size: int = 3, activation: str = "tanh", odd: bool = True,
+                 dilation: int | Sequence[int] = 1) -> None:
         mask = checkerboard_mask(shape, parity)
         super().__init__(mask)
-        self.net = SiteConditioner(shape, mask, 1, conditioner, hidden, kernel_size, activation, bias=not odd)
+        self.net = SiteConditioner(shape, mask, 1, conditioner, hidden, kernel_size, activation, bias=not odd,
+                                   dilation=dilation)
         self.needs_masked_input = conditioner == "cnn"  # the FC conditioner gathers the a-sites itself
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> torch.Tensor:

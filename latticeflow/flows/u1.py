@@ -23,7 +23,7 @@ from actions.u1 import U1Gauge, wrap
 from .conditioners import ConvNet
 from .coupling import Coupling
 
-__all__ = ["NCPCoupling", "ncp_mixture", "ncp_inverse", "u1_link_masks"]
+__all__ = ["GaugeCoupling", "NCPCoupling", "ncp_mixture", "ncp_inverse", "u1_link_masks"]
 
 
 def _ncp_terms(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,15 +102,27 @@ def u1_link_masks(shape: Sequence[int], layer: int, device=None) -> dict[str, to
     return {"links": links, "active_plaquettes": active_plaq, "frozen_plaquettes": ~touched, "mu": mu}
 
 
-class NCPCoupling(Coupling):
-    """One gauge-equivariant NCP coupling on link angles ``theta: (B, 2, L0, L1)``."""
+class GaugeCoupling(Coupling):
+    """Shared plumbing of the gauge-equivariant couplings on link angles ``theta: (B, 2, L0, L1)``.
 
-    def __init__(self, shape: Sequence[int], layer: int, *, n_components: int = 2, hidden: Sequence[int] = (8, 8),
-                 kernel_size: int = 3, activation: str = "tanh") -> None:
+    Active links of layer ``layer`` (see `u1_link_masks`), the index of each active link's active
+    plaquette, and a periodic CNN on gauge-invariant features of the frozen region: (cos P, sin P) of the
+    frozen plaquettes and, with ``loops=True``, (cos W, sin W) of the 2×1 and 1×2 Wilson loops
+    W = P(x) + P(x + μ̂) whose two plaquettes are both frozen (as in NeuMC). ``conditioner_params`` of a
+    subclass receives ``(rest, out)``: rest = P − θ_active at the active links, ``out: (B, C, n_b)``.
+    """
+
+    def __init__(self, shape: Sequence[int], layer: int, n_out: int, *, hidden: Sequence[int] = (8, 8),
+                 kernel_size: int = 3, activation: str = "tanh", dilation: int | Sequence[int] = 1,
+                 loops: bool = False) -> None:
         masks = u1_link_masks(shape, layer)
         super().__init__(masks["links"])
         self.mu = masks["mu"]
-        self.register_buffer("frozen_plaquettes", masks["frozen_plaquettes"])
+        fz = masks["frozen_plaquettes"]
+        self.register_buffer("frozen_plaquettes", fz)
+        self.loops = loops
+        if loops:  # both plaquettes of the loop frozen
+            self.register_buffer("frozen_loops", torch.stack([fz & torch.roll(fz, -1, mu) for mu in (0, 1)]))
         # flat index of the active plaquette of each active link (θ₀(x) ↔ P(x), θ₁(x) ↔ P(x − 0̂))
         L0, L1 = shape
         site = self.idx_b % (L0 * L1)
@@ -118,16 +130,36 @@ class NCPCoupling(Coupling):
         if self.mu == 1:
             x0 = (x0 - 1) % L0
         self.register_buffer("plaquette_index", x0 * L1 + x1)
+        self.net = ConvNet(6 if loops else 2, n_out, hidden, kernel_size, activation, bias=True, dilation=dilation)
+
+    def gauge_features(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rest at the active links (B, n_b), conditioner output (B, C, n_b))."""
+        plaq = U1Gauge.plaquettes(x_frozen)  # = P at frozen plaquettes, = P − θ_active at active ones
+        fz = self.frozen_plaquettes.to(plaq.dtype)
+        feats = [torch.cos(plaq) * fz, torch.sin(plaq) * fz]
+        if self.loops:
+            for mu in (0, 1):
+                loop = plaq + shift(plaq, mu, 1)
+                m = self.frozen_loops[mu].to(plaq.dtype)
+                feats += [torch.cos(loop) * m, torch.sin(loop) * m]
+        out = self.net(torch.stack(feats, dim=1)).flatten(2).index_select(2, self.plaquette_index)  # (B, C, n_b)
+        rest = plaq.flatten(1).index_select(1, self.plaquette_index)
+        return rest, out
+
+
+class NCPCoupling(GaugeCoupling):
+    """One gauge-equivariant NCP coupling on link angles ``theta: (B, 2, L0, L1)``."""
+
+    def __init__(self, shape: Sequence[int], layer: int, *, n_components: int = 2, hidden: Sequence[int] = (8, 8),
+                 kernel_size: int = 3, activation: str = "tanh", dilation: int | Sequence[int] = 1,
+                 loops: bool = False) -> None:
+        super().__init__(shape, layer, n_components + 1, hidden=hidden, kernel_size=kernel_size,
+                         activation=activation, dilation=dilation, loops=loops)
         self.n_components = n_components
-        self.net = ConvNet(2, n_components + 1, hidden, kernel_size, activation, bias=True)
 
     def conditioner_params(self, x_frozen: torch.Tensor):
         """(rest, s, t) at the active links: rest = P − θ_active, NCP log-scales s (B, n_b, K), shift t."""
-        plaq = U1Gauge.plaquettes(x_frozen)  # = P at frozen plaquettes, = P − θ_active at active ones
-        fz = self.frozen_plaquettes.to(plaq.dtype)
-        features = torch.stack([torch.cos(plaq) * fz, torch.sin(plaq) * fz], dim=1)
-        out = self.net(features).flatten(2).index_select(2, self.plaquette_index)  # (B, K + 1, n_b)
-        rest = plaq.flatten(1).index_select(1, self.plaquette_index)
+        rest, out = self.gauge_features(x_frozen)
         return rest, out[:, : self.n_components].transpose(1, 2), out[:, self.n_components]
 
     def transform(self, x, params):

@@ -24,16 +24,30 @@ CONFIGS = {
     "realnvp-fc": {"family": "realnvp", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     "z2nice-cnn": {"family": "z2nice", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "z2nice-fc": {"family": "z2nice", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
+    "spline-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4, "bound": 2.5},
+    "spline-fc": {"family": "spline", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32], "n_bins": 4, "bound": 2.5},
+    "spline_plain-cnn": {"family": "spline", "z2": False, "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8],
+                         "n_bins": 4, "bound": 2.5, "fourier": False, "activation": "silu", "dilation": [1, 2, 1]},
+    "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
+    "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},
+    "u1_ncp_loops": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2, "loops": True},
+    "u1_spline": {"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4},
 }
 # Size of the random parameter perturbation. The 8-channel CNN RealNVP gets 0.2: at 0.3 its log-scales
 # reach ~±4 per layer and N(0, 1) fields are stretched to |x| ~ 1e4, so round-off alone (cond · eps)
 # approaches the 1e-10 tolerances; at 0.2 it is still far from the identity (|logdet| up to ~17).
-SCALES = {"realnvp-cnn": 0.2}
+SCALES = {"realnvp-cnn": 0.2, "z2affine-cnn": 0.2}
+# Spline conditioners at 0.3 give bins of width ~MIN_BIN next to slopes ~10²: the composed flow's inverse then
+# amplifies round-off by ~10⁶. At 0.1 the splines are still far from the identity (checked by
+# test_randomised_flow_is_not_the_identity) and well conditioned.
+SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
 DEFAULT_SCALE = 0.3
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]
+Z2 = Z2NICE + [name for name in ALL if name.startswith(("spline-", "z2affine"))]  # odd by construction
+U1 = [name for name in ALL if name.startswith("u1")]
 REALNVP = [name for name in ALL if name.startswith("realnvp")]
 CNN = [name for name in ALL if name.endswith("cnn")]
 

@@ -4,15 +4,15 @@ import torch
 
 from actions import U1Gauge
 
-from .helpers import CNN, PHI4, REALNVP, Z2NICE, base_sample, field_distance, make_flow, maxabs, random_alpha
+from .helpers import CNN, PHI4, REALNVP, U1, Z2, Z2NICE, base_sample, field_distance, make_flow, maxabs, random_alpha
 
 # ---------------------------------------------------------------------------------------------------
 # Z2: φ → −φ
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", Z2NICE)
-def test_z2nice_is_odd(name):
+@pytest.mark.parametrize("name", Z2)
+def test_z2_equivariant_flow_is_odd(name):
     """T(−z) = −T(z) with the same logdet, for the whole flow and for every layer."""
     flow, _ = make_flow(name)
     z = base_sample(flow, 6)
@@ -26,8 +26,8 @@ def test_z2nice_is_odd(name):
         z = y.detach()
 
 
-@pytest.mark.parametrize("name", Z2NICE)
-def test_z2nice_log_q_is_z2_symmetric(name):
+@pytest.mark.parametrize("name", Z2)
+def test_z2_equivariant_flow_log_q_is_z2_symmetric(name):
     flow, _ = make_flow(name)
     phi, log_q = flow.sample(6, generator=torch.Generator().manual_seed(7))
     assert maxabs(flow.log_prob(-phi) - log_q) < 1e-12
@@ -36,7 +36,7 @@ def test_z2nice_log_q_is_z2_symmetric(name):
     assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) < 1e-12
 
 
-@pytest.mark.parametrize("name", REALNVP)
+@pytest.mark.parametrize("name", REALNVP + ["spline_plain-cnn"])
 def test_randomised_realnvp_is_not_z2_equivariant(name):
     """Sanity check of the Z2 tests: a generic RealNVP (biases, no odd constraint) breaks φ → −φ."""
     flow, _ = make_flow(name)
@@ -52,8 +52,9 @@ def test_randomised_realnvp_is_not_z2_equivariant(name):
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_log_q_is_gauge_invariant():
-    flow, action = make_flow("u1_ncp")
+@pytest.mark.parametrize("name", U1)
+def test_log_q_is_gauge_invariant(name):
+    flow, action = make_flow(name)
     theta, log_q = flow.sample(6, generator=torch.Generator().manual_seed(9))
     theta = theta.detach()
     alpha = random_alpha(6, action.shape)
@@ -63,9 +64,10 @@ def test_log_q_is_gauge_invariant():
     assert maxabs(log_q_g - log_q) < 1e-10
 
 
-def test_u1_flow_is_gauge_equivariant():
+@pytest.mark.parametrize("name", U1)
+def test_u1_flow_is_gauge_equivariant(name):
     """T(g·z) = g·T(z) (mod 2π) for the same gauge transformation g, with equal logdets."""
-    flow, action = make_flow("u1_ncp")
+    flow, action = make_flow(name)
     z = base_sample(flow, 6)
     alpha = random_alpha(6, action.shape, seed=10)
     x, logdet = flow(z)
@@ -78,8 +80,9 @@ def test_u1_flow_is_gauge_equivariant():
     assert field_distance("u1_ncp", z_back_g, U1Gauge.gauge_transform(z, alpha)) < 1e-10
 
 
-def test_every_ncp_layer_is_gauge_equivariant():
-    flow, action = make_flow("u1_ncp", n_layers=8)  # both directions × all 4 stripe offsets
+@pytest.mark.parametrize("name", U1)
+def test_every_gauge_layer_is_gauge_equivariant(name):
+    flow, action = make_flow(name, n_layers=8)  # both directions × all 4 stripe offsets
     z = base_sample(flow, 4)
     alpha = random_alpha(4, action.shape, seed=11)
     for layer in flow.layers:
@@ -133,10 +136,11 @@ def test_odd_shift_breaks_phi4_translation_equivariance(name):
     assert maxabs(flow(_roll(z, (1, 0), False))[0] - _roll(x, (1, 0), False)) > 1e-3
 
 
+@pytest.mark.parametrize("name", U1)
 @pytest.mark.parametrize("shift", [(4, 0), (0, 4), (4, 4)])
-def test_u1_flow_is_translation_equivariant(shift):
+def test_u1_flow_is_translation_equivariant(shift, name):
     """Shifts by multiples of the stripe period 4 along both axes commute with T (8×8 lattice)."""
-    flow, _ = make_flow("u1_ncp", shape=(8, 8))
+    flow, _ = make_flow(name, shape=(8, 8))
     z = base_sample(flow, 3)
     x, logdet = flow(z)
     x_s, logdet_s = flow(_roll(z, shift, True))

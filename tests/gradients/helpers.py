@@ -20,12 +20,19 @@ FAMILIES = {
     "z2nice-fc": ({"family": "z2nice", "conditioner": "fc", "n_layers": 4, "hidden": [16, 16]}, (4, 4)),
     "realnvp-cnn": ({"family": "realnvp", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]}, (6, 4)),
     "realnvp-fc": ({"family": "realnvp", "conditioner": "fc", "n_layers": 4, "hidden": [16, 16]}, (4, 4)),
+    "spline-cnn": ({"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
+                    "bound": 2.5}, (6, 4)),
+    "spline-fc": ({"family": "spline", "conditioner": "fc", "n_layers": 4, "hidden": [16, 16], "n_bins": 4,
+                   "bound": 2.5}, (4, 4)),
+    "z2affine-cnn": ({"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]}, (6, 4)),
     "u1_ncp": ({"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2}, (8, 4)),
+    "u1_spline": ({"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4}, (8, 4)),
 }
 NAMES = list(FAMILIES)
 # RealNVP with CNN conditioners stretches fields a lot at 0.3 (|x| up to ~1e3); 0.2 keeps it far from the
 # identity while round-off stays well below the 1e-10 tolerances.
-SCALES = {"realnvp-cnn": 0.2}
+SCALES = {"realnvp-cnn": 0.2, "z2affine-cnn": 0.15}
+SCALES.update({name: 0.1 for name in FAMILIES if "spline" in name})  # see tests/flows/helpers.py
 
 
 def make_action(name: str):
