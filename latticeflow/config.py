@@ -60,18 +60,29 @@ class SamplerConfig:
 
 @dataclass
 class TrainConfig:
-    """``train:`` — flow training (used by the flow trainers)."""
+    """``train:`` — flow training (used by the flow trainers).
+
+    Budget: ``steps`` and, optionally, ``seconds`` of accumulated training wall time (resumes included);
+    training stops at whichever comes first. ``scheduler``: null | plateau | cosine (linear warm-up over
+    ``warmup_steps``, then cosine decay to the absolute learning rate ``lr_min`` at the end of the budget).
+    ``init``: a checkpoint (``latest.pt`` of ``latticeflow train``, or its run directory) whose flow weights
+    start the training (same architecture, any lattice size, coupling or β); a resume takes precedence.
+    """
 
     objective: str = "reverse_kl"
     estimator: str = "fast_path"
     forward_estimator: str | None = None
     steps: int = 1000
+    seconds: float | None = None
     batch_size: int = 256
     lr: float = 1e-3
     grad_clip: float | None = 1.0
     scheduler: str | None = None
     plateau_patience: int = 500
     plateau_factor: float = 0.5
+    warmup_steps: int = 0
+    lr_min: float = 0.0
+    init: str | None = None
     data: str | None = None
     forward_weight: float = 0.5
     reconstruction_weight: float = 10.0
@@ -245,8 +256,17 @@ def _validate(cfg: Config) -> None:
                           f"reference ensemble) is required for objective {t.objective}")
     if t.data == "reference" and cfg.sampler.reference_hmc < 1:
         raise ConfigError("train.data is 'reference' but sampler.reference_hmc is 0 (no HMC reference ensemble)")
-    if t.scheduler not in (None, "plateau"):
-        raise ConfigError(f"train.scheduler must be null or 'plateau', got {t.scheduler!r}")
+    if t.scheduler not in (None, "plateau", "cosine"):
+        raise ConfigError(f"train.scheduler must be null, 'plateau' or 'cosine', got {t.scheduler!r}")
+    if t.seconds is not None and not t.seconds > 0:
+        raise ConfigError(f"train.seconds must be > 0, got {t.seconds}")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if t.warmup_steps and t.scheduler != "cosine":
+        raise ConfigError(f"train.warmup_steps applies to train.scheduler 'cosine' only, got warmup_steps="
+                          f"{t.warmup_steps} with scheduler {t.scheduler!r}")
+    if t.init is not None and not t.init.strip():
+        raise ConfigError(f"train.init must be a checkpoint path or null, got {t.init!r}")
     if not 0 <= t.forward_weight <= 1:
         raise ConfigError(f"train.forward_weight must be in [0, 1], got {t.forward_weight}")
     if not t.reconstruction_weight >= 0:
@@ -256,6 +276,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if not 0 <= t.lr_min <= t.lr:
+        raise ConfigError(f"train.lr_min must be in [0, train.lr = {t.lr:g}], got {t.lr_min}")
+    if t.scheduler == "cosine" and t.warmup_steps >= t.steps:
+        raise ConfigError(f"train.warmup_steps must be < train.steps ({t.steps}), got {t.warmup_steps}")
 
 
 def config_from_dict(data: Any) -> Config:

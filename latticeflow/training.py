@@ -1,11 +1,20 @@
 """Training loop for flows: reverse KL (self-sampling), forward KL (maximum likelihood on target
 samples, e.g. an HMC ensemble) or a mixture, with any estimator of `latticeflow.gradients`.
 
-Adam, optional plateau learning-rate decay, grad-norm clipping, a non-finite guard (a step whose loss
+Adam, an optional learning-rate schedule (plateau decay, or linear warm-up then cosine decay, see
+:func:`cosine_lr`), grad-norm clipping, a non-finite guard (a step whose loss
 or gradient is NaN/inf is skipped and counted; ``max_bad_steps`` in a row stop training with a clear
 message), metrics per interval (KL up to log Z, reverse ESS, forward ESS when data are given, grad
 norm, lr, steps/s, wall time) and atomic checkpoints holding everything needed for an exact resume
 (flow, optimiser, scheduler, random-number generator, step).
+
+Budgets: training stops after ``n_steps`` steps in total or, with ``seconds``, once the accumulated
+training wall time (this process and every one before a resume) reaches ``seconds``, whichever comes
+first; the last row and checkpoint are written at that step, so a resumed run does not redo it.
+
+Transfer: :func:`transfer_state` loads the weights of a flow trained on another lattice (size,
+coupling or β) into a flow of the same architecture: convolution weights do not depend on the
+lattice and carry over; lattice-shaped tensors are adapted (see there).
 
 Data parallel under MPI (``world`` of :mod:`latticeflow.distributed` with N ranks): ``batch_size`` is the
 global batch B. Every rank draws the same B base samples (or data indices) from the shared generator and
@@ -31,7 +40,8 @@ from .distributed import World, all_reduce_step, broadcast_module, init_torch_di
 from .flows import SelfNormalizing, collect_reconstruction, self_normalized_training
 from .gradients import forward_kl, reverse_kl
 
-__all__ = ["Trainer", "TrainingError", "METRIC_FIELDS"]
+__all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosine_lr", "transfer_state",
+           "ArchitectureMismatch"]
 
 METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
                  "steps_per_s", "wall_time", "n_skipped", "reconstruction")
@@ -64,6 +74,70 @@ class _Interval:
     n_rec: int = 0
 
 
+def cosine_lr(progress: float, lr: float, lr_min: float = 0.0, warmup: float = 0.0) -> float:
+    """Learning rate at schedule progress p ∈ [0, 1] (values beyond are clipped) with warm-up fraction w:
+
+        η(p) = η · p / w                                          for p < w   (linear warm-up from 0),
+        η(p) = η_min + ½ (η − η_min) (1 + cos(π (p − w) / (1 − w)))   for w ≤ p ≤ 1   (cosine decay),
+
+    so η(w) = η (``lr``) and η(1) = η_min (``lr_min``, an absolute learning rate).
+
+    Example:
+        >>> cosine_lr(0.05, 1e-3, warmup=0.1), cosine_lr(0.1, 1e-3, warmup=0.1), cosine_lr(1.0, 1e-3, 1e-5)
+        (0.0005, 0.001, 1e-05)
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    if p < warmup:
+        return lr * p / warmup
+    q = (p - warmup) / (1 - warmup) if warmup < 1 else 0.0
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * q))
+
+
+class CosineSchedule:
+    """Linear warm-up over ``warmup_steps`` steps, then cosine decay to ``lr_min`` (:func:`cosine_lr`).
+
+    The update of step k (0-based) uses η(p) at p = max((k + 1)/steps, t/seconds), t the accumulated
+    training wall time before the step: with a step budget only, the first update has η/W (W =
+    ``warmup_steps``), update W has η and the last η_min; when a wall-time budget ``seconds`` binds
+    first, the schedule follows the elapsed fraction of it, so a time-budgeted run also ends annealed
+    (the warm-up is then the first W/steps of the budget, or less). The schedule length (``steps``,
+    ``seconds``) is set by :meth:`Trainer.train`.
+
+    The learning rate is a pure function of the step and the wall time, both in every checkpoint, so the
+    schedule has no state of its own: a resumed step-budgeted run follows the same learning rates
+    bitwise (a time-budgeted one cannot be bitwise reproducible anyway). ``state_dict`` records the
+    settings for the reader of a checkpoint.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, lr_min: float = 0.0, warmup_steps: int = 0,
+                 steps: int | None = None, seconds: float | None = None) -> None:
+        self.optimizer, self.lr, self.lr_min, self.warmup_steps = optimizer, lr, lr_min, warmup_steps
+        self.steps, self.seconds = steps, seconds
+
+    def progress(self, step: int, wall_time: float) -> float:
+        """p = max((step + 1)/steps, wall_time/seconds), at most 1, for the update of step ``step``."""
+        if self.steps is None:
+            raise ValueError("the cosine schedule needs its length: call Trainer.train(n_steps) (or set .steps)")
+        p = (step + 1) / self.steps
+        if self.seconds is not None:
+            p = max(p, wall_time / self.seconds)
+        return min(p, 1.0)
+
+    def set_lr(self, step: int, wall_time: float) -> float:
+        """Put the learning rate of the update of step ``step`` into every parameter group; returns it."""
+        lr = cosine_lr(self.progress(step, wall_time), self.lr, self.lr_min, self.warmup_steps / self.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": "cosine", "lr": self.lr, "lr_min": self.lr_min, "warmup_steps": self.warmup_steps,
+                "steps": self.steps, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: the learning rate follows from step and wall time (see the class)."""
+
+
 def _adam(flow, lr: float) -> torch.optim.Adam:
     """Adam; fused (one pass per parameter, 10× faster than the loop for the D × D matrices of
     self-normalizing flows) for flows with self-normalizing layers, where the device supports it.
@@ -86,6 +160,9 @@ class Trainer:
     λ = ``reconstruction_weight`` (reported as ``reconstruction``, not part of the KL).
     ``world`` (:class:`latticeflow.distributed.World`, default one process): data-parallel ranks;
     ``batch_size`` is then the global batch.
+    ``scheduler``: None (constant ``lr``), ``plateau`` (``ReduceLROnPlateau`` with ``plateau_patience``,
+    ``plateau_factor``) or ``cosine`` (:class:`CosineSchedule`: ``warmup_steps``, then decay to ``lr_min``
+    over the steps and seconds given to :meth:`train`).
     """
 
     def __init__(self, flow, action, *, objective: str = "reverse_kl", estimator: str = "fast_path",
@@ -93,13 +170,17 @@ class Trainer:
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
                  seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0,
-                 world: World | None = None) -> None:
+                 world: World | None = None, warmup_steps: int = 0, lr_min: float = 0.0) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
             raise ValueError(f"train.objective {objective!r} needs target samples (train.data: an HDF5 ensemble)")
-        if scheduler not in (None, "plateau"):
-            raise ValueError(f"train.scheduler must be null or 'plateau', got {scheduler!r}")
+        if scheduler not in (None, "plateau", "cosine"):
+            raise ValueError(f"train.scheduler must be null, 'plateau' or 'cosine', got {scheduler!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if not 0 <= lr_min <= lr:
+            raise ValueError(f"train.lr_min must be in [0, train.lr = {lr:g}], got {lr_min!r}")
         self.flow, self.action = flow, action
         self.objective, self.estimator = objective, estimator
         if objective == "forward_kl":
@@ -117,9 +198,12 @@ class Trainer:
         self.reconstruction_weight = reconstruction_weight
         self.max_bad_steps = max_bad_steps
         self.optimizer = _adam(flow, lr)
-        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
-                                                                     patience=plateau_patience)
-                          if scheduler == "plateau" else None)
+        self.scheduler: Any = None
+        if scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=plateau_factor,
+                                                                        patience=plateau_patience)
+        elif scheduler == "cosine":
+            self.scheduler = CosineSchedule(self.optimizer, lr, lr_min, warmup_steps)
         ref = next(iter(flow.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -130,6 +214,7 @@ class Trainer:
         self.step_count = 0
         self.n_skipped = 0
         self.wall_time = 0.0  # training seconds before this process (from the checkpoint)
+        self._elapsed = 0.0  # training seconds so far, all processes (the clock of budget and schedule)
         self.checkpoint_extra: dict[str, Any] = {}  # written into every checkpoint (e.g. the run's config)
         self._bad_in_row = 0
 
@@ -169,6 +254,8 @@ class Trainer:
         gradients, loss values and log-weights of all ranks in one all-reduce; the skip decision is
         taken on the global loss, so every rank takes the same one.
         """
+        if isinstance(self.scheduler, CosineSchedule):
+            self.scheduler.set_lr(self.step_count, self._elapsed)
         self.optimizer.zero_grad(set_to_none=True)
         collect_reconstruction(self.flow)  # drop stale terms (none are made outside training steps)
         with self_normalized_training():
@@ -199,23 +286,39 @@ class Trainer:
         else:
             self._bad_in_row = 0
             self.optimizer.step()
-            if self.scheduler is not None:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(value)
         self.step_count += 1
         return {"loss": value, "grad_norm": grad_norm, "skipped": float(bad), **info}
 
     # -- loop, metrics, checkpoints -----------------------------------------------------------------
-    def train(self, n_steps: int, *, log_every: int = 10, metrics_path: str | Path | None = None,
-              checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, progress: bool = True,
+    def train(self, n_steps: int, *, seconds: float | None = None, log_every: int = 10,
+              metrics_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
+              checkpoint_every: int = 100, progress: bool = True,
               callback: Callable[[dict], None] | None = None) -> list[dict[str, float]]:
-        """Train until ``n_steps`` steps in total (so a resumed trainer finishes the same schedule).
+        """Train until ``n_steps`` steps in total (so a resumed trainer finishes the same schedule) or,
+        with ``seconds``, until the accumulated training wall time (``wall_time``, which includes the time
+        before a resume) reaches ``seconds``, whichever comes first. The step that exhausts the budget
+        writes a metrics row and a checkpoint, so a rerun finds the budget spent and returns at once.
+        The cosine schedule runs over ``n_steps`` (and ``seconds``, if it binds first).
 
-        Under MPI only rank 0 writes ``metrics_path`` and ``checkpoint_path`` and shows progress.
+        Under MPI only rank 0 writes ``metrics_path`` and ``checkpoint_path`` and shows progress; the
+        clock of the budget is rank 0's (broadcast every step), so every rank stops at the same step.
         """
         from tqdm.auto import tqdm
 
         from .io import save_checkpoint
 
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"train.seconds must be > 0, got {seconds!r}")
+        if isinstance(self.scheduler, CosineSchedule):
+            if self.scheduler.warmup_steps >= n_steps:
+                raise ValueError(f"train.warmup_steps must be < train.steps ({n_steps}), "
+                                 f"got {self.scheduler.warmup_steps}")
+            self.scheduler.steps, self.scheduler.seconds = n_steps, seconds
+        self._elapsed = self.wall_time
+        if seconds is not None and self.wall_time >= seconds:
+            return []  # the budget was spent before this process (its last step is in the checkpoint)
         if not self.world.is_main:
             metrics_path = checkpoint_path = None
             progress = False
@@ -232,9 +335,15 @@ class Trainer:
         bar = tqdm(total=n_steps, initial=self.step_count, desc="train", unit="step", disable=not progress, mininterval=0.5)
         acc = _Interval()
         t_start = t_last = time.perf_counter()
+        out_of_time = False
         try:
-            while self.step_count < n_steps:
+            while self.step_count < n_steps and not out_of_time:
                 m = self.step()
+                self._elapsed = self.wall_time + time.perf_counter() - t_start
+                if seconds is not None:
+                    if self.world.distributed:
+                        self._elapsed = float(self.world.bcast(self._elapsed))  # rank 0's clock for all
+                    out_of_time = self._elapsed >= seconds
                 acc.n += 1
                 if not m["skipped"]:
                     acc.n_good += 1
@@ -247,7 +356,8 @@ class Trainer:
                 if not m["skipped"] and math.isfinite(m.get("reconstruction", float("nan"))):
                     acc.rec += m["reconstruction"]; acc.n_rec += 1
                 bar.update(1)
-                if self.step_count % log_every == 0 or self.step_count == n_steps:
+                last = self.step_count == n_steps or out_of_time
+                if self.step_count % log_every == 0 or last:
                     now = time.perf_counter()
                     good = max(acc.n_good, 1)
                     row = {"step": self.step_count, "loss": acc.loss / good,
@@ -267,13 +377,14 @@ class Trainer:
                     if callback is not None:
                         callback(row)
                     acc, t_last = _Interval(), now
-                if checkpoint_path is not None and (self.step_count % checkpoint_every == 0 or self.step_count == n_steps):
+                if checkpoint_path is not None and (self.step_count % checkpoint_every == 0 or last):
                     elapsed = time.perf_counter() - t_start
                     self.wall_time += elapsed
                     save_checkpoint(checkpoint_path, self.state_dict())
                     self.wall_time -= elapsed
         finally:
             self.wall_time += time.perf_counter() - t_start
+            self._elapsed = self.wall_time
             bar.close()
             if fh is not None:
                 fh.close()
@@ -289,9 +400,97 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        saved = state.get("scheduler")
+        cosine_saved = isinstance(saved, dict) and saved.get("name") == "cosine"
+        if self.scheduler is not None and saved is not None and cosine_saved == isinstance(self.scheduler, CosineSchedule):
+            self.scheduler.load_state_dict(saved)  # (a plateau scheduler resumed as cosine, or back, starts afresh)
         self.generator.set_state(state["generator"])
         self.step_count = int(state["step"])
         self.n_skipped = int(state.get("n_skipped", 0))
         self.wall_time = float(state.get("wall_time", 0.0))
+        self._elapsed = self.wall_time
+
+
+# -- transfer between lattices ------------------------------------------------------------------------------
+class ArchitectureMismatch(ValueError):
+    """A state dict does not fit a flow: another family, depth, width or kernel (not just another lattice)."""
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                   lattice: tuple[int, ...] | list[int] | None = None,
+                   source_lattice: tuple[int, ...] | list[int] | None = None) -> list[str]:
+    """Load the flow weights ``state_dict`` of a flow of the same architecture, trained on a lattice of
+    possibly another size (or coupling, or β), into ``flow``; returns the keys not copied as they were.
+
+    Keys must be the same. A tensor of the same shape is copied (cast to ``flow``'s dtype and device):
+    convolution weights and biases do not depend on the lattice size, nor do scalar scales. A tensor
+    whose shape differs is lattice-dependent if it is a buffer (masks, index buffers ``idx_a``, ``idx_b``,
+    ``plaquette_index``, ``frozen_plaquettes``, ...): ``flow`` keeps its own. A parameter whose shape
+    differs is lattice-dependent only if its trailing dimensions are ``lattice`` (the new lattice
+    extents; default ``flow.field_shape``, pass the action's shape for gauge fields), its leading ones
+    agree and, when ``source_lattice`` (the extents the state dict was trained on) is given, the
+    checkpoint's trailing dimensions are those: a per-site tensor (e.g. the per-site log-scale a_x of
+    ``GlobalScaling``, shape (L0, L1)) becomes its lattice mean broadcast to the new lattice,
+    ā = (1/V) Σ_x a_x; a momentum-space tensor (the log-scales a(p) of ``FourierScaling``, or any
+    parameter over the half spectrum of ``torch.fft.rfftn``, trailing dims (L0, …, L_{d−1}//2 + 1)) keeps
+    ``flow``'s own initialisation, e.g. the free-field a(p) of the new action (no interpolation of the
+    learned correction). Anything else raises
+    :class:`ArchitectureMismatch` naming the first differing key and both shapes (checkpoint vs ``flow``).
+
+    Example:
+        >>> from actions import Phi4
+        >>> from latticeflow.flows import build_flow
+        >>> small = build_flow({"family": "z2nice", "n_layers": 2}, Phi4((4, 4), kappa=0.2, lam=0.0))
+        >>> big = build_flow({"family": "z2nice", "n_layers": 2}, Phi4((8, 8), kappa=0.2, lam=0.0))
+        >>> transfer_state(big, small.state_dict())
+        ['layers.0.mask', 'layers.0.idx_b', 'layers.0.net.idx_a', 'layers.0.net.idx_b', 'layers.1.mask', 'layers.1.idx_b', 'layers.1.net.idx_a', 'layers.1.net.idx_b']
+    """
+    from .flows.fourier import FourierScaling
+
+    own = flow.state_dict()
+    parameters = {name for name, _ in flow.named_parameters()}
+    momentum = {f"{prefix}.{name}" if prefix else name for prefix, module in flow.named_modules()
+                if isinstance(module, FourierScaling) for name, _ in module.named_parameters(recurse=False)}
+    lattice = tuple(flow.field_shape if lattice is None else lattice)
+    d = len(lattice)
+    spectrum = (*lattice[:-1], lattice[-1] // 2 + 1) if d else ()
+    source = tuple(source_lattice or ())
+    source_spectrum = (*source[:-1], source[-1] // 2 + 1) if source else ()
+
+    def mismatch(key: str, why: str) -> ArchitectureMismatch:
+        return ArchitectureMismatch(f"another architecture (first differing key {key!r}: {why})")
+
+    merged: dict[str, torch.Tensor] = {}
+    adapted: list[str] = []
+    for key, new in own.items():
+        if key not in state_dict:
+            raise mismatch(key, "not in the checkpoint")
+        old = torch.as_tensor(state_dict[key])
+        if old.shape == new.shape:
+            merged[key] = old.to(device=new.device, dtype=new.dtype)
+            continue
+        lead_agrees = (old.dim() == new.dim() >= d and old.shape[:new.dim() - d] == new.shape[:new.dim() - d]
+                       and (source_lattice is None or len(source_lattice) != d
+                            or tuple(old.shape[new.dim() - d:]) in (source, source_spectrum)))
+        if key not in parameters:
+            merged[key] = new  # a lattice-dependent buffer: the new flow's own
+        elif lead_agrees and key in momentum:
+            merged[key] = new  # a momentum-space parameter: the new flow's initialisation
+        elif lead_agrees and tuple(new.shape[new.dim() - d:]) == lattice and new.is_floating_point():
+            dims = tuple(range(new.dim() - d, new.dim()))
+            mean = old.to(device=new.device, dtype=new.dtype).mean(dim=dims, keepdim=True)
+            merged[key] = mean.expand_as(new).clone()
+        elif lead_agrees and tuple(new.shape[new.dim() - d:]) == spectrum:
+            merged[key] = new  # a momentum-space parameter: the new flow's initialisation
+        else:
+            raise mismatch(key, f"shape {_shape(old)} vs {_shape(new)}")
+        adapted.append(key)
+    for key in state_dict:
+        if key not in own:
+            raise mismatch(key, "not in this flow")
+    flow.load_state_dict(merged)
+    return adapted

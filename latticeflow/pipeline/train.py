@@ -3,7 +3,13 @@
 ``<output.dir>/checkpoints/latest.pt`` (atomic; flow, optimiser, scheduler, RNG, step),
 ``metrics.csv`` (one row per ``train.log_every`` steps), ``plots/training.png``, ``train_summary.json``.
 Rerunning the same command resumes from the checkpoint and ends exactly where an uninterrupted
-run would have ended.
+run would have ended. ``train.seconds`` caps the accumulated training wall time beside ``train.steps``.
+
+``train.init`` (a checkpoint, or a run directory meaning ``<dir>/checkpoints/latest.pt``) starts a new run
+from the flow weights of another run of the same architecture, possibly at another lattice size,
+coupling or β (:func:`latticeflow.training.transfer_state`; optimiser, step and RNG start afresh). It
+applies only when the output directory has no checkpoint yet: a resume takes precedence. The summary
+records it as ``init_from``.
 
 Under ``mpiexec -n N`` the training is data parallel (see :mod:`latticeflow.training`): every rank
 builds the same flow, ``train.batch_size`` is the global batch, and rank 0 alone writes the run
@@ -23,7 +29,7 @@ from ..config import Config, ConfigError, build_action
 from ..distributed import World, get_world, init_torch_distributed
 from ..flows import build_flow
 from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
-from ..training import METRIC_FIELDS, Trainer
+from ..training import METRIC_FIELDS, ArchitectureMismatch, Trainer, transfer_state
 from .sample import resolve_device
 
 
@@ -41,7 +47,7 @@ def json_dumps(obj) -> str:
         return o
     return json.dumps(clean(obj), indent=2)
 
-__all__ = ["train", "build_trainer", "load_target_samples"]
+__all__ = ["train", "build_trainer", "load_target_samples", "init_flow_from", "checkpoint_file"]
 
 
 def load_target_samples(path: str, action, dtype, device) -> torch.Tensor:
@@ -79,8 +85,53 @@ def build_trainer(cfg: Config, world: World | None = None):
                       batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
                       plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,
                       forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps,
-                      reconstruction_weight=t.reconstruction_weight, world=world)
+                      reconstruction_weight=t.reconstruction_weight, world=world, warmup_steps=t.warmup_steps,
+                      lr_min=t.lr_min)
     return action, flow, trainer
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself if it is not a directory, else the run directory's ``<path>/checkpoints/latest.pt``."""
+    target = Path(path)
+    return target / "checkpoints" / "latest.pt" if target.is_dir() else target
+
+
+def _source_lattice(state: dict) -> list[int] | None:
+    """The lattice extents a checkpoint was trained on (from the config text it carries), if known."""
+    import yaml
+
+    try:
+        shape = (yaml.safe_load(state.get("config") or "") or {}).get("action", {}).get("shape")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return list(shape) if isinstance(shape, list) and all(isinstance(v, int) for v in shape) else None
+
+
+def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, list[str]]:
+    """Load the flow weights of the checkpoint ``path`` (``train.init``; a run directory means its
+    ``checkpoints/latest.pt``) into ``flow``, adapting lattice-dependent tensors (`transfer_state`).
+
+    Returns (the checkpoint file, the keys not copied as they were). Errors are one-line
+    :class:`ConfigError` naming ``train.init`` and the path.
+    """
+    file = checkpoint_file(path)
+    if not file.is_file():
+        raise ConfigError(f"train.init: checkpoint not found: {str(file)!r}")
+    try:
+        state = load_checkpoint(file, map_location=map_location)
+    except Exception as err:  # a truncated or foreign file
+        raise ConfigError(f"train.init {file}: not a readable checkpoint ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state.get("flow"), dict):
+        raise ConfigError(f"train.init {file}: not a checkpoint of 'latticeflow train' (no flow weights)")
+    theory = state.get("theory")
+    if theory is not None and theory != action.theory:
+        raise ConfigError(f"train.init {file}: written for theory {theory!r}, this config trains {action.theory!r}")
+    try:
+        adapted = transfer_state(flow, state["flow"], lattice=tuple(action.shape), source_lattice=_source_lattice(state))
+    except ArchitectureMismatch as err:
+        raise ConfigError(f"train.init {file}: {err}") from None
+    return str(file), adapted
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -93,6 +144,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
         w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
         w.writeheader()
         w.writerows(rows)
+
+
+def _last_row(path: Path) -> dict[str, float]:
+    """The last metrics row of ``path`` as numbers (empty if there is none)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: int(float(v)) if k in ("step", "n_skipped") else float(v) for k, v in rows[-1].items()} if rows else {}
 
 
 def _plot(metrics_path: Path, out: Path) -> Path | None:
@@ -133,8 +193,11 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
     ckpt = out / "checkpoints" / "latest.pt"
     metrics = out / "metrics.csv"
     resumed_from = 0
+    init_from = None
     found = world.bcast(ckpt.exists())  # every rank resumes, or none
     world.barrier()  # nobody looks before every rank has looked: rank 0 writes the directory next
+    if not found and cfg.train.init:  # a new run from another run's weights (before anything is written)
+        init_from, _ = init_flow_from(flow, cfg.train.init, action, map_location=trainer.device)
     if world.is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         (out / "plots").mkdir(exist_ok=True)
@@ -144,16 +207,21 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
             raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
         trainer.load_state_dict(state)
         resumed_from = trainer.step_count
+        init_from = state.get("init_from")
         if world.is_main:
             _truncate_metrics(metrics, resumed_from)
     if world.is_main:
         (out / "config.yaml").write_text(config_text)
     t0 = time.perf_counter()
-    trainer.checkpoint_extra = {"config_flow": cfg.flow, "theory": action.theory, "config": config_text}
-    rows = trainer.train(cfg.train.steps, log_every=cfg.train.log_every, metrics_path=metrics, checkpoint_path=ckpt,
-                         checkpoint_every=cfg.train.checkpoint_every, progress=progress)
-    last = rows[-1] if rows else {}
+    trainer.checkpoint_extra = {"config_flow": cfg.flow, "theory": action.theory, "config": config_text,
+                                "init_from": init_from}
+    rows = trainer.train(cfg.train.steps, seconds=cfg.train.seconds, log_every=cfg.train.log_every,
+                         metrics_path=metrics, checkpoint_path=ckpt, checkpoint_every=cfg.train.checkpoint_every,
+                         progress=progress)
+    last = rows[-1] if rows else _last_row(metrics)  # nothing left to do: the row of the last step
+    stopped_by = "seconds" if trainer.step_count < cfg.train.steps else "steps"
     summary = {"steps": trainer.step_count, "resumed_from": resumed_from, "seconds": time.perf_counter() - t0,
+               "wall_time": trainer.wall_time, "stopped_by": stopped_by, "init_from": init_from,
                "n_skipped": trainer.n_skipped, "final": last, "checkpoint": str(ckpt), "metrics": str(metrics),
                "ranks": world.size}
     world.barrier()  # the checkpoint is on disk before any rank moves on (e.g. to sampling)

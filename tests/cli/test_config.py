@@ -60,3 +60,35 @@ def test_standard_form_config_builds_the_same_theory():
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found: 'nope.yaml'"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"seconds": 0}, "train.seconds must be > 0, got 0.0"),
+    ({"seconds": -5}, "train.seconds must be > 0, got -5.0"),
+    ({"seconds": "long"}, "train.seconds must be a number, got 'long'"),
+    ({"scheduler": "foo"}, "train.scheduler must be null, 'plateau' or 'cosine', got 'foo'"),
+    ({"scheduler": "cosine", "warmup_steps": -1}, "train.warmup_steps must be >= 0, got -1"),
+    ({"scheduler": "cosine", "warmup_steps": 2.5}, "train.warmup_steps must be an integer, got 2.5"),
+    ({"scheduler": "cosine", "steps": 100, "warmup_steps": 100}, "train.warmup_steps must be < train.steps (100), got 100"),
+    ({"warmup_steps": 10}, "train.warmup_steps applies to train.scheduler 'cosine' only, got warmup_steps=10 with scheduler None"),
+    ({"scheduler": "cosine", "lr": 1e-3, "lr_min": 0.01}, "train.lr_min must be in [0, train.lr = 0.001], got 0.01"),
+    ({"lr_min": -1e-4}, "train.lr_min must be in [0, train.lr = 0.001], got -0.0001"),
+    ({"init": 3}, "train.init must be a string, got 3"),
+    ({"init": ""}, "train.init must be a checkpoint path or null, got ''"),
+])
+def test_bad_budget_schedule_and_init_keys(train, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"action": PHI4, "train": train})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_budget_schedule_and_init_defaults_and_round_trip(tmp_path):
+    t = config_from_dict({"action": PHI4}).train
+    assert (t.seconds, t.scheduler, t.warmup_steps, t.lr_min, t.init) == (None, None, 0, 0.0, None)
+    cfg = config_from_dict({"action": PHI4, "train": {"seconds": 300, "scheduler": "cosine", "warmup_steps": 50,
+                                                      "lr_min": 1e-5, "init": "runs/a"}})
+    assert (cfg.train.seconds, cfg.train.warmup_steps, cfg.train.lr_min, cfg.train.init) == (300.0, 50, 1e-5, "runs/a")
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config(path)[0] == cfg
