@@ -42,9 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
                                      "wall time), sampling (configurations/s and the HDF5 share), snf "
                                      "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
-                                     "weak scaling at 1 and 2 ranks)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling"], help="which benchmark")
-    p.add_argument("--seconds", type=float, default=60.0, help="training: wall-time budget per estimator and theory")
+                                     "weak scaling at 1 and 2 ranks), quality (flow families on a grid of "
+                                     "targets: ESS, KL, acceptance against wall time)")
+    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality"],
+                   help="which benchmark")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="training: wall-time budget per estimator and theory (60); quality: overrides every "
+                        "target's budget")
+    p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all)")
+    p.add_argument("--families", default=None,
+                   help="quality: comma-separated family labels or flow family names (default all)")
+    p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2)")
+    p.add_argument("--plot-dir", default="bench_quality", help="quality: directory for one PNG per target")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--sequential", action="store_true",
@@ -154,12 +163,22 @@ def _cmd_bench(args) -> int:
                                progress=None if args.json else log)
         print(json.dumps(result, indent=2) if args.json else format_snf_table(result))
         return 0
+    if args.name == "quality":
+        from .bench.quality import format_quality_table, run_quality_bench
+
+        log = (lambda r: print(f"  {r['target']} {r['family']} seed {r['seed']}: t={r['wall_time']:.1f}s "
+                               f"step {r['step']} ESS {r['ess']}", file=sys.stderr, flush=True))
+        result = run_quality_bench(targets=args.targets, families=args.families, seeds=args.seeds,
+                                   seconds=args.seconds, quick=args.quick, dtype=args.dtype, device=args.device,
+                                   threads=args.threads, plot_dir=args.plot_dir, progress=None if args.json else log)
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_quality_table(result))  # strict already
+        return 0
     if args.name == "training":
         from .bench.training import format_training_table, run_training_bench
 
         log = (lambda r: print(f"  {r.get('theory')} {r.get('estimator')}: t={r.get('wall_time', 0):.0f}s step {r.get('step')} "
                                f"ESS {r.get('ess')}", file=sys.stderr, flush=True))
-        result = run_training_bench(seconds=args.seconds, plot_path=args.plot,
+        result = run_training_bench(seconds=60.0 if args.seconds is None else args.seconds, plot_path=args.plot,
                                     dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype], device=args.device,
                                     progress=None if args.json else log, threads=args.threads, interleave=not args.sequential)
         print(json.dumps(result, indent=2) if args.json else format_training_table(result))

@@ -1,0 +1,711 @@
+"""`latticeflow bench quality`: flow quality against training wall time, per flow family and target.
+
+This benchmark decides the project's default flows. Every family of `FAMILIES` is trained on every
+target of `TARGETS` by reverse KL with ``Trainer(objective="reverse_kl", estimator="fast_path")`` for a
+budget of training wall time (the time spent in ``Trainer.step``, measured with ``time.perf_counter``;
+one untimed warm-up step on a throwaway copy first), once per seed. The flow is built after
+``torch.manual_seed(seed)``; the Trainer's base-sample stream is seeded by ``seed``.
+
+Measured on the way (the clock paused): every ``eval_every`` = max(budget/30, 0.5) s of training time,
+and at t = 0 and at the end, on one fixed batch of ``eval_batch`` base samples (generator seeded by
+``seed + 1``; the same batch for every family of a theory):
+
+    loss = mean(log q + S) = KL(q‖p) − ln Z,      ESS/N = (Σw)² / (N Σw²),  log w = −S − log q   (reverse).
+
+Measured at the end, also off the clock:
+
+- ``ess``, ``ess_err``: reverse ESS/N on a fresh batch of ``final_batch`` samples (generator ``seed + 2``);
+  the error is a delete-one-block jackknife over 32 blocks (heavy-tailed weights make any such error
+  an underestimate when the ESS is small).
+- ``kl``, ``kl_err``: KL(q‖p) = mean(log q + S) + ln Z in nats on the same batch, where ln Z is exact: the
+  free field (`actions.exact.free_field_log_z`, Lebesgue measure dφ, like the Gaussian base density) and
+  2D U(1) (`actions.exact.u1_log_z` is for the measure ∏ dθ/2π; the flows' log q is a density in dθ,
+  the uniform base having log q₀ = −D ln 2π, so ln Z here = u1_log_z + D ln 2π with D = 2V links; the
+  untrained uniform flow then has KL = u1_log_z ≥ 0). ``kl_err`` = std/√N. Null where no exact ln Z exists.
+- ``forward_ess``, ``forward_ess_err``: forward ESS/N = 1/(mean_p w · mean_p 1/w) of log w = −S − log q on
+  an HMC reference ensemble of the target (`reference_ensemble`, generated once per target and cached
+  for the call; its generation time is reported separately and is not training time); the error is a
+  jackknife over the HMC chains (which also accounts for autocorrelation within a chain).
+- ``nmcmc_acceptance``: acceptance rate of an independence Metropolis chain
+  (`latticeflow.samplers.nmcmc.metropolize`) fed with the ``final_batch`` proposals.
+
+Annealing (optional key ``anneal`` of a family: ``[[β_1, f_1], [β_2, f_2], …]``, U(1) only, Σf = 1, the
+last β the target's): the same flow is trained at U1Gauge(shape, β_i) for f_i of the budget, one stage
+after the other, each by a fresh ``Trainer`` (fresh Adam state, seed ``seed + i``). Every evaluation is
+against the *target* action, and every stage's training time counts in ``wall_time``.
+
+`run_quality_bench` returns strict-JSON data (NaN and inf are null)::
+
+    {"benchmark": "quality", "date", "torch", "threads", "dtype", "device", "load_avg": {"start", "end"},
+     "quick", "seeds", "settings": {"eval_batch", "final_batch", "jackknife_blocks", "reference": {…}},
+     "total_seconds",
+     "targets": {target: {"theory", "shape", "couplings", "seconds", "eval_every", "log_z",
+                          "reference": {"n_configurations", "n_chains", "seconds", "acceptance", "step_size",
+                                        "checks": {…}, "note"},
+                          "families": {label: {"flow", "train", "anneal", "n_parameters",
+                                               "runs": {seed: {"history": [{"wall_time", "step", "ess", "loss"}, …],
+                                                               "final": {"ess", "ess_err", "loss", "kl", "kl_err",
+                                                                         "forward_ess", "forward_ess_err",
+                                                                         "nmcmc_acceptance", "steps", "steps_per_s",
+                                                                         "train_seconds", "n_parameters",
+                                                                         "eval_seconds", "n_skipped", "error"}}},
+                                               "summary": {"median": {…the final figures…},
+                                                           "time_to_ess": {"0.5", "0.8", "0.98"}}}}}},
+     "skipped_targets": [...], "plots": {target: path}}
+
+``seed`` keys are strings (JSON). ``time_to_ess[thr]`` is the median over seeds of the first training
+``wall_time`` at which the history's ESS ≥ thr, a seed that never got there counting as ∞ (null if the
+median is ∞). ``error`` is null unless training stopped on repeated non-finite steps (the final
+figures are then those of the flow as it stood).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from actions import Phi4, U1Gauge
+from actions.exact import free_field_log_z, u1_charge_distribution, u1_log_z, u1_mean_plaquette
+from ..analysis import forward_ess, reverse_ess
+from ..samplers.hmc import HMC
+from ..samplers.nmcmc import metropolize
+
+__all__ = ["TARGETS", "FAMILIES", "QUICK_FAMILIES", "Target", "run_quality_bench", "format_quality_table",
+           "plot_quality_bench", "reference_ensemble", "exact_log_z", "select"]
+
+ESS_THRESHOLDS = (0.5, 0.8, 0.98)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target density: theory, lattice, couplings, default budget (s) and batch size."""
+
+    name: str
+    theory: str  # "phi4" | "u1"
+    shape: tuple[int, int]
+    couplings: dict[str, float] = field(hash=False)
+    seconds: float
+    batch_size: int
+
+    def action(self, **couplings: float):
+        """The target's action (``couplings`` override some, e.g. ``beta`` for an annealing stage)."""
+        c = {**self.couplings, **couplings}
+        return Phi4(self.shape, **c) if self.theory == "phi4" else U1Gauge(self.shape, **c)
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("free8", "phi4", (8, 8), {"kappa": 0.2, "lam": 0.0}, 10.0, 256),        # free field: exact ln Z
+    Target("phi4_8", "phi4", (8, 8), {"kappa": 0.25, "lam": 0.5}, 300.0, 256),
+    Target("phi4_16x8", "phi4", (16, 8), {"kappa": 0.3, "lam": 0.022}, 1800.0, 256),  # broken phase
+    Target("u1_b2", "u1", (8, 8), {"beta": 2.0}, 300.0, 128),                      # exact ln Z
+    Target("u1_b6", "u1", (8, 8), {"beta": 6.0}, 600.0, 128),                      # exact ln Z, frozen topology
+)}
+
+# Training settings every family starts from (an entry's "train" overrides any of them, and may add any
+# other keyword of `latticeflow.training.Trainer`, e.g. "scheduler": "plateau" | "cosine", "lr_min").
+# batch_size None = the target's.
+TRAIN_DEFAULTS: dict[str, Any] = {"estimator": "fast_path", "batch_size": None, "lr": 1e-3, "grad_clip": 1.0}
+
+# The families per target: label -> {"flow": config of `build_flow`, "train": {...}, optional "anneal"}.
+# Plain data: a flow family that `build_flow` does not know fails when the benchmark starts (before any
+# training), naming the target and label, not at import. Labels must not contain commas (--families).
+FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
+    "free8": {
+        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
+        "spline": {"flow": {"family": "spline"}, "train": {}},
+        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
+        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
+    },
+    "phi4_8": {
+        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
+        "spline": {"flow": {"family": "spline"}, "train": {}},
+        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
+        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
+    },
+    "phi4_16x8": {
+        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
+        "spline": {"flow": {"family": "spline"}, "train": {}},
+        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
+        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
+    },
+    "u1_b2": {
+        "u1_ncp (old default)": {"flow": {"family": "u1_ncp"}, "train": {}},
+        "u1 spline": {"flow": {"family": "u1"}, "train": {}},
+    },
+    "u1_b6": {
+        "u1_ncp (old default)": {"flow": {"family": "u1_ncp"}, "train": {}},
+        "u1 spline": {"flow": {"family": "u1"}, "train": {}},
+        "u1 spline annealed 2→4→6": {"flow": {"family": "u1"}, "train": {}, "anneal": [[2.0, 0.2], [4.0, 0.2], [6.0, 0.6]]},
+    },
+}
+
+# --quick: two targets, two families each, one seed, 3 s budgets, small batches and reference.
+QUICK_FAMILIES = {"free8": ("z2nice (old default)", "spline"), "u1_b2": ("u1_ncp (old default)", "u1 spline")}
+QUICK_SECONDS = 3.0
+SIZES = {"full": {"eval_batch": 2048, "final_batch": 8192, "n_chains": 16, "n_thermalize": 200,
+                  "n_configurations": 4096, "every": 4},
+         "quick": {"eval_batch": 256, "final_batch": 1024, "n_chains": 8, "n_thermalize": 60,
+                   "n_configurations": 256, "every": 2}}
+JACKKNIFE_BLOCKS = 32
+_ENTRY_KEYS = {"flow", "train", "anneal"}
+
+
+# -- selection and validation (all before any training) ------------------------------------------------
+def _split(values: str | Iterable[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = values.split(",")
+    out = [v.strip() for v in values if v.strip()]
+    return out or None
+
+
+def _seeds(seeds) -> list[int]:
+    values = _split(seeds if isinstance(seeds, str) else [str(s) for s in seeds]) or []
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"bench quality: seeds must be integers, got {seeds!r}") from None
+    if not out:
+        raise ValueError(f"bench quality: no seeds given ({seeds!r})")
+    return out
+
+
+def select(targets=None, families=None, quick: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """{target: {label: entry}} for the given target names and family selectors (label, or flow family
+    name such as ``u1`` or ``z2nice``); defaults: all (``quick``: `QUICK_FAMILIES`). Raises ValueError
+    naming an unknown target or a selector that matches no family of the selected targets."""
+    names = _split(targets) or (list(QUICK_FAMILIES) if quick else list(TARGETS))
+    for name in names:
+        if name not in TARGETS:
+            raise ValueError(f"bench quality: unknown target {name!r} (known: {', '.join(TARGETS)})")
+    selectors = _split(families)
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    used: set[str] = set()
+    for name in dict.fromkeys(names):
+        table = FAMILIES.get(name, {})
+        if selectors is None:
+            labels = list(QUICK_FAMILIES.get(name, ())) if quick and name in QUICK_FAMILIES else list(table)
+        else:
+            labels = []
+            for label, entry in table.items():
+                hits = {s for s in selectors if s == label or s == (entry.get("flow") or {}).get("family")}
+                if hits:
+                    labels.append(label)
+                    used |= hits
+        chosen[name] = {label: table[label] for label in labels}
+    unknown = [s for s in (selectors or []) if s not in used]
+    if unknown:
+        known = sorted({label for n in names for label in FAMILIES.get(n, {})})
+        raise ValueError(f"bench quality: family {unknown[0]!r} matches no family of target(s) {', '.join(names)} "
+                         f"(labels: {'; '.join(known)}; or a flow family name)")
+    return chosen
+
+
+def _train_settings(target: Target, label: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry's Trainer keywords over `TRAIN_DEFAULTS`; unknown keys are errors naming the family."""
+    from ..training import Trainer
+
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise ValueError(f"bench quality: family {label!r} of target {target.name!r} has unknown key(s) "
+                         f"{sorted(unknown)} (allowed: {sorted(_ENTRY_KEYS)})")
+    settings = {**TRAIN_DEFAULTS, **(entry.get("train") or {})}
+    if settings["batch_size"] is None:
+        settings["batch_size"] = target.batch_size
+    allowed = set(inspect.signature(Trainer).parameters) - {"flow", "action", "seed", "objective", "data", "world"}
+    bad = sorted(set(settings) - allowed)
+    if bad:
+        raise ValueError(f"bench quality: family {label!r} of target {target.name!r}: train key {bad[0]!r} is not a "
+                         f"Trainer setting here (objective is reverse_kl; allowed: {', '.join(sorted(allowed))})")
+    return settings
+
+
+def _anneal_stages(target: Target, label: str, entry: dict[str, Any]) -> list[tuple[float | None, float]]:
+    """[(β or None for the target's action, fraction of the budget)]."""
+    anneal = entry.get("anneal")
+    if not anneal:
+        return [(None, 1.0)]
+    where = f"bench quality: family {label!r} of target {target.name!r}: anneal"
+    if target.theory != "u1":
+        raise ValueError(f"{where} is for U(1) targets (a schedule in beta), got theory {target.theory!r}")
+    try:
+        stages = [(float(b), float(f)) for b, f in anneal]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a list of [beta, fraction] pairs, got {anneal!r}") from None
+    if any(not (b > 0 and f > 0) for b, f in stages):
+        raise ValueError(f"{where}: every beta and fraction must be > 0, got {anneal!r}")
+    if abs(sum(f for _, f in stages) - 1) > 1e-6:
+        raise ValueError(f"{where}: the fractions must sum to 1, got {sum(f for _, f in stages):g}")
+    if stages[-1][0] != target.couplings["beta"]:
+        raise ValueError(f"{where}: the last stage must be the target's beta = {target.couplings['beta']:g}, "
+                         f"got {stages[-1][0]:g}")
+    return stages
+
+
+def _build(target: Target, label: str, entry: dict[str, Any], action, dtype, device):
+    from ..flows import build_flow
+
+    try:
+        return build_flow(entry.get("flow") or {}, action).to(device=device, dtype=dtype)
+    except ValueError as err:  # FlowError: unknown family or key; say which benchmark entry
+        raise ValueError(f"bench quality: family {label!r} of target {target.name!r}: {err}") from None
+
+
+# -- exact values and the HMC reference ----------------------------------------------------------------
+def exact_log_z(target: Target) -> float | None:
+    """ln Z in the flows' measure (Lebesgue dφ / dθ), or None where no exact value is known."""
+    if target.theory == "phi4":
+        if target.couplings["lam"] == 0:
+            return free_field_log_z(target.shape, target.couplings["kappa"])
+        return None
+    volume = target.shape[0] * target.shape[1]
+    return u1_log_z(target.couplings["beta"], volume) + 2 * volume * math.log(2 * math.pi)
+
+
+def _charge_configuration(shape: tuple[int, int], q: int) -> torch.Tensor:
+    """A U(1) configuration ``(2, L0, L1)`` with every plaquette angle 2πQ/V (geometric charge Q)."""
+    l0, l1 = shape
+    volume = l0 * l1
+    x0 = torch.arange(l0, dtype=torch.float64).view(-1, 1).expand(l0, l1)
+    x1 = torch.arange(l1, dtype=torch.float64).view(1, -1).expand(l0, l1)
+    theta1 = 2 * math.pi * q * x0 / volume
+    theta0 = torch.where(x0 == l0 - 1, -2 * math.pi * q * x1 / l1, torch.zeros_like(x0))
+    return torch.remainder(torch.stack([theta0, theta1]) + math.pi, 2 * math.pi) - math.pi
+
+
+def _charge_allocation(beta: float, volume: int, n_chains: int) -> list[int]:
+    """Charge of each chain: n_Q = round(n P(Q)) for ±Q alike (exact P(Q)), the rest at Q = 0."""
+    qs, p = u1_charge_distribution(beta, volume)
+    counts = {int(q): int(round(n_chains * pq)) for q, pq in zip(qs, p) if q > 0}
+    while 2 * sum(counts.values()) > n_chains:
+        counts[max(q for q, c in counts.items() if c)] -= 1
+    out = [q for q, c in counts.items() for _ in range(c)]
+    out = out + [-q for q in out]
+    return [0] * (n_chains - len(out)) + out
+
+
+def reference_ensemble(target: Target, *, n_chains: int = 16, n_thermalize: int = 200, n_configurations: int = 4096,
+                       every: int = 4, seed: int = 12345, device="cpu") -> dict[str, Any]:
+    """HMC configurations of the target (float64, chain-major ``(n_chains · k, *field_shape)``) and a record.
+
+    ``n_chains`` chains, ``n_thermalize`` trajectories with step-size tuning (`HMC.thermalize`), then one
+    configuration per chain every ``every`` trajectories until ``n_configurations``. Each stored
+    configuration gets an exact symmetry move with probability ½ (φ ↦ −φ; U(1): θ ↦ −θ, i.e. Q ↦ −Q),
+    so the reference is symmetric even where HMC does not tunnel (φ⁴ broken phase). U(1) chains start
+    in topological sectors allocated by the exact P(Q) (`_charge_allocation`), because HMC barely
+    changes Q at large β. Returned: {"x", "chains", "record"} with record {"n_configurations",
+    "n_chains", "seconds", "acceptance", "step_size", "checks", "note"}.
+    """
+    t0 = time.perf_counter()
+    action = target.action()
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
+    volume = target.shape[0] * target.shape[1]
+    if target.theory == "u1":
+        charges = _charge_allocation(target.couplings["beta"], volume, n_chains)
+        x = torch.stack([_charge_configuration(target.shape, q) for q in charges]).to(device)
+    else:
+        charges = None
+        x = torch.randn(n_chains, *action.field_shape, dtype=torch.float64, generator=gen, device=device)
+    x = hmc.thermalize(x, n_thermalize)
+    rounds = max(1, math.ceil(n_configurations / n_chains))
+    stored, accepted = [], []
+    for _ in range(rounds):
+        for _ in range(every):
+            step = hmc.step(x)
+            x = step.x
+            accepted.append(float(step.accepted.double().mean()))
+        flip = torch.rand(n_chains, generator=gen, dtype=torch.float64, device=device) < 0.5
+        sign = torch.where(flip, -1.0, 1.0).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        y = sign * x
+        stored.append(action.project(y) if hasattr(action, "project") else y)
+    xs = torch.stack(stored, dim=1)  # (chains, rounds, …): chain-major after reshape
+    xs = xs.reshape(n_chains * rounds, *action.field_shape)
+    chains = n_chains
+    checks = _reference_checks(target, action, xs, chains)
+    record = {"n_configurations": int(xs.shape[0]), "n_chains": n_chains, "n_thermalize": n_thermalize,
+              "every": every, "seconds": time.perf_counter() - t0, "acceptance": float(np.mean(accepted)),
+              "step_size": hmc.step_size, "checks": checks, "note": None}
+    if target.theory == "u1":
+        record["initial_charges"] = charges
+        if target.couplings["beta"] >= 4:
+            record["note"] = ("approximate: HMC is frozen in topology at this beta, so the reference's charge "
+                              "distribution is the starting allocation (exact P(Q) rounded to whole chains, "
+                              "see checks.q2), not an equilibrium measurement; within a sector it is HMC")
+    return {"x": xs, "chains": chains, "record": record}
+
+
+def _chain_mean_err(values: torch.Tensor, chains: int) -> tuple[float, float]:
+    """Mean and error from the spread of the per-chain means (includes autocorrelation)."""
+    per_chain = values.double().reshape(chains, -1).mean(1)
+    err = float(per_chain.std() / math.sqrt(chains)) if chains > 1 else float("nan")
+    return float(per_chain.mean()), err
+
+
+def _reference_checks(target: Target, action, xs: torch.Tensor, chains: int) -> dict[str, Any]:
+    """Observables of the reference with errors over chains, against exact values where known."""
+    volume = target.shape[0] * target.shape[1]
+    checks: dict[str, Any] = {}
+    if target.theory == "phi4":
+        m, e = _chain_mean_err(action.action(xs) / volume, chains)
+        checks["action_density"] = {"value": m, "error": e, "exact": 0.5 if target.couplings["lam"] == 0 else None}
+        m, e = _chain_mean_err(action.magnetization(xs).abs(), chains)
+        checks["abs_magnetization"] = {"value": m, "error": e, "exact": None}
+    else:
+        beta = target.couplings["beta"]
+        m, e = _chain_mean_err(action.mean_plaquette(xs), chains)
+        checks["mean_plaquette"] = {"value": m, "error": e, "exact": u1_mean_plaquette(beta, volume)}
+        qs, p = u1_charge_distribution(beta, volume)
+        m, e = _chain_mean_err(action.topological_charge(xs) ** 2, chains)
+        checks["q2"] = {"value": m, "error": e, "exact": float(np.sum(np.asarray(qs) ** 2 * p))}
+    return checks
+
+
+# -- measurements (off the clock) ----------------------------------------------------------------------
+@torch.no_grad()
+def _log_q_plus_s(flow, action, z: torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """log q(x) + S(x) for x = T(z), float64, in chunks."""
+    out = []
+    for zc in z.split(chunk):
+        x, logdet = flow(zc)
+        out.append((flow.base.log_prob(zc).double() - logdet.double() + action.action(x).double()).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def _log_q_plus_s_on(flow, action, x: torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """log q(x) + S(x) on given configurations (the flow's inverse), float64, in chunks."""
+    out = []
+    for xc in x.split(chunk):
+        out.append((flow.log_prob(xc).double() + action.action(xc).double()).cpu())
+    return torch.cat(out).numpy()
+
+
+def _jackknife(stat: Callable[[np.ndarray], float], values: np.ndarray, n_blocks: int) -> float:
+    """Delete-one-block jackknife error of ``stat`` over ``n_blocks`` contiguous blocks."""
+    blocks = np.array_split(values, n_blocks)
+    if len(blocks) < 2:
+        return float("nan")
+    loo = np.array([stat(np.concatenate(blocks[:i] + blocks[i + 1:])) for i in range(len(blocks))])
+    n = len(blocks)
+    return float(math.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+
+
+def _safe(fn, lw: np.ndarray) -> float:
+    if not np.all(np.isfinite(lw)):
+        return float("nan")
+    return fn(lw)
+
+
+def _final_figures(flow, action, target: Target, z_final: torch.Tensor, log_u: np.ndarray,
+                   reference: dict[str, Any], log_z: float | None) -> dict[str, Any]:
+    a = _log_q_plus_s(flow, action, z_final)
+    lw = -a
+    out: dict[str, Any] = {"ess": _safe(reverse_ess, lw),
+                           "ess_err": _safe(lambda v: _jackknife(reverse_ess, v, JACKKNIFE_BLOCKS), lw),
+                           "loss": float(a.mean())}
+    out["kl"] = float(a.mean() + log_z) if log_z is not None else None
+    out["kl_err"] = float(a.std(ddof=1) / math.sqrt(a.size)) if log_z is not None else None
+    a_ref = _log_q_plus_s_on(flow, action, reference["x"].to(dtype=z_final.dtype, device=z_final.device))
+    out["forward_ess"] = _safe(forward_ess, -a_ref)
+    out["forward_ess_err"] = _safe(lambda v: _jackknife(forward_ess, v, reference["chains"]), -a_ref)
+    if np.all(np.isfinite(lw)):
+        idx = metropolize(lw, log_u, -math.inf)
+        out["nmcmc_acceptance"] = float(np.mean(idx[1:] != idx[:-1]))
+    else:
+        out["nmcmc_acceptance"] = float("nan")
+    return out
+
+
+# -- one run -------------------------------------------------------------------------------------------
+def _train_one(target: Target, label: str, entry: dict[str, Any], seed: int, *, seconds: float, eval_every: float,
+               sizes: dict[str, int], reference: dict[str, Any], log_z: float | None, dtype, device,
+               progress) -> tuple[dict[str, Any], int]:
+    from ..training import Trainer, TrainingError
+
+    action = target.action()
+    settings = _train_settings(target, label, entry)
+    stages = _anneal_stages(target, label, entry)
+    torch.manual_seed(seed)
+    flow = _build(target, label, entry, action, dtype, device)
+    n_parameters = sum(p.numel() for p in flow.parameters() if p.requires_grad)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    z_eval = flow.base.sample((sizes["eval_batch"],), generator=gen)
+
+    history: list[dict[str, Any]] = []
+    state = {"train_time": 0.0, "steps": 0, "eval_seconds": 0.0, "next_eval": eval_every}
+
+    def record(stage: int | None) -> None:
+        t0 = time.perf_counter()
+        a = _log_q_plus_s(flow, action, z_eval)
+        row = {"wall_time": state["train_time"], "step": state["steps"], "ess": _safe(reverse_ess, -a),
+               "loss": float(a.mean())}
+        if stage is not None:
+            row["stage"] = stage
+        history.append(row)
+        state["eval_seconds"] += time.perf_counter() - t0
+        if progress is not None:
+            progress({"target": target.name, "family": label, "seed": seed, **row})
+
+    # untimed warm-up (lazy initialisations, allocator) on a throwaway copy
+    Trainer(copy.deepcopy(flow), action, objective="reverse_kl", seed=seed + 12345, **settings).step()
+    annealed = len(stages) > 1
+    record(0 if annealed else None)
+    error, n_skipped = None, 0
+    for i, (beta, fraction) in enumerate(stages):
+        stage_action = action if beta is None or beta == target.couplings.get("beta") else target.action(beta=beta)
+        trainer = Trainer(flow, stage_action, objective="reverse_kl", seed=seed + i, **settings)
+        sched = trainer.scheduler
+        timed_schedule = hasattr(sched, "steps") and hasattr(sched, "seconds")  # the cosine schedule
+        stage_seconds = fraction * seconds
+        if timed_schedule:
+            if getattr(sched, "warmup_steps", 0):
+                raise ValueError(f"bench quality: family {label!r}: warmup_steps is not supported here "
+                                 "(the cosine schedule follows the wall-time budget)")
+            sched.steps, sched.seconds = 2 ** 62, stage_seconds
+        end = state["train_time"] + stage_seconds if i < len(stages) - 1 else seconds
+        stage_start = state["train_time"]
+        try:
+            while state["train_time"] < end:
+                if timed_schedule:
+                    trainer._elapsed = state["train_time"] - stage_start  # the schedule's clock (Trainer.train sets it)
+                t0 = time.perf_counter()
+                trainer.step()
+                state["train_time"] += time.perf_counter() - t0
+                state["steps"] += 1
+                if state["train_time"] >= state["next_eval"] and state["train_time"] < seconds:
+                    record(i if annealed else None)
+                    while state["next_eval"] <= state["train_time"]:
+                        state["next_eval"] += eval_every
+        except TrainingError as err:
+            error = str(err)
+            n_skipped += trainer.n_skipped
+            break
+        n_skipped += trainer.n_skipped
+    record(len(stages) - 1 if annealed else None)
+
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=device).manual_seed(seed + 2)
+    z_final = flow.base.sample((sizes["final_batch"],), generator=gen)
+    log_u = np.log(np.random.default_rng(seed + 3).random(sizes["final_batch"]))
+    final = _final_figures(flow, action, target, z_final, log_u, reference, log_z)
+    train_time = state["train_time"]
+    final.update(steps=state["steps"], train_seconds=train_time,
+                 steps_per_s=state["steps"] / train_time if train_time > 0 else float("nan"),
+                 n_parameters=n_parameters, eval_seconds=state["eval_seconds"],
+                 final_eval_seconds=time.perf_counter() - t0, n_skipped=n_skipped, error=error,
+                 time_to_ess={str(thr): _time_to(history, thr) for thr in ESS_THRESHOLDS})
+    return {"history": history, "final": final}, n_parameters
+
+
+def _time_to(history: list[dict[str, Any]], threshold: float) -> float | None:
+    for row in history:
+        if row["ess"] is not None and not math.isnan(row["ess"]) and row["ess"] >= threshold:
+            return row["wall_time"]
+    return None
+
+
+def _median(values: list) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.median(vals)) if vals else None
+
+
+SUMMARY_KEYS = ("ess", "ess_err", "loss", "kl", "forward_ess", "nmcmc_acceptance", "steps", "steps_per_s",
+                "train_seconds", "n_parameters")
+
+
+def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    finals = [r["final"] for r in runs.values()]
+    median = {k: _median([f.get(k) for f in finals]) for k in SUMMARY_KEYS}
+    time_to = {}
+    for thr in ESS_THRESHOLDS:
+        ts = [f["time_to_ess"][str(thr)] for f in finals]
+        m = float(np.median([math.inf if t is None else t for t in ts]))
+        time_to[str(thr)] = m if math.isfinite(m) else None
+    return {"median": median, "time_to_ess": time_to, "n_seeds": len(finals),
+            "n_errors": sum(f["error"] is not None for f in finals)}
+
+
+def _strict(obj):
+    """Strict-JSON data: NaN/inf → None, numpy scalars → Python, tuples → lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _strict(obj.item())
+    return obj
+
+
+def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float | None = None, quick: bool = False,
+                      dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
+                      threads: int | None = None, plot_dir: str | None = "bench_quality",
+                      progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train every selected family on every selected target for its budget, once per seed (module doc).
+
+    ``targets``: names of `TARGETS` (list or comma-separated; default all, ``quick``: free8 and u1_b2);
+    ``families``: labels of `FAMILIES` or flow family names (default all; ``quick``: `QUICK_FAMILIES`);
+    ``seeds``: default (0, 1, 2), ``quick``: (0,); ``seconds`` overrides every target's budget (``quick``:
+    3 s); ``threads`` sets ``torch.set_num_threads`` for the call; ``plot_dir``: one PNG per target
+    (None: no plots); ``progress(row)`` after every evaluation. Everything is validated (targets,
+    families, flows, train keys, anneal schedules) before the first training step.
+    """
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"bench quality: dtype must be float32 or float64, got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    device = torch.device(device)
+    chosen = select(targets, families, quick)
+    seeds = ([0] if quick else [0, 1, 2]) if seeds is None else _seeds(seeds)
+    if seconds is None and quick:
+        seconds = QUICK_SECONDS
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"bench quality: seconds must be > 0, got {seconds}")
+    sizes = SIZES["quick" if quick else "full"]
+    for name, entries in chosen.items():  # fail fast, before any training
+        target = TARGETS[name]
+        for label, entry in entries.items():
+            _train_settings(target, label, entry)
+            _anneal_stages(target, label, entry)
+            _build(target, label, entry, target.action(), dtype, device)
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    try:
+        out: dict[str, Any] = {
+            "benchmark": "quality", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
+            "device": str(device), "load_avg": {"start": list(os.getloadavg())}, "quick": quick, "seeds": seeds,
+            "settings": {"eval_batch": sizes["eval_batch"], "final_batch": sizes["final_batch"],
+                         "jackknife_blocks": JACKKNIFE_BLOCKS, "eval_every": "max(budget/30, 0.5) s",
+                         "reference": {k: sizes[k] for k in ("n_chains", "n_thermalize", "n_configurations", "every")},
+                         "train_defaults": TRAIN_DEFAULTS},
+            "targets": {}, "skipped_targets": []}
+        for name, entries in chosen.items():
+            target = TARGETS[name]
+            if not entries:
+                out["skipped_targets"].append(name)
+                continue
+            budget = float(seconds if seconds is not None else target.seconds)
+            eval_every = max(budget / 30, 0.5)
+            reference = reference_ensemble(target, **{k: sizes[k] for k in ("n_chains", "n_thermalize",
+                                                                            "n_configurations", "every")},
+                                           device=device)
+            log_z = exact_log_z(target)
+            t_out: dict[str, Any] = {"theory": target.theory, "shape": list(target.shape), "couplings": target.couplings,
+                                     "seconds": budget, "eval_every": eval_every, "log_z": log_z,
+                                     "reference": reference["record"], "families": {}}
+            for label, entry in entries.items():
+                runs, n_par = {}, None
+                for seed in seeds:
+                    runs[str(seed)], n_par = _train_one(target, label, entry, seed, seconds=budget, eval_every=eval_every,
+                                                        sizes=sizes, reference=reference, log_z=log_z, dtype=dtype,
+                                                        device=device, progress=progress)
+                t_out["families"][label] = {"flow": entry.get("flow") or {}, "train": _train_settings(target, label, entry),
+                                            "anneal": entry.get("anneal"), "n_parameters": n_par, "runs": runs,
+                                            "summary": _summary(runs)}
+            out["targets"][name] = t_out
+        out["load_avg"]["end"] = list(os.getloadavg())
+        out["total_seconds"] = time.perf_counter() - t_start
+    finally:
+        torch.set_num_threads(old_threads)
+    out = json.loads(json.dumps(_strict(out), allow_nan=False))
+    if plot_dir:
+        out["plots"] = plot_quality_bench(out, plot_dir)
+    return out
+
+
+# -- output --------------------------------------------------------------------------------------------
+def _median_curve(runs: dict[str, dict[str, Any]], n: int = 61) -> tuple[np.ndarray, np.ndarray]:
+    """Median over seeds of the ESS histories, linearly interpolated on a common time grid (a history
+    is held at its last value beyond its end)."""
+    grid = np.linspace(0.0, max(run["history"][-1]["wall_time"] for run in runs.values()), n)
+    curves = []
+    for run in runs.values():
+        pts = [(r["wall_time"], r["ess"]) for r in run["history"] if r["ess"] is not None]
+        if pts:
+            t, e = zip(*pts)
+            curves.append(np.interp(grid, t, e))
+    return grid, (np.median(np.stack(curves), axis=0) if curves else np.full(n, np.nan))
+
+
+def plot_quality_bench(result: dict[str, Any], plot_dir: str) -> dict[str, str]:
+    """One PNG per target in ``plot_dir`` (``<target>.png``): reverse ESS (eval batch) vs training seconds,
+    a line per family (median over seeds) and light lines per seed. Returns {target: path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(plot_dir, exist_ok=True)
+    paths = {}
+    for name, t in result["targets"].items():
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for i, (label, fam) in enumerate(t["families"].items()):
+            color = f"C{i}"
+            for run in fam["runs"].values():
+                h = [r for r in run["history"] if r["ess"] is not None]
+                ax.plot([r["wall_time"] for r in h], [r["ess"] for r in h], color=color, alpha=0.25, lw=0.8)
+            grid, med = _median_curve(fam["runs"])
+            ax.plot(grid, med, color=color, lw=2, label=f"{label} ({fam['n_parameters']} par.)")
+        couplings = ", ".join(f"{k}={v:g}" for k, v in t["couplings"].items())
+        ax.set(title=f"{name}: {t['theory']} {'x'.join(map(str, t['shape']))}, {couplings}",
+               xlabel="training wall time [s]", ylabel="reverse ESS/N (eval batch)", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.text(0.99, 0.01, f"{result['threads']} threads, {result['dtype']}, seeds {result['seeds']}",
+                 ha="right", fontsize=7, alpha=0.7)
+        fig.tight_layout()
+        path = os.path.join(plot_dir, f"{name}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths[name] = path
+    return paths
+
+
+def _fmt(v, spec: str) -> str:
+    width = spec.split(".")[0]
+    return format("—", f">{width}") if v is None else format(v, spec)
+
+
+def format_quality_table(result: dict[str, Any]) -> str:
+    """One row per target × family: medians over seeds of the final figures and times to ESS 0.5 / 0.8."""
+    load = result["load_avg"]
+    lines = [f"flow quality at equal wall time: seeds {result['seeds']}, {result['threads']} threads, "
+             f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> {load['end'][0]:.2f}",
+             f"{'target':<10} {'budget':>7} {'family':<28} {'ESS':>14} {'fwd ESS':>7} {'KL':>8} {'acc':>5} "
+             f"{'steps/s':>8} {'t(.5)':>7} {'t(.8)':>7}",
+             "-" * 108]
+    for name, t in result["targets"].items():
+        for label, fam in t["families"].items():
+            m, tt = fam["summary"]["median"], fam["summary"]["time_to_ess"]
+            ess = _fmt(m["ess"], ".3f") + ("" if m["ess_err"] is None else f"±{m['ess_err']:.3f}")
+            lines.append(f"{name:<10} {t['seconds']:>6g}s {label:<28} {ess:>14} {_fmt(m['forward_ess'], '7.3f')} "
+                         f"{_fmt(m['kl'], '8.4f')} {_fmt(m['nmcmc_acceptance'], '5.2f')} "
+                         f"{_fmt(m['steps_per_s'], '8.1f')} {_fmt(tt['0.5'], '7.1f')} {_fmt(tt['0.8'], '7.1f')}"
+                         + (f"  ({fam['summary']['n_errors']} run(s) diverged)" if fam["summary"]["n_errors"] else ""))
+        ref = t["reference"]
+        lines.append(f"{'':<10} HMC reference: {ref['n_configurations']} configurations in {ref['seconds']:.1f} s "
+                     f"(not training time)" + (f"; {ref['note']}" if ref.get("note") else ""))
+    if result.get("skipped_targets"):
+        lines.append(f"no selected family for target(s): {', '.join(result['skipped_targets'])}")
+    lines.append("medians over seeds; ESS: reverse ESS/N on a fresh batch ± jackknife; fwd ESS on the HMC reference; "
+                 "KL = KL(q‖p) in nats (exact ln Z; — where none); acc: independence-Metropolis acceptance; "
+                 "t(x): training seconds to ESS ≥ x on the eval batch (— never)")
+    return "\n".join(lines)
