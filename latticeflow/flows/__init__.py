@@ -12,10 +12,11 @@ from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
 from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction,
                   self_normalized_training)
 from .u1 import NCPCoupling, ncp_inverse, ncp_mixture
+from .u1_plaquette import PlaquetteMarginal
 
 __all__ = [
     "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "build_flow", "flow_defaults", "FLOW_FAMILIES",
-    "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture",
+    "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture", "PlaquetteMarginal",
     "FlowError", "NotInvertibleError", "DomainError",
     "SelfNormDense", "SelfNormConv", "SelfNormalizing", "OddPower", "collect_reconstruction",
     "self_normalized_training",

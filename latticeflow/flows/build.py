@@ -17,6 +17,10 @@ Keys (all optional; defaults depend on the family):
                 projections, bisection inverse): spline for family u1, ncp for u1_ncp
   loops         U(1): 2×1 and 1×2 Wilson loops of the frozen region as extra conditioner inputs
                 (true for transform spline, false for ncp)
+  marginal      U(1): a `PlaquetteMarginal` layer first: the plaquettes mapped to the single-plaquette
+                marginal e^{β cos P}/(2π I₀(β)) by learned 32-bin circular splines, the torus constraint
+                spread evenly (reverse ESS 0.98 at 8×8, β = 2 and 0.85 at β = 6 before any training;
+                2D only): true for family u1, false for u1_ncp
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
 
@@ -47,6 +51,7 @@ from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling, Z2AffineCoupl
 from .snf import GRADIENTS, OddPower, SelfNormConv, SelfNormDense
 from .spline import SplineCoupling
 from .u1 import NCPCoupling
+from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
 
 __all__ = ["build_flow", "FLOW_FAMILIES", "flow_defaults"]
@@ -56,7 +61,7 @@ U1_FAMILIES = ("u1", "u1_ncp")
 DEFAULT_FAMILY = {"phi4": "spline", "u1": "u1"}
 _KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling",
          "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh", "dilation", "fourier",
-         "n_bins", "bound", "z2", "transform", "loops"}
+         "n_bins", "bound", "z2", "transform", "loops", "marginal"}
 U1_TRANSFORMS = ("spline", "ncp")
 
 
@@ -70,7 +75,7 @@ def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
         spline = family == "u1"
         return {"n_layers": 16, "conditioner": "cnn", "hidden": [8, 8], "kernel_size": 3, "activation": "tanh",
                 "n_components": 2, "transform": "spline" if spline else "ncp", "n_bins": 8, "loops": spline,
-                "dilation": 1}
+                "dilation": 1, "marginal": spline}
     opts = {"n_layers": 8, "conditioner": conditioner, "hidden": [16, 16] if conditioner == "cnn" else [256, 256],
             "kernel_size": 3, "activation": "tanh", "scaling": family == "z2nice", "dilation": 1,
             "fourier": family in ("spline", "z2affine")}
@@ -182,6 +187,9 @@ def _build_u1(shape: tuple[int, ...], action, opts: dict[str, Any], common: dict
         raise _err("transform", f"must be one of {', '.join(U1_TRANSFORMS)}, got {transform!r}")
     if not isinstance(loops, bool):
         raise _err("loops", f"must be true or false, got {loops!r}")
+    marginal = opts["marginal"]
+    if not isinstance(marginal, bool):
+        raise _err("marginal", f"must be true or false, got {marginal!r}")
     if transform == "spline":
         n_bins = _check_spline(opts)[0]
         layers = [CircularSplineCoupling(shape, i, n_bins=n_bins, loops=loops, **common) for i in range(opts["n_layers"])]
@@ -190,6 +198,8 @@ def _build_u1(shape: tuple[int, ...], action, opts: dict[str, Any], common: dict
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise _err("n_components", f"must be a positive integer, got {k!r}")
         layers = [NCPCoupling(shape, i, n_components=k, loops=loops, **common) for i in range(opts["n_layers"])]
+    if marginal:
+        layers = [PlaquetteMarginal.from_action(action), *layers]
     return Flow(UniformAngles(action.field_shape), layers)
 
 

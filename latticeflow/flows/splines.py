@@ -32,18 +32,21 @@ _SOFTPLUS_ONE = math.log(math.expm1(1.0 - MIN_DERIVATIVE))  # softplus(_SOFTPLUS
 
 
 def rq_spline_params(raw_widths: torch.Tensor, raw_heights: torch.Tensor, raw_derivatives: torch.Tensor,
-                     left: float, right: float, circular: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     left: float, right: float, circular: bool = False, *, min_bin: float = MIN_BIN,
+                     min_derivative: float = MIN_DERIVATIVE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(knot_x, knot_y, δ) of shapes (…, K+1) from conditioner outputs (…, K), (…, K), (…, K−1) or (…, K).
 
     Widths and heights: MIN_BIN + (1 − K·MIN_BIN)·softmax, times (right − left). Interior derivatives:
     MIN_DERIVATIVE + softplus(raw + c) with c chosen so raw = 0 gives δ = 1. Interval layout: δ_0 = δ_K = 1
     (``raw_derivatives`` has K−1 entries); circular layout: δ_0 = δ_K = the first of K entries.
+    ``min_bin`` / ``min_derivative`` override the floors (MIN_BIN, MIN_DERIVATIVE).
     """
     k = raw_widths.shape[-1]
     span = right - left
-    w = (MIN_BIN + (1 - k * MIN_BIN) * torch.softmax(raw_widths, -1)) * span
-    h = (MIN_BIN + (1 - k * MIN_BIN) * torch.softmax(raw_heights, -1)) * span
-    d = MIN_DERIVATIVE + F.softplus(raw_derivatives + _SOFTPLUS_ONE)
+    w = (min_bin + (1 - k * min_bin) * torch.softmax(raw_widths, -1)) * span
+    h = (min_bin + (1 - k * min_bin) * torch.softmax(raw_heights, -1)) * span
+    shift = _SOFTPLUS_ONE if min_derivative == MIN_DERIVATIVE else math.log(math.expm1(1.0 - min_derivative))
+    d = min_derivative + F.softplus(raw_derivatives + shift)
     if circular:
         d = torch.cat([d, d[..., :1]], -1)
     else:

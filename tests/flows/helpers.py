@@ -32,7 +32,9 @@ CONFIGS = {
     "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},
     "u1_ncp_loops": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2, "loops": True},
-    "u1_spline": {"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4},
+    "u1_spline": {"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
+                  "marginal": False},
+    "u1_marginal": {"family": "u1", "n_layers": 2, "hidden": [8, 8], "n_bins": 4},  # PlaquetteMarginal first
 }
 # Size of the random parameter perturbation. The 8-channel CNN RealNVP gets 0.2: at 0.3 its log-scales
 # reach ~±4 per layer and N(0, 1) fields are stretched to |x| ~ 1e4, so round-off alone (cond · eps)
@@ -42,12 +44,16 @@ SCALES = {"realnvp-cnn": 0.2, "z2affine-cnn": 0.2}
 # amplifies round-off by ~10⁶. At 0.1 the splines are still far from the identity (checked by
 # test_randomised_flow_is_not_the_identity) and well conditioned.
 SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
+# The marginal layer concentrates the plaquettes where randomised circular splines are steepest; 0.03 keeps
+# the composed inverse well conditioned (the layer alone is tested at 0.1 in tests/flows/test_u1_plaquette.py).
+SCALES["u1_marginal"] = 0.03
 DEFAULT_SCALE = 0.3
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]
 Z2 = Z2NICE + [name for name in ALL if name.startswith(("spline-", "z2affine"))]  # odd by construction
 U1 = [name for name in ALL if name.startswith("u1")]
+U1_TRANSLATION = [name for name in U1 if name != "u1_marginal"]  # the marginal layer singles out one plaquette
 REALNVP = [name for name in ALL if name.startswith("realnvp")]
 CNN = [name for name in ALL if name.endswith("cnn")]
 

@@ -30,11 +30,14 @@ def test_build_flow_makes_u1_ncp_layers_covering_every_link_once_per_eight_layer
     assert bool((cover == 1).all())
 
 
-@pytest.mark.parametrize("family", ["realnvp", "z2nice", "u1_ncp"])
+@pytest.mark.parametrize("family", ["realnvp", "z2nice", "spline", "z2affine", "u1_ncp", "u1"])
 def test_fresh_flow_is_the_identity(family):
-    """Zero-initialised last conditioner layers: T = id, logdet = 0 at construction."""
-    action = U1 if family == "u1_ncp" else PHI4
-    flow = build_flow({"family": family, "n_layers": 2}, action).double()
+    """Zero-initialised last conditioner layers: T = id, logdet = 0 at construction (without the Fourier layer,
+    which starts from the action's free part instead, and the plaquette-marginal layer, which starts at the
+    von Mises quantile map; see tests/flows/test_fourier.py and test_u1_plaquette.py)."""
+    action = U1 if family.startswith("u1") else PHI4
+    extra = {"fourier": False} if family in ("spline", "z2affine") else {"marginal": False} if family == "u1" else {}
+    flow = build_flow({"family": family, "n_layers": 2, **extra}, action).double()
     z = flow.base.sample((3,), generator=torch.Generator().manual_seed(0))
     x, logdet = flow(z)
     assert float((x - z).detach().abs().max()) < 1e-12
@@ -54,6 +57,17 @@ BAD = {
     "bad-conditioner": ({"family": "realnvp", "conditioner": "transformer"}, PHI4, "conditioner"),
     "even-kernel": ({"family": "realnvp", "kernel_size": 4}, PHI4, "kernel_size"),
     "zero-layers": ({"family": "z2nice", "n_layers": 0}, PHI4, "n_layers"),
+    "one-bin": ({"family": "spline", "n_bins": 1}, PHI4, "flow.n_bins must be an integer >= 2, got 1"),
+    "u1-one-bin": ({"family": "u1", "n_bins": 1}, U1, "flow.n_bins"),
+    "zero-bound": ({"family": "spline", "bound": 0}, PHI4, "flow.bound must be a number > 0, got 0"),
+    "negative-bound": ({"family": "spline", "bound": -2.0}, PHI4, "-2.0"),
+    "unknown-transform": ({"family": "u1", "transform": "glow"}, U1, "flow.transform must be one of spline, ncp, got 'glow'"),
+    "spline-relu": ({"family": "spline", "activation": "relu"}, PHI4, "odd"),
+    "bad-dilation": ({"family": "spline", "dilation": 0}, PHI4, "flow.dilation"),
+    "dilation-list-length": ({"family": "u1", "dilation": [1, 2]}, U1, "flow.dilation"),
+    "fourier-not-bool": ({"family": "spline", "fourier": "yes"}, PHI4, "flow.fourier"),
+    "loops-on-phi4": ({"family": "spline", "loops": True}, PHI4, "loops"),
+    "marginal-not-bool": ({"family": "u1", "marginal": 1}, U1, "flow.marginal must be true or false, got 1"),
 }
 
 

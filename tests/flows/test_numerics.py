@@ -26,14 +26,15 @@ def edge_links(a: float, gauge_seed: int | None = None, shape=(4, 4)) -> torch.T
     return theta
 
 
+@pytest.mark.parametrize("name", ["u1_ncp", "u1_spline"])
 @pytest.mark.parametrize("gauge_seed", [None, 3], ids=["plain", "gauge-rotated"])
 @pytest.mark.parametrize("a", [EDGE, math.pi, 0.0], ids=["pi-1e-9", "pi", "zero"])
-def test_u1_flow_is_finite_for_plaquettes_at_pi_and_zero(a, gauge_seed):
+def test_u1_flow_is_finite_for_plaquettes_at_pi_and_zero(a, gauge_seed, name):
     theta = edge_links(a, gauge_seed)
     p = wrap(U1Gauge.plaquettes(theta))
     expected = torch.tensor([a, -a, 0.0, 0.0], dtype=F64).expand(4, 4)
     assert float(wrap(p[0] - expected).abs().max()) < 1e-12  # the construction does what it says
-    flow, _ = make_flow("u1_ncp")
+    flow, _ = make_flow(name)
     x, logdet = flow(theta)
     z, logdet_inv = flow.inverse(theta)
     log_q = flow.log_prob(theta)
@@ -87,7 +88,7 @@ def test_phi4_flows_are_finite_and_invertible_at_large_field(name):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["z2nice-cnn", "z2nice-fc", "u1_ncp"])
+@pytest.mark.parametrize("name", ["z2nice-cnn", "z2nice-fc", "spline-cnn", "z2affine-cnn", "u1_ncp", "u1_spline", "u1_marginal"])
 def test_float32_flow_round_trips(name):
     """float32 lane. Parameters are randomised by 0.15 (not 0.3): for U(1) the round trip error is the
     float32 rounding of T(z) times the inverse's condition 1/G'(P), which reaches ~1e3 at 0.3 (then
