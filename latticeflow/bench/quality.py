@@ -119,38 +119,30 @@ TRAIN_DEFAULTS: dict[str, Any] = {"estimator": "fast_path", "batch_size": None, 
 # The families per target: label -> {"flow": config of `build_flow`, "train": {...}, optional "anneal"}.
 # Plain data: a flow family that `build_flow` does not know fails when the benchmark starts (before any
 # training), naming the target and label, not at import. Labels must not contain commas (--families).
+_SPLINE_TRAIN = {"scheduler": "cosine", "warmup_steps": 20}  # warm-up keeps the exact free-field start
+_PHI4_FAMILIES = {
+    "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
+    "spline": {"flow": {"family": "spline"}, "train": _SPLINE_TRAIN},
+    "z2affine": {"flow": {"family": "z2affine"}, "train": _SPLINE_TRAIN},
+    "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
+}
+_U1_FAMILIES = {
+    "u1_ncp (old default)": {"flow": {"family": "u1_ncp"}, "train": {}},
+    "u1 (marginal + spline)": {"flow": {"family": "u1"}, "train": _SPLINE_TRAIN},
+    "u1 spline, no marginal": {"flow": {"family": "u1", "marginal": False}, "train": {}},
+}
 FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
-    "free8": {
-        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
-        "spline": {"flow": {"family": "spline"}, "train": {}},
-        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
-        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
-    },
-    "phi4_8": {
-        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
-        "spline": {"flow": {"family": "spline"}, "train": {}},
-        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
-        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
-    },
-    "phi4_16x8": {
-        "z2nice (old default)": {"flow": {"family": "z2nice"}, "train": {}},
-        "spline": {"flow": {"family": "spline"}, "train": {}},
-        "z2affine": {"flow": {"family": "z2affine"}, "train": {}},
-        "realnvp": {"flow": {"family": "realnvp"}, "train": {}},
-    },
-    "u1_b2": {
-        "u1_ncp (old default)": {"flow": {"family": "u1_ncp"}, "train": {}},
-        "u1 spline": {"flow": {"family": "u1"}, "train": {}},
-    },
-    "u1_b6": {
-        "u1_ncp (old default)": {"flow": {"family": "u1_ncp"}, "train": {}},
-        "u1 spline": {"flow": {"family": "u1"}, "train": {}},
-        "u1 spline annealed 2→4→6": {"flow": {"family": "u1"}, "train": {}, "anneal": [[2.0, 0.2], [4.0, 0.2], [6.0, 0.6]]},
-    },
+    "free8": dict(_PHI4_FAMILIES),
+    "phi4_8": dict(_PHI4_FAMILIES),
+    "phi4_16x8": dict(_PHI4_FAMILIES),
+    "u1_b2": dict(_U1_FAMILIES),
+    "u1_b6": {**_U1_FAMILIES,
+              "u1 spline, no marginal, annealed 2→4→6": {"flow": {"family": "u1", "marginal": False}, "train": {},
+                                                          "anneal": [[2.0, 0.2], [4.0, 0.2], [6.0, 0.6]]}},
 }
 
 # --quick: two targets, two families each, one seed, 3 s budgets, small batches and reference.
-QUICK_FAMILIES = {"free8": ("z2nice (old default)", "spline"), "u1_b2": ("u1_ncp (old default)", "u1 spline")}
+QUICK_FAMILIES = {"free8": ("z2nice (old default)", "spline"), "u1_b2": ("u1_ncp (old default)", "u1 (marginal + spline)")}
 QUICK_SECONDS = 3.0
 SIZES = {"full": {"eval_batch": 2048, "final_batch": 8192, "n_chains": 16, "n_thermalize": 200,
                   "n_configurations": 4096, "every": 4},
@@ -430,6 +422,25 @@ def _final_figures(flow, action, target: Target, z_final: torch.Tensor, log_u: n
 
 
 # -- one run -------------------------------------------------------------------------------------------
+def _follow_wall_time(sched, seconds: float) -> None:
+    """Make a cosine schedule decay over ``seconds`` of training time, its warm-up still counted in steps:
+    η = cosine_lr(t/seconds) · min(1, (step + 1)/warmup_steps)."""
+    from ..training import cosine_lr
+
+    warmup = sched.warmup_steps
+    sched.steps, sched.seconds, sched.warmup_steps = 2 ** 62, seconds, 0
+
+    def set_lr(step: int, wall_time: float) -> float:
+        lr = cosine_lr(sched.progress(step, wall_time), sched.lr, sched.lr_min)
+        if warmup:
+            lr *= min(1.0, (step + 1) / warmup)
+        for group in sched.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    sched.set_lr = set_lr
+
+
 def _train_one(target: Target, label: str, entry: dict[str, Any], seed: int, *, seconds: float, eval_every: float,
                sizes: dict[str, int], reference: dict[str, Any], log_z: float | None, dtype, device,
                progress) -> tuple[dict[str, Any], int]:
@@ -460,7 +471,8 @@ def _train_one(target: Target, label: str, entry: dict[str, Any], seed: int, *, 
             progress({"target": target.name, "family": label, "seed": seed, **row})
 
     # untimed warm-up (lazy initialisations, allocator) on a throwaway copy
-    Trainer(copy.deepcopy(flow), action, objective="reverse_kl", seed=seed + 12345, **settings).step()
+    plain = {k: v for k, v in settings.items() if k not in ("scheduler", "warmup_steps", "lr_min")}
+    Trainer(copy.deepcopy(flow), action, objective="reverse_kl", seed=seed + 12345, **plain).step()
     annealed = len(stages) > 1
     record(0 if annealed else None)
     error, n_skipped = None, 0
@@ -471,10 +483,7 @@ def _train_one(target: Target, label: str, entry: dict[str, Any], seed: int, *, 
         timed_schedule = hasattr(sched, "steps") and hasattr(sched, "seconds")  # the cosine schedule
         stage_seconds = fraction * seconds
         if timed_schedule:
-            if getattr(sched, "warmup_steps", 0):
-                raise ValueError(f"bench quality: family {label!r}: warmup_steps is not supported here "
-                                 "(the cosine schedule follows the wall-time budget)")
-            sched.steps, sched.seconds = 2 ** 62, stage_seconds
+            _follow_wall_time(sched, stage_seconds)
         end = state["train_time"] + stage_seconds if i < len(stages) - 1 else seconds
         stage_start = state["train_time"]
         try:
