@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all)")
     p.add_argument("--families", default=None,
                    help="quality: comma-separated family labels or flow family names (default all)")
-    p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2); training: one run per seed (default 0)")
     p.add_argument("--plot-dir", default="bench_quality", help="quality: directory for one PNG per target")
     p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -174,14 +174,28 @@ def _cmd_bench(args) -> int:
         print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_quality_table(result))  # strict already
         return 0
     if args.name == "training":
-        from .bench.training import format_training_table, run_training_bench
+        from .bench.training import (format_training_seed_summary, format_training_table, run_training_bench,
+                                     training_seed_summary)
 
         log = (lambda r: print(f"  {r.get('theory')} {r.get('estimator')}: t={r.get('wall_time', 0):.0f}s step {r.get('step')} "
                                f"ESS {r.get('ess')}", file=sys.stderr, flush=True))
-        result = run_training_bench(seconds=60.0 if args.seconds is None else args.seconds, plot_path=args.plot,
-                                    dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype], device=args.device,
-                                    progress=None if args.json else log, threads=args.threads, interleave=not args.sequential)
-        print(json.dumps(result, indent=2) if args.json else format_training_table(result))
+        seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
+        results = []
+        for seed in seeds:
+            plot = args.plot if len(seeds) == 1 or not args.plot else args.plot.replace(".png", f"_seed{seed}.png")
+            results.append(run_training_bench(seconds=60.0 if args.seconds is None else args.seconds, plot_path=plot,
+                                              dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
+                                              device=args.device, progress=None if args.json else log, seed=seed,
+                                              threads=args.threads, interleave=not args.sequential))
+        if len(results) == 1:
+            print(json.dumps(results[0], indent=2) if args.json else format_training_table(results[0]))
+        else:
+            summary = training_seed_summary(results)
+            if args.json:
+                print(json.dumps({"benchmark": "training", "seeds": seeds, "runs": results, "summary": summary}, indent=2))
+            else:
+                print("\n\n".join(format_training_table(r) for r in results))
+                print(format_training_seed_summary(summary))
         return 0
 
     from .bench import default_cases, format_gradient_table, run_gradient_bench

@@ -7,9 +7,10 @@ E_q[∂_θ log q_θ] = 0 whose per-sample noise does not vanish at the optimum: 
 gradient's variance goes to zero ("sticking the landing") while the standard gradient's does not.
 
 Protocol, per theory:
-- φ⁴ 8×8 (κ = 0.3, λ = 0.022) with a Z2Nice flow (FC conditioners [64, 64], 8 layers; Z2-equivariant, so
-  reverse KL cannot collapse onto one of the two vacua of this broken phase), U(1) 8×8 (β = 2) with the
-  gauge-equivariant NCP flow (``{"family": "u1_ncp"}`` defaults). One flow is built from ``seed``; every
+- φ⁴ 8×8 (κ = 0.25, λ = 0.5) and U(1) 8×8 (β = 6), each with the package's default flow
+  (``{"family": "spline"}``: Fourier layer + Z2-mirrored spline couplings; ``{"family": "u1"}``:
+  plaquette-marginal layer + circular-spline couplings). (Until issue 11 the cases were φ⁴ κ = 0.3,
+  λ = 0.022 with Z2Nice FC [64, 64] and U(1) β = 2 with u1_ncp.) One flow is built from ``seed``; every
   estimator trains a deep copy of it (identical initial parameters) with ``Trainer(objective="reverse_kl",
   estimator=e, seed=seed)`` — same optimiser, learning rate, batch size and base-sample stream — for the
   same budget of ``seconds`` of wall time spent in ``Trainer.step``, one run after the other (or, with
@@ -59,6 +60,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from actions import Phi4, U1Gauge
@@ -68,6 +70,7 @@ from ..gradients import reverse_kl
 from ..training import Trainer
 
 __all__ = ["TrainingCase", "training_cases", "run_training_bench", "format_training_table", "plot_training_bench",
+           "training_seed_summary", "format_training_seed_summary",
            "VARIANCE_ESTIMATORS"]
 
 VARIANCE_ESTIMATORS = ("standard", "fast_path")
@@ -96,12 +99,11 @@ def training_cases(theories=("phi4", "u1")) -> list[TrainingCase]:
     cases = []
     for theory in theories:
         if theory == "phi4":
-            cases.append(TrainingCase("phi4", (8, 8), {"kappa": 0.3, "lam": 0.022},
-                                      {"family": "z2nice", "conditioner": "fc", "hidden": [64, 64], "n_layers": 8},
-                                      batch_size=256, lr=1e-3, variance_batch_size=64, name="phi4 8x8 z2nice fc[64,64]"))
+            cases.append(TrainingCase("phi4", (8, 8), {"kappa": 0.25, "lam": 0.5}, {"family": "spline"},
+                                      batch_size=256, lr=1e-3, variance_batch_size=64, name="phi4 8x8 spline"))
         elif theory == "u1":
-            cases.append(TrainingCase("u1", (8, 8), {"beta": 2.0}, {"family": "u1_ncp"},
-                                      batch_size=64, lr=1e-3, variance_batch_size=64, name="u1 8x8 u1_ncp"))
+            cases.append(TrainingCase("u1", (8, 8), {"beta": 6.0}, {"family": "u1"},
+                                      batch_size=64, lr=1e-3, variance_batch_size=64, name="u1 8x8 b6 u1"))
         else:
             raise ValueError(f"bench training: theory must be 'phi4' or 'u1', got {theory!r}")
     return cases
@@ -387,4 +389,32 @@ def format_training_table(result: dict) -> str:
                          f"standard {_fmt(eq['standard'], '.3f')}, fast_path {_fmt(eq['fast_path'], '.3f')}; "
                          f"equal time (ESS q4) -> {c['winner_at_equal_time']}")
     lines.append("ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)")
+    return "\n".join(lines)
+
+
+def training_seed_summary(results: list[dict]) -> dict[str, Any]:
+    """Per theory: every seed's final ESS q4 per estimator, their medians, and the wins of fast_path."""
+    out: dict[str, Any] = {}
+    for r in results:
+        for theory, t in r["theories"].items():
+            row = out.setdefault(theory, {"case": t["case"], "seeds": [], "ess_q4": {}})
+            row["seeds"].append(r["seed"])
+            for e, run in t["runs"].items():
+                row["ess_q4"].setdefault(e, []).append(run["final"].get("ess_tail_mean"))
+    for row in out.values():
+        row["median"] = {e: float(np.median([v for v in vals if v is not None])) if any(v is not None for v in vals)
+                         else None for e, vals in row["ess_q4"].items()}
+        fast, std = row["ess_q4"].get("fast_path"), row["ess_q4"].get("standard")
+        if fast and std:
+            row["fast_path_wins"] = sum(1 for a, b in zip(fast, std) if a is not None and b is not None and a > b)
+    return out
+
+
+def format_training_seed_summary(summary: dict[str, Any]) -> str:
+    lines = ["medians over seeds (ESS q4 at equal wall time):"]
+    for row in summary.values():
+        med = ", ".join(f"{e} {_fmt(v, '.3f')}" for e, v in row["median"].items())
+        per = "; ".join(f"{e} " + "/".join(_fmt(v, '.3f') for v in vals) for e, vals in row["ess_q4"].items())
+        lines.append(f"  {row['case']}: {med}  (seeds {row['seeds']}: {per}; fast_path ahead in "
+                     f"{row.get('fast_path_wins', 0)} of {len(row['seeds'])})")
     return "\n".join(lines)
