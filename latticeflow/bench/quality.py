@@ -75,10 +75,10 @@ import numpy as np
 import torch
 
 from actions import Phi4, U1Gauge
-from actions.exact import free_field_log_z, u1_charge_distribution, u1_log_z, u1_mean_plaquette
 from ..analysis import forward_ess, reverse_ess
-from ..samplers.hmc import HMC
 from ..samplers.nmcmc import metropolize
+from .quality_reference import exact_log_z, reference_ensemble
+from .quality_report import format_quality_table, plot_quality_bench
 
 __all__ = ["TARGETS", "FAMILIES", "QUICK_FAMILIES", "Target", "run_quality_bench", "format_quality_table",
            "plot_quality_bench", "reference_ensemble", "exact_log_z", "select"]
@@ -252,117 +252,6 @@ def _build(target: Target, label: str, entry: dict[str, Any], action, dtype, dev
         return build_flow(entry.get("flow") or {}, action).to(device=device, dtype=dtype)
     except ValueError as err:  # FlowError: unknown family or key; say which benchmark entry
         raise ValueError(f"bench quality: family {label!r} of target {target.name!r}: {err}") from None
-
-
-# -- exact values and the HMC reference ----------------------------------------------------------------
-def exact_log_z(target: Target) -> float | None:
-    """ln Z in the flows' measure (Lebesgue dφ / dθ), or None where no exact value is known."""
-    if target.theory == "phi4":
-        if target.couplings["lam"] == 0:
-            return free_field_log_z(target.shape, target.couplings["kappa"])
-        return None
-    volume = target.shape[0] * target.shape[1]
-    return u1_log_z(target.couplings["beta"], volume) + 2 * volume * math.log(2 * math.pi)
-
-
-def _charge_configuration(shape: tuple[int, int], q: int) -> torch.Tensor:
-    """A U(1) configuration ``(2, L0, L1)`` with every plaquette angle 2πQ/V (geometric charge Q)."""
-    l0, l1 = shape
-    volume = l0 * l1
-    x0 = torch.arange(l0, dtype=torch.float64).view(-1, 1).expand(l0, l1)
-    x1 = torch.arange(l1, dtype=torch.float64).view(1, -1).expand(l0, l1)
-    theta1 = 2 * math.pi * q * x0 / volume
-    theta0 = torch.where(x0 == l0 - 1, -2 * math.pi * q * x1 / l1, torch.zeros_like(x0))
-    return torch.remainder(torch.stack([theta0, theta1]) + math.pi, 2 * math.pi) - math.pi
-
-
-def _charge_allocation(beta: float, volume: int, n_chains: int) -> list[int]:
-    """Charge of each chain: n_Q = round(n P(Q)) for ±Q alike (exact P(Q)), the rest at Q = 0."""
-    qs, p = u1_charge_distribution(beta, volume)
-    counts = {int(q): int(round(n_chains * pq)) for q, pq in zip(qs, p) if q > 0}
-    while 2 * sum(counts.values()) > n_chains:
-        counts[max(q for q, c in counts.items() if c)] -= 1
-    out = [q for q, c in counts.items() for _ in range(c)]
-    out = out + [-q for q in out]
-    return [0] * (n_chains - len(out)) + out
-
-
-def reference_ensemble(target: Target, *, n_chains: int = 16, n_thermalize: int = 200, n_configurations: int = 4096,
-                       every: int = 4, seed: int = 12345, device="cpu") -> dict[str, Any]:
-    """HMC configurations of the target (float64, chain-major ``(n_chains · k, *field_shape)``) and a record.
-
-    ``n_chains`` chains, ``n_thermalize`` trajectories with step-size tuning (`HMC.thermalize`), then one
-    configuration per chain every ``every`` trajectories until ``n_configurations``. Each stored
-    configuration gets an exact symmetry move with probability ½ (φ ↦ −φ; U(1): θ ↦ −θ, i.e. Q ↦ −Q),
-    so the reference is symmetric even where HMC does not tunnel (φ⁴ broken phase). U(1) chains start
-    in topological sectors allocated by the exact P(Q) (`_charge_allocation`), because HMC barely
-    changes Q at large β. Returned: {"x", "chains", "record"} with record {"n_configurations",
-    "n_chains", "seconds", "acceptance", "step_size", "checks", "note"}.
-    """
-    t0 = time.perf_counter()
-    action = target.action()
-    device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
-    volume = target.shape[0] * target.shape[1]
-    if target.theory == "u1":
-        charges = _charge_allocation(target.couplings["beta"], volume, n_chains)
-        x = torch.stack([_charge_configuration(target.shape, q) for q in charges]).to(device)
-    else:
-        charges = None
-        x = torch.randn(n_chains, *action.field_shape, dtype=torch.float64, generator=gen, device=device)
-    x = hmc.thermalize(x, n_thermalize)
-    rounds = max(1, math.ceil(n_configurations / n_chains))
-    stored, accepted = [], []
-    for _ in range(rounds):
-        for _ in range(every):
-            step = hmc.step(x)
-            x = step.x
-            accepted.append(float(step.accepted.double().mean()))
-        flip = torch.rand(n_chains, generator=gen, dtype=torch.float64, device=device) < 0.5
-        sign = torch.where(flip, -1.0, 1.0).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        y = sign * x
-        stored.append(action.project(y) if hasattr(action, "project") else y)
-    xs = torch.stack(stored, dim=1)  # (chains, rounds, …): chain-major after reshape
-    xs = xs.reshape(n_chains * rounds, *action.field_shape)
-    chains = n_chains
-    checks = _reference_checks(target, action, xs, chains)
-    record = {"n_configurations": int(xs.shape[0]), "n_chains": n_chains, "n_thermalize": n_thermalize,
-              "every": every, "seconds": time.perf_counter() - t0, "acceptance": float(np.mean(accepted)),
-              "step_size": hmc.step_size, "checks": checks, "note": None}
-    if target.theory == "u1":
-        record["initial_charges"] = charges
-        if target.couplings["beta"] >= 4:
-            record["note"] = ("approximate: HMC is frozen in topology at this beta, so the reference's charge "
-                              "distribution is the starting allocation (exact P(Q) rounded to whole chains, "
-                              "see checks.q2), not an equilibrium measurement; within a sector it is HMC")
-    return {"x": xs, "chains": chains, "record": record}
-
-
-def _chain_mean_err(values: torch.Tensor, chains: int) -> tuple[float, float]:
-    """Mean and error from the spread of the per-chain means (includes autocorrelation)."""
-    per_chain = values.double().reshape(chains, -1).mean(1)
-    err = float(per_chain.std() / math.sqrt(chains)) if chains > 1 else float("nan")
-    return float(per_chain.mean()), err
-
-
-def _reference_checks(target: Target, action, xs: torch.Tensor, chains: int) -> dict[str, Any]:
-    """Observables of the reference with errors over chains, against exact values where known."""
-    volume = target.shape[0] * target.shape[1]
-    checks: dict[str, Any] = {}
-    if target.theory == "phi4":
-        m, e = _chain_mean_err(action.action(xs) / volume, chains)
-        checks["action_density"] = {"value": m, "error": e, "exact": 0.5 if target.couplings["lam"] == 0 else None}
-        m, e = _chain_mean_err(action.magnetization(xs).abs(), chains)
-        checks["abs_magnetization"] = {"value": m, "error": e, "exact": None}
-    else:
-        beta = target.couplings["beta"]
-        m, e = _chain_mean_err(action.mean_plaquette(xs), chains)
-        checks["mean_plaquette"] = {"value": m, "error": e, "exact": u1_mean_plaquette(beta, volume)}
-        qs, p = u1_charge_distribution(beta, volume)
-        m, e = _chain_mean_err(action.topological_charge(xs) ** 2, chains)
-        checks["q2"] = {"value": m, "error": e, "exact": float(np.sum(np.asarray(qs) ** 2 * p))}
-    return checks
 
 
 # -- measurements (off the clock) ----------------------------------------------------------------------
@@ -638,83 +527,3 @@ def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float
     if plot_dir:
         out["plots"] = plot_quality_bench(out, plot_dir)
     return out
-
-
-# -- output --------------------------------------------------------------------------------------------
-def _median_curve(runs: dict[str, dict[str, Any]], n: int = 61) -> tuple[np.ndarray, np.ndarray]:
-    """Median over seeds of the ESS histories, linearly interpolated on a common time grid (a history
-    is held at its last value beyond its end)."""
-    grid = np.linspace(0.0, max(run["history"][-1]["wall_time"] for run in runs.values()), n)
-    curves = []
-    for run in runs.values():
-        pts = [(r["wall_time"], r["ess"]) for r in run["history"] if r["ess"] is not None]
-        if pts:
-            t, e = zip(*pts)
-            curves.append(np.interp(grid, t, e))
-    return grid, (np.median(np.stack(curves), axis=0) if curves else np.full(n, np.nan))
-
-
-def plot_quality_bench(result: dict[str, Any], plot_dir: str) -> dict[str, str]:
-    """One PNG per target in ``plot_dir`` (``<target>.png``): reverse ESS (eval batch) vs training seconds,
-    a line per family (median over seeds) and light lines per seed. Returns {target: path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(plot_dir, exist_ok=True)
-    paths = {}
-    for name, t in result["targets"].items():
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for i, (label, fam) in enumerate(t["families"].items()):
-            color = f"C{i}"
-            for run in fam["runs"].values():
-                h = [r for r in run["history"] if r["ess"] is not None]
-                ax.plot([r["wall_time"] for r in h], [r["ess"] for r in h], color=color, alpha=0.25, lw=0.8)
-            grid, med = _median_curve(fam["runs"])
-            ax.plot(grid, med, color=color, lw=2, label=f"{label} ({fam['n_parameters']} par.)")
-        couplings = ", ".join(f"{k}={v:g}" for k, v in t["couplings"].items())
-        ax.set(title=f"{name}: {t['theory']} {'x'.join(map(str, t['shape']))}, {couplings}",
-               xlabel="training wall time [s]", ylabel="reverse ESS/N (eval batch)", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.text(0.99, 0.01, f"{result['threads']} threads, {result['dtype']}, seeds {result['seeds']}",
-                 ha="right", fontsize=7, alpha=0.7)
-        fig.tight_layout()
-        path = os.path.join(plot_dir, f"{name}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths[name] = path
-    return paths
-
-
-def _fmt(v, spec: str) -> str:
-    width = spec.split(".")[0]
-    return format("—", f">{width}") if v is None else format(v, spec)
-
-
-def format_quality_table(result: dict[str, Any]) -> str:
-    """One row per target × family: medians over seeds of the final figures and times to ESS 0.5 / 0.8."""
-    load = result["load_avg"]
-    lines = [f"flow quality at equal wall time: seeds {result['seeds']}, {result['threads']} threads, "
-             f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> {load['end'][0]:.2f}",
-             f"{'target':<10} {'budget':>7} {'family':<28} {'ESS':>14} {'fwd ESS':>7} {'KL':>8} {'acc':>5} "
-             f"{'steps/s':>8} {'t(.5)':>7} {'t(.8)':>7}",
-             "-" * 108]
-    for name, t in result["targets"].items():
-        for label, fam in t["families"].items():
-            m, tt = fam["summary"]["median"], fam["summary"]["time_to_ess"]
-            ess = _fmt(m["ess"], ".3f") + ("" if m["ess_err"] is None else f"±{m['ess_err']:.3f}")
-            lines.append(f"{name:<10} {t['seconds']:>6g}s {label:<28} {ess:>14} {_fmt(m['forward_ess'], '7.3f')} "
-                         f"{_fmt(m['kl'], '8.4f')} {_fmt(m['nmcmc_acceptance'], '5.2f')} "
-                         f"{_fmt(m['steps_per_s'], '8.1f')} {_fmt(tt['0.5'], '7.1f')} {_fmt(tt['0.8'], '7.1f')}"
-                         + (f"  ({fam['summary']['n_errors']} run(s) diverged)" if fam["summary"]["n_errors"] else ""))
-        ref = t["reference"]
-        lines.append(f"{'':<10} HMC reference: {ref['n_configurations']} configurations in {ref['seconds']:.1f} s "
-                     f"(not training time)" + (f"; {ref['note']}" if ref.get("note") else ""))
-    if result.get("skipped_targets"):
-        lines.append(f"no selected family for target(s): {', '.join(result['skipped_targets'])}")
-    lines.append("medians over seeds; ESS: reverse ESS/N on a fresh batch ± jackknife; fwd ESS on the HMC reference; "
-                 "KL = KL(q‖p) in nats (exact ln Z; — where none); acc: independence-Metropolis acceptance; "
-                 "t(x): training seconds to ESS ≥ x on the eval batch (— never)")
-    return "\n".join(lines)
