@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name in ("sample", "run"):
             p.add_argument("--checkpoint", default=None, help="trained flow (default <output.dir>/checkpoints/latest.pt)")
+        if name == "run":
+            _verdict_options(p)
     p = sub.add_parser("analyze", help="observables of an ensemble with Gamma-method errors and exact values")
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
+    _verdict_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
     p.add_argument("--pyerrors", metavar="PATH", default=None,
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
                                      "weak scaling at 1 and 2 ranks), quality (flow families on a grid of "
                                      "targets: ESS, KL, acceptance against wall time)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality"],
+    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality", "verdict"],
                    help="which benchmark")
     p.add_argument("--seconds", type=float, default=None,
                    help="training: wall-time budget per estimator and theory (60); quality: overrides every "
@@ -68,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verdict_options(p: argparse.ArgumentParser) -> None:
+    from .analysis.verdict import DEFAULT_THRESHOLDS as T
+
+    p.add_argument("--rhat-max", type=float, default=T["rhat_max"], help=f"verdict: max split-R̂ ({T['rhat_max']:g})")
+    p.add_argument("--khat-max", type=float, default=T["khat_max"], help=f"verdict: max Pareto k̂ ({T['khat_max']:g})")
+    p.add_argument("--min-tau", type=float, default=T["min_tau_per_chain"],
+                   help=f"verdict: min chain length in units of τ_int ({T['min_tau_per_chain']:g})")
+    p.add_argument("--max-stuck", type=float, default=T["max_stuck_fraction"],
+                   help=f"verdict: max longest rejection run / chain length of NMCMC ({T['max_stuck_fraction']:g})")
+    p.add_argument("--pull-max", type=float, default=T["pull_max"],
+                   help=f"verdict: max |pull| against exact values or the HMC reference ({T['pull_max']:g})")
+    p.add_argument("--strict", action="store_true", help="exit with status 3 when a verdict is unreliable")
+
+
+def _thresholds(args) -> dict[str, float]:
+    return {"rhat_max": args.rhat_max, "khat_max": args.khat_max, "min_tau_per_chain": args.min_tau,
+            "max_stuck_fraction": args.max_stuck, "pull_max": args.pull_max}
+
+
 def _cmd_sample(args, then_analyze: bool) -> int:
     from .config import load_config
     from .pipeline import run, sample
@@ -75,7 +97,8 @@ def _cmd_sample(args, then_analyze: bool) -> int:
     cfg, text = load_config(args.config, args.overrides)
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
     if then_analyze:
-        summary = run(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint)
+        summary = run(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint,
+                      thresholds=_thresholds(args))
         if "training" in summary:
             t = summary["training"]
             if t["steps"] == t["resumed_from"]:
@@ -90,7 +113,8 @@ def _cmd_sample(args, then_analyze: bool) -> int:
             print(table)
             print()
         print("wrote " + ", ".join(summary["files"]))
-        return 0
+        unreliable = [n for n, v in summary.get("verdicts", {}).items() if not v["reliable"]]
+        return 3 if args.strict and unreliable else 0
     _print_sampled(sample(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint).as_dict())
     return 0
 
@@ -124,7 +148,7 @@ def _cmd_analyze(args) -> int:
 
     if not Path(args.file).is_file():
         raise FileNotFoundError(f"ensemble file not found: {args.file!r}")
-    result = analyze(args.file, S=args.S)
+    result = analyze(args.file, S=args.S, thresholds=_thresholds(args))
     if args.pyerrors:
         from .pipeline.analyze import export_pyerrors
 
@@ -133,7 +157,7 @@ def _cmd_analyze(args) -> int:
         print(json.dumps(result.as_dict(), indent=2, default=float))
     else:
         print(result.table())
-    return 0
+    return 3 if args.strict and not result.extra["verdict"]["reliable"] else 0
 
 
 def _cmd_bench(args) -> int:
@@ -162,6 +186,15 @@ def _cmd_bench(args) -> int:
                                dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
                                progress=None if args.json else log)
         print(json.dumps(result, indent=2) if args.json else format_snf_table(result))
+        return 0
+    if args.name == "verdict":
+        from .bench.verdict import format_verdict_bench, run_verdict_bench
+
+        log = (lambda r: print(f"  {r['theory']} {r.get('couplings', r.get('name'))} {r['family']} {r['steps']} steps: "
+                               f"max|pull| {r['max_abs_pull']}, reliable {r['verdict']['reliable']}", file=sys.stderr,
+                               flush=True))
+        result = run_verdict_bench(quick=args.quick, progress=None if args.json else log)
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_verdict_bench(result))
         return 0
     if args.name == "quality":
         from .bench.quality import format_quality_table, run_quality_bench

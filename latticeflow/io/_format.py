@@ -9,6 +9,8 @@ that were written exist):
 * ``action``    (N,) float64  S(x);
 * ``log_q``     (N,) float64  and ``log_weight`` (N,) float64 = -S - log q;
 * ``accepted``  (N,) bool, ``chain`` (N,) int64, ``mc_index`` (N,) int64;
+* ``proposal_log_weight`` (N,) float64: NMCMC, −S − log q of the flow proposal consumed at each row
+  (the chain's own ``log_weight`` repeats on rejection), for the Pareto k̂ of the proposals;
 * ``observables/<name>`` (N, ...) per-configuration measurements.
 
 Root attributes: ``format_version`` (int), ``theory`` (str),
@@ -70,6 +72,7 @@ PER_ROW_DATASETS: dict[str, np.dtype] = {
     "accepted": np.dtype("bool"),
     "chain": np.dtype("int64"),
     "mc_index": np.dtype("int64"),
+    "proposal_log_weight": np.dtype("float64"),
 }
 
 #: Root attributes written by the library; couplings and ``set_attrs`` may

@@ -255,6 +255,7 @@ class EnsembleWriter:
         chain: Any = None,
         mc_index: Any = None,
         observables: Mapping[str, Any] | None = None,
+        proposal_log_weight: Any = None,
     ) -> None:
         """Append one batch of rows, then commit ``n_rows`` and flush.
 
@@ -265,7 +266,7 @@ class EnsembleWriter:
         f = self._require_open()
         raw: dict[str, Any] = {"samples": samples, "action": action, "log_q": log_q,
                                "log_weight": log_weight, "accepted": accepted,
-                               "chain": chain, "mc_index": mc_index}
+                               "chain": chain, "mc_index": mc_index, "proposal_log_weight": proposal_log_weight}
         arrays = {k: to_numpy(v, k) for k, v in raw.items() if v is not None}
         for key, value in (observables or {}).items():
             if not isinstance(key, str) or not key or "/" in key:

@@ -16,9 +16,10 @@ import numpy as np
 from actions import exact
 from ..analysis import (GammaResult, ObservableRow, format_table, gamma_method, gamma_method_derived, jackknife,
                         reverse_ess, split_replicas)
+from ..analysis.verdict import format_verdict, markov_checks, verdict, weight_checks
 from ..io import open_ensemble
 
-__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors"]
+__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors", "MAIN_OBSERVABLES"]
 
 
 @dataclass
@@ -42,7 +43,35 @@ class EnsembleAnalysis:
     def table(self) -> str:
         coup = ", ".join(f"{k}={v:g}" for k, v in self.couplings.items())
         title = f"{self.path}: {self.theory} {'x'.join(map(str, self.shape))}, {coup}, {self.n_rows} configurations"
-        return format_table(self.rows, title=title)
+        text = format_table(self.rows, title=title)
+        return text + ("\n" + format_verdict(self.extra["verdict"]) if "verdict" in self.extra else "")
+
+    def judge(self, thresholds: dict[str, float] | None = None, reference: "EnsembleAnalysis | None" = None) -> dict:
+        """(Re)compute the verdict with ``thresholds`` and, with a ``reference`` ensemble (HMC), the pulls
+        of the main observables against it; stored in ``extra["verdict"]`` and returned."""
+        checks = dict(self.extra.get("checks", {}))
+        pulls, ref_name = {}, "exact value"
+        for r in self.rows:
+            if r.name in MAIN_OBSERVABLES.get(self.theory, ()) and r.exact is not None:
+                p = r.pull()
+                if p is not None:
+                    pulls[f"{r.name} (exact)"] = p
+        if reference is not None:
+            ref_name = "reference / exact value"
+            for r in self.rows:
+                if r.name not in MAIN_OBSERVABLES.get(self.theory, ()):
+                    continue
+                try:
+                    o = reference.row(r.name).result
+                except KeyError:
+                    continue
+                err = math.hypot(r.result.error, o.error)
+                if err > 0 and math.isfinite(err):
+                    pulls[f"{r.name} (vs reference)"] = (r.result.mean - o.mean) / err
+        checks["pulls"], checks["pull_reference"] = pulls, ref_name
+        self.extra["checks"] = checks
+        self.extra["verdict"] = verdict(checks, thresholds)
+        return self.extra["verdict"]
 
     def as_dict(self) -> dict[str, Any]:
         obs = {}
@@ -53,6 +82,35 @@ class EnsembleAnalysis:
             obs[r.name] = d
         return {"path": self.path, "theory": self.theory, "couplings": self.couplings, "shape": list(self.shape),
                 "n_rows": self.n_rows, "observables": obs, **self.extra}
+
+
+#: the observables whose R̂, τ_int coverage and pulls enter the verdict
+MAIN_OBSERVABLES = {"phi4": ("m", "|m|", "chi2 = V<m^2>", "S/V"), "u1": ("<cos P>", "Q", "chi_t = <Q^2>/V", "S/V")}
+_MAIN_SERIES = {"phi4": {"m": ("m", 1), "|m|": ("abs_m", 1), "chi2 = V<m^2>": ("m2", "V"), "S/V": ("action_density", 1)},
+                "u1": {"<cos P>": ("plaquette", 1), "Q": ("topological_charge", 1), "chi_t = <Q^2>/V": ("q2", "1/V"),
+                       "S/V": ("action_density", 1)}}
+
+
+def _checks(ens, keys: set, chain, mc_index, rows: list, volume: int, weighted: bool) -> dict[str, Any]:
+    """The figures of the verdict: R̂ and τ_int coverage (Markov chains), Pareto k̂, rejection runs."""
+    checks: dict[str, Any] = {}
+    if weighted:
+        checks.update(weight_checks(ens["log_weight"], "flow weights"))
+        return checks
+    if chain is not None:
+        series, taus = {}, {}
+        by_name = {r.name: r for r in rows}
+        for name, (key, scale) in _MAIN_SERIES[ens.theory].items():
+            factor = {1: 1.0, "V": float(volume), "1/V": 1.0 / volume}[scale]
+            series[name] = [factor * r for r in _replicas(ens, f"observables/{key}", chain, mc_index)]
+            taus[name] = by_name[name].result.tau_int if name in by_name else math.nan
+        checks.update(markov_checks(series, taus))
+        checks["chain_length"] = int(min(len(r) for r in next(iter(series.values()))))
+    if "proposal_log_weight" in keys:
+        checks.update(weight_checks(ens["proposal_log_weight"], "NMCMC proposals"))
+    if "longest_rejection_run" in ens.attrs:
+        checks["longest_rejection_run"] = np.atleast_1d(np.asarray(ens.attrs["longest_rejection_run"])).tolist()
+    return checks
 
 
 def _replicas(ens, name: str, chain, mc_index) -> list[np.ndarray]:
@@ -173,8 +231,9 @@ def _free_energy(log_weight: np.ndarray, theory: str, couplings: dict, shape: tu
     return out
 
 
-def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
-    """Analyse the ensemble at ``path``: observables, HMC diagnostics, exact values where known."""
+def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = None) -> EnsembleAnalysis:
+    """Analyse the ensemble at ``path``: observables, HMC diagnostics, exact values where known, and the
+    trust verdict (`latticeflow.analysis.verdict`; ``thresholds`` override its defaults)."""
     with open_ensemble(path) as ens:
         if ens.n_rows < 2:
             raise ValueError(f"{path} holds {ens.n_rows} configurations; the analysis needs at least 2")
@@ -202,8 +261,10 @@ def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
         if chain is not None:
             extra["n_chains"] = int(len(np.unique(chain)))
         extra["sampler"] = ens.attrs.get("sampler")
-        if "longest_rejection_run" in ens.attrs:
-            extra["longest_rejection_run"] = int(ens.attrs["longest_rejection_run"])
+        if "longest_rejection_run" in ens.attrs:  # per NMCMC chain (one value in files of one chain)
+            runs = np.atleast_1d(np.asarray(ens.attrs["longest_rejection_run"], dtype=np.int64))
+            extra["longest_rejection_run"] = int(runs.max())
+            extra["longest_rejection_run_per_chain"] = runs.tolist()
         if weighted:
             extra["estimator"] = "reweighting (jackknife errors)"
             fe = _free_energy(log_weight, ens.theory, ens.couplings, ens.shape)
@@ -212,8 +273,11 @@ def analyze(path: str, S: float = 2.0) -> EnsembleAnalysis:
                                       fe.get("log_z_exact")))
         else:
             extra["estimator"] = "Gamma method (chains as replicas)"
-        return EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
-                                shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra)
+        extra["checks"] = _checks(ens, keys, chain, mc_index, rows, volume, weighted)
+        result = EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
+                                  shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra)
+    result.judge(thresholds)
+    return result
 
 
 def export_pyerrors(path: str, out: str) -> str:

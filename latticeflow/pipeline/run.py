@@ -65,8 +65,10 @@ def comparison_table(results: dict[str, EnsembleAnalysis]) -> str:
 
 
 def run(cfg: Config, config_text: str = "", *, command: str | None = None, progress: bool = True,
-        checkpoint: str | None = None) -> dict[str, Any]:
-    """Run the pipeline of ``cfg``; returns the summary (also written to ``summary.json``)."""
+        checkpoint: str | None = None, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run the pipeline of ``cfg``; returns the summary (also written to ``summary.json``), with the
+    trust verdict of every ensemble under ``"verdicts"`` (the flow ensemble's includes its pulls
+    against the HMC reference; ``thresholds`` override the verdict's defaults)."""
     from ..distributed import get_world
 
     world = get_world()
@@ -85,10 +87,13 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
     if not world.is_main:
         summary.update({"ensemble": sampled.as_dict(), "tables": [], "files": []})
         return summary
-    results = {cfg.sampler.name: analyze(sampled.path)}
-    tables = [results[cfg.sampler.name].table()]
+    results = {cfg.sampler.name: analyze(sampled.path, thresholds=thresholds)}
     if hmc is not None:
-        results["hmc"] = analyze(hmc.path)
+        results["hmc"] = analyze(hmc.path, thresholds=thresholds)
+        results[cfg.sampler.name].judge(thresholds, reference=results["hmc"])
+    tables = [results[cfg.sampler.name].table()]
+    summary["verdicts"] = {name: r.extra["verdict"] for name, r in results.items()}
+    if hmc is not None:
         summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
         tables.append(results["hmc"].table())
         tables.append(comparison_table(results))

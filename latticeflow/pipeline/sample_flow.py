@@ -1,10 +1,12 @@
 """`latticeflow sample` with a trained flow: ``sampler.name: flow`` (i.i.d. samples with importance
-weights) or ``nmcmc`` (independent Metropolis–Hastings chain with flow proposals), streamed to
-``<output.dir>/ensemble.h5`` in batches of ``sampler.batch_size`` and flushed after each; a killed run
-resumes from the last complete batch (the NMCMC chain continues from its last stored state).
+weights) or ``nmcmc`` (``sampler.n_chains`` independent Metropolis–Hastings chains fed from one stream of
+flow proposals, written sweep-major with ``chain``/``mc_index`` like HMC), streamed to
+``<output.dir>/ensemble.h5`` in batches of about ``sampler.batch_size`` and flushed after each; a killed
+run resumes from the last complete batch (every chain continues from its last stored state).
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, build_action
 from ..flows import build_flow
 from ..io import EnsembleWriter, load_checkpoint
-from ..samplers import ChainState, flow_batches, nmcmc_batches
+from ..samplers import ChainState, flow_batches, nmcmc_chains
 from .sample import SampleSummary, resolve_device
 
 __all__ = ["load_flow", "sample_with_flow"]
@@ -41,11 +43,25 @@ def load_flow(cfg: Config, checkpoint: str | Path | None = None):
     return action, flow
 
 
-def _resume_chain(path: Path, n: int, dtype, device) -> ChainState:
+def _resume_chains(path: Path, n: int, n_chains: int, first_chain: int, dtype, device) -> list[ChainState]:
+    """The K chain states from the last sweep of a stored NMCMC run (its rejection runs from the attributes)."""
     with h5py.File(path, "r") as f:
-        x = torch.as_tensor(np.asarray(f["samples"][n - 1]), dtype=dtype, device=device)
-        return ChainState(x, float(f["action"][n - 1]), float(f["log_q"][n - 1]), float(f["log_weight"][n - 1]), n,
-                          int(f.attrs.get("longest_rejection_run", 0)), int(f.attrs.get("current_rejection_run", 0)))
+        stored = int(f.attrs.get("n_chains", 1))
+        if stored != n_chains:
+            raise ConfigError(f"sampler.n_chains is {n_chains} but {path} was written with n_chains={stored}")
+        if n % n_chains:
+            raise ValueError(f"{path} holds {n} rows, not a whole number of sweeps of {n_chains} chains")
+        last = slice(n - n_chains, n)
+        chain = np.asarray(f["chain"][last])
+        if not np.array_equal(chain, np.arange(first_chain, first_chain + n_chains)):
+            raise ValueError(f"{path}: the last sweep is incomplete (chains {chain.tolist()})")
+        x = torch.as_tensor(np.asarray(f["samples"][last]), dtype=dtype, device=device)
+        s, lq, lw = (np.asarray(f[k][last]) for k in ("action", "log_q", "log_weight"))
+        step = np.asarray(f["mc_index"][last]) + 1
+        longest = np.broadcast_to(np.asarray(f.attrs.get("longest_rejection_run", 0)), (n_chains,))
+        current = np.broadcast_to(np.asarray(f.attrs.get("current_rejection_run", 0)), (n_chains,))
+    return [ChainState(x[c], float(s[c]), float(lq[c]), float(lw[c]), int(step[c]), int(longest[c]), int(current[c]))
+            for c in range(n_chains)]
 
 
 def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | None = None, command: str | None = None,
@@ -74,14 +90,21 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
                 writer.append(batch.x, batch.action, log_q=batch.log_q, log_weight=batch.log_weight, observables=obs)
                 bar.update(batch.x.shape[0])
         else:
-            state = _resume_chain(path, n_rows, dtype, device) if n_rows else None
-            for batch, state in nmcmc_batches(flow, action, remaining, s.batch_size, state=state, generator=generator):
-                obs = {k: v.cpu().numpy() for k, v in action.observables(batch.x).items()}
+            k = s.n_chains
+            first_chain = (replica or 0) * k
+            n_sweeps = max(math.ceil(s.n_samples / k) - n_rows // k, 0)
+            bar.total = math.ceil(s.n_samples / k) * k
+            states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows else None
+            if not n_rows:
+                writer.set_attrs(n_chains=k)
+            for batch, states in nmcmc_chains(flow, action, n_sweeps, max(1, s.batch_size // k), k, states=states,
+                                              generator=generator):
+                obs = {k_: v.cpu().numpy() for k_, v in action.observables(batch.x).items()}
                 writer.append(batch.x, batch.action, log_q=batch.log_q, log_weight=batch.log_weight,
-                              accepted=batch.accepted, chain=np.full(len(batch.accepted), replica or 0, dtype=np.int64),
-                              mc_index=batch.mc_index, observables=obs)
-                writer.set_attrs(longest_rejection_run=state.longest_rejection_run,
-                                 current_rejection_run=state.current_rejection_run)
+                              accepted=batch.accepted, chain=batch.chain + first_chain,
+                              mc_index=batch.mc_index, observables=obs, proposal_log_weight=batch.proposal_log_weight)
+                writer.set_attrs(longest_rejection_run=np.array([st.longest_rejection_run for st in states]),
+                                 current_rejection_run=np.array([st.current_rejection_run for st in states]))
                 n_acc += int(batch.accepted.sum())
                 n_prop += len(batch.accepted)
                 bar.update(len(batch.accepted))

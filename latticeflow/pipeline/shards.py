@@ -4,8 +4,7 @@
 (:func:`latticeflow.distributed.seed_for_rank`), ``sampler.n_samples`` configurations (and, for HMC,
 ``sampler.n_chains`` chains) of its own, streamed to ``<stem>.r<rank:03d>.h5`` next to the master path
 (default ``<output.dir>/ensemble.r000.h5``, …). Each shard is a complete ensemble file (format
-version 1) whose chains are numbered globally: HMC chain c of rank r is ``r * n_chains + c``, the
-NMCMC chain of rank r is ``r``. Rank 0 then writes the master ``ensemble.h5``: every dataset is a
+version 1) whose chains are numbered globally: HMC or NMCMC chain c of rank r is ``r * n_chains + c``. Rank 0 then writes the master ``ensemble.h5``: every dataset is a
 virtual dataset concatenating the committed rows of the shards in rank order, so plain h5py (serial,
 no MPI) reads the N replicas as one ensemble of N × n_samples rows, and ``latticeflow analyze``
 splits Markov chains by ``chain`` into replicas for the Gamma method (i.i.d. flow samples are simply
@@ -101,9 +100,9 @@ def write_master(path: str | os.PathLike[str], shards: list[Path], *, seed: int)
                 out.attrs["n_chains"] = np.int64(sum(int(a.get("n_chains", 0)) for _, a, _, _ in infos))
             if "step_size" in first_attrs:  # each rank tuned its own
                 out.attrs["shard_step_size"] = np.array([float(a.get("step_size", np.nan)) for _, a, _, _ in infos])
-            if "longest_rejection_run" in first_attrs:
-                out.attrs["longest_rejection_run"] = np.int64(max(int(a.get("longest_rejection_run", 0))
-                                                                  for _, a, _, _ in infos))
+            if "longest_rejection_run" in first_attrs:  # per chain, in global chain order
+                out.attrs["longest_rejection_run"] = np.concatenate(
+                    [np.atleast_1d(np.asarray(a.get("longest_rejection_run", 0), dtype=np.int64)) for _, a, _, _ in infos])
             for name, (dtype, trailing) in (first_sets.items() if total else ()):
                 layout = h5py.VirtualLayout(shape=(total, *trailing), dtype=dtype, maxshape=(total, *trailing))
                 start = 0

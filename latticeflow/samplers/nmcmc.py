@@ -15,7 +15,7 @@ import torch
 
 from .flow import flow_batches
 
-__all__ = ["ChainState", "NMCMCBatch", "metropolize", "nmcmc_batches"]
+__all__ = ["ChainState", "NMCMCBatch", "NMCMCChainsBatch", "metropolize", "nmcmc_batches", "nmcmc_chains"]
 
 
 @dataclass
@@ -59,39 +59,90 @@ def metropolize(log_weight_proposals: np.ndarray, log_u: np.ndarray, current_log
     return idx
 
 
-@torch.no_grad()
-def nmcmc_batches(flow, action, n_steps: int, batch_size: int, state: ChainState | None = None,
-                  generator: torch.Generator | None = None) -> Iterator[tuple[NMCMCBatch, ChainState]]:
-    """Run ``n_steps`` Metropolis steps, yielding each batch of chain rows and the chain state after it.
+@dataclass
+class NMCMCChainsBatch:
+    """Rows of K chains after one batch of proposals, sweep-major (row r: sweep r // K, chain r % K)."""
 
-    Without ``state`` the chain starts from the first proposal (which is then always accepted: a flow
-    sample is already a draw near equilibrium, no thermalisation is needed for an independence sampler).
+    x: torch.Tensor
+    action: torch.Tensor
+    log_q: torch.Tensor
+    log_weight: torch.Tensor
+    accepted: np.ndarray
+    chain: np.ndarray  # 0 … K−1
+    mc_index: np.ndarray
+    proposal_log_weight: np.ndarray  # −S − log q of the proposal consumed at each row (float64)
+
+
+@torch.no_grad()
+def nmcmc_chains(flow, action, n_sweeps: int, sweeps_per_batch: int, n_chains: int,
+                 states: list[ChainState] | None = None, generator: torch.Generator | None = None
+                 ) -> Iterator[tuple[NMCMCChainsBatch, list[ChainState]]]:
+    """``n_chains`` independent NMCMC chains fed from one stream of flow proposals, ``n_sweeps`` steps each.
+
+    Each batch holds ``sweeps_per_batch · n_chains`` proposals; proposal r goes to chain r mod K, so the
+    flow's cost is that of one batch whatever K. Every proposal has its own uniform, so the chains are
+    independent (i.i.d. proposals). Without ``states`` every chain starts from its first proposal
+    (always accepted). Yields the rows and the K chain states after each batch.
     """
-    for proposals in flow_batches(flow, action, n_steps, batch_size, generator=generator):
+    k = n_chains
+    if k < 1:
+        raise ValueError(f"nmcmc needs n_chains >= 1, got {n_chains}")
+    for proposals in flow_batches(flow, action, n_sweeps * k, sweeps_per_batch * k, generator=generator):
         b = proposals.x.shape[0]
+        if b % k:
+            raise ValueError(f"nmcmc: a batch of {b} proposals does not split into {k} chains")
         lw = proposals.log_weight.double().cpu().numpy()
         log_u = np.log(torch.rand(b, generator=generator, dtype=torch.float64,
                                   device=generator.device if generator is not None else "cpu").cpu().numpy())
-        if state is None:
-            state = ChainState(proposals.x[0], float(proposals.action[0]), float(proposals.log_q[0]), -math.inf)
-        idx = metropolize(lw, log_u, state.log_weight)
-        accepted = np.zeros(b, dtype=bool)
-        accepted[0] = idx[0] == 0
-        accepted[1:] = idx[1:] != idx[:-1]
-        take = torch.as_tensor(np.maximum(idx, 0), device=proposals.x.device)
-        keep_old = torch.as_tensor(idx < 0, device=proposals.x.device)
+        if states is None:
+            states = [ChainState(proposals.x[c], float(proposals.action[c]), float(proposals.log_q[c]), -math.inf)
+                      for c in range(k)]
+        take = np.empty(b, dtype=np.int64)
+        accepted = np.empty(b, dtype=bool)
+        for c in range(k):
+            idx = metropolize(lw[c::k], log_u[c::k], states[c].log_weight)
+            acc = np.empty(len(idx), dtype=bool)
+            acc[0] = idx[0] == 0
+            acc[1:] = idx[1:] != idx[:-1]
+            accepted[c::k] = acc
+            take[c::k] = np.where(idx < 0, -1, c + k * idx)
+        device = proposals.x.device
+        keep_old = torch.as_tensor(take < 0, device=device)
+        src = torch.as_tensor(np.maximum(take, 0), device=device)
+        chain_of_row = torch.arange(b, device=device) % k
         view = (-1,) + (1,) * (proposals.x.dim() - 1)
-        x = torch.where(keep_old.view(view), state.x.unsqueeze(0), proposals.x[take])
+        old_x = torch.stack([st.x for st in states])[chain_of_row]
+        x = torch.where(keep_old.view(view), old_x, proposals.x[src])
         dtype = proposals.action.dtype
-        old = lambda v: torch.full((b,), v, dtype=dtype, device=proposals.x.device)  # noqa: E731
-        s = torch.where(keep_old, old(state.action), proposals.action[take])
-        lq = torch.where(keep_old, old(state.log_q), proposals.log_q[take])
-        lwr = torch.where(keep_old, old(state.log_weight), proposals.log_weight[take])
-        # longest run of rejections (a flow that misses a region shows long plateaus)
-        run, longest = state.current_rejection_run, state.longest_rejection_run
-        for a in accepted.tolist():
-            run = 0 if a else run + 1
-            longest = max(longest, run)
-        mc_index = np.arange(state.step, state.step + b, dtype=np.int64)
-        state = ChainState(x[-1].clone(), float(s[-1]), float(lq[-1]), float(lwr[-1]), state.step + b, longest, run)
-        yield NMCMCBatch(x, s, lq, lwr, accepted, mc_index), state
+
+        def old(attr: str) -> torch.Tensor:
+            return torch.tensor([getattr(st, attr) for st in states], dtype=dtype, device=device)[chain_of_row]
+
+        s = torch.where(keep_old, old("action"), proposals.action[src])
+        lq = torch.where(keep_old, old("log_q"), proposals.log_q[src])
+        lwr = torch.where(keep_old, old("log_weight"), proposals.log_weight[src])
+        n_sw = b // k
+        mc_index = np.empty(b, dtype=np.int64)
+        new_states = []
+        for c, st in enumerate(states):
+            mc_index[c::k] = np.arange(st.step, st.step + n_sw)
+            run, longest = st.current_rejection_run, st.longest_rejection_run
+            for a in accepted[c::k].tolist():  # a flow that misses a region shows long plateaus
+                run = 0 if a else run + 1
+                longest = max(longest, run)
+            last = b - k + c
+            new_states.append(ChainState(x[last].clone(), float(s[last]), float(lq[last]), float(lwr[last]),
+                                         st.step + n_sw, longest, run))
+        states = new_states
+        yield NMCMCChainsBatch(x, s, lq, lwr, accepted, np.tile(np.arange(k), n_sw), mc_index, lw), states
+
+
+def nmcmc_batches(flow, action, n_steps: int, batch_size: int, state: ChainState | None = None,
+                  generator: torch.Generator | None = None) -> Iterator[tuple[NMCMCBatch, ChainState]]:
+    """One chain (`nmcmc_chains` with K = 1): ``n_steps`` Metropolis steps, yielding each batch of chain
+    rows and the chain state after it. Without ``state`` the chain starts from the first proposal (which
+    is then always accepted: a flow sample is already a draw near equilibrium, no thermalisation is
+    needed for an independence sampler)."""
+    for batch, states in nmcmc_chains(flow, action, n_steps, batch_size, 1, None if state is None else [state],
+                                      generator=generator):
+        yield NMCMCBatch(batch.x, batch.action, batch.log_q, batch.log_weight, batch.accepted, batch.mc_index), states[0]

@@ -146,3 +146,63 @@ def test_analyze_exports_pyerrors_json_with_chains_as_replicas(tmp_path):
     with open_ensemble(tmp_path / "out" / "ensemble.h5") as ens:
         first = ens["observables/plaquette"][ens["chain"] == 0]
     assert np.allclose(data["plaquette"][0], first)
+
+
+NMCMC = ("name: n\nseed: 4\ndtype: float32\naction: {theory: phi4, shape: [8, 8], kappa: 0.2, lam: 0.0}\n"
+         "flow: {family: spline, n_layers: 2}\ntrain: {steps: 5, batch_size: 64, checkpoint_every: 5}\n"
+         "sampler: {name: nmcmc, n_samples: 400000, n_chains: 8, batch_size: 512}\noutput: {dir: out}\n")
+
+
+def test_multichain_nmcmc_sigkill_and_resume_keep_every_chain_complete(tmp_path):
+    """8 NMCMC chains: kill mid-run, resume to a target, every chain's mc_index is 0 … n − 1 with no gap."""
+    cfg = write_config(tmp_path, NMCMC)
+    run("train", str(cfg), "--no-progress", cwd=tmp_path)
+    h5 = tmp_path / "out" / "ensemble.h5"
+    proc = subprocess.Popen([*LATTICEFLOW, "sample", str(cfg), "--no-progress"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (h5.exists() and h5.stat().st_size > 2_000_000):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open_ensemble(h5) as ens:
+        n_killed = ens.n_rows
+        assert n_killed >= 512 and n_killed % 512 == 0 and n_killed < 400000
+    target = n_killed + 8 * 300
+    out = run("sample", str(cfg), "--no-progress", "--set", f"sampler.n_samples={target}", cwd=tmp_path)
+    assert "resumed" in out.stdout
+    with open_ensemble(h5) as ens:
+        assert ens.n_rows == target and int(ens.attrs["n_chains"]) == 8
+        chain, mc = ens["chain"], ens["mc_index"]
+        for c in range(8):
+            assert np.array_equal(mc[chain == c], np.arange(target // 8))
+        assert len(np.atleast_1d(ens.attrs["longest_rejection_run"])) == 8
+    res = json.loads(run("analyze", "out/ensemble.h5", "--json", cwd=tmp_path).stdout)
+    assert res["n_chains"] == 8
+    proc = run("sample", str(cfg), "--no-progress", "--set", f"sampler.n_samples={target + 64}",
+               "--set", "sampler.n_chains=4", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "n_chains" in proc.stderr
+
+
+def test_verdict_in_table_json_and_strict_exit_status(tmp_path):
+    """Frozen HMC (U(1) 8×8, β = 6, 16 short chains): the verdict is unreliable with reasons (R̂ of Q, too few
+    τ_int), in the table footer and in --json; --strict exits 3. A well-mixed β = 1 run is reliable."""
+    frozen = ("name: f\nseed: 2\naction: {theory: u1, shape: [8, 8], beta: 6.0}\n"
+              "sampler: {n_samples: 4096, n_chains: 16, n_thermalize: 300, batch_size: 1024}\noutput: {dir: frozen}\n")
+    cfg = write_config(tmp_path, frozen)
+    run("sample", str(cfg), "--no-progress", cwd=tmp_path)
+    table = run("analyze", "frozen/ensemble.h5", cwd=tmp_path).stdout
+    footer = table.strip().splitlines()[-1]
+    assert footer.startswith("verdict: unreliable — ") and "τ_int" in footer, table
+    res = json.loads(run("analyze", "frozen/ensemble.h5", "--json", cwd=tmp_path).stdout)
+    assert res["verdict"]["reliable"] is False and res["verdict"]["reasons"]
+    assert all(isinstance(r, str) for r in res["verdict"]["reasons"])
+    assert run("analyze", "frozen/ensemble.h5", "--strict", cwd=tmp_path, check=False).returncode == 3
+    loose = run("analyze", "frozen/ensemble.h5", "--json", "--min-tau", "0", "--rhat-max", "100", "--pull-max", "1e9",
+                cwd=tmp_path)
+    assert json.loads(loose.stdout)["verdict"]["reliable"] is True
+    hot = write_config(tmp_path, frozen.replace("beta: 6.0", "beta: 1.0").replace("dir: frozen", "dir: hot"), "h.yaml")
+    run("sample", str(hot), "--no-progress", cwd=tmp_path)
+    res = json.loads(run("analyze", "hot/ensemble.h5", "--json", cwd=tmp_path).stdout)
+    assert res["verdict"] == {"reliable": True, "reasons": []}, res["verdict"]
+    assert run("analyze", "hot/ensemble.h5", "--strict", cwd=tmp_path, check=False).returncode == 0

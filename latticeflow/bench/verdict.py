@@ -1,0 +1,200 @@
+"""`latticeflow bench verdict`: calibration of the trust verdict on deliberately undertrained flows.
+
+Each grid point is a full `latticeflow run` (train → sample → analyse) in a temporary directory, with a
+weak flow family (``z2nice`` for φ⁴, ``u1_ncp`` for U(1): the pre-issue-11 defaults) trained for a few
+steps ("0" steps = one step at lr 1e-12). Its verdict is computed **without** the comparison with exact
+values (``pull_max = ∞``), so it rests on R̂, τ_int coverage, Pareto k̂ and rejection runs alone. Every
+main observable (φ⁴: m, |m|, χ₂, S/V; U(1): ⟨cos P⟩, Q, χ_t, S/V) is then compared with the truth: the
+exact value (free field, 2D U(1) on the torus) or a long HMC reference (interacting φ⁴, generated once per
+coupling; its own error enters the pull). A **silent miss** is a run with some |pull| > 4 whose verdict is
+"reliable". **False alarms** are counted on well-trained runs: the default flows of the shipped flow
+configs (`configs/quickstart.yaml`, `configs/phi4_8x8_flow.yaml`, `configs/u1_8x8_beta6_flow.yaml`).
+
+Returns strict JSON: {"benchmark": "verdict", "runs": [{"name", "theory", "couplings", "family", "steps",
+"sampler", "seed", "verdict", "pulls", "max_abs_pull", "miss", "acceptance", "seconds"}, …],
+"well_trained": [...same...], "summary": {"n_runs", "n_unreliable", "n_off", "silent_misses",
+"n_well_trained", "false_alarms"}}.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]
+
+_PHI4_FREE = {"theory": "phi4", "shape": [8, 8], "kappa": 0.2, "lam": 0.0}
+_PHI4_TUTORIAL = {"theory": "phi4", "shape": [8, 8], "kappa": 0.25, "lam": 0.5}
+_PHI4_BROKEN = {"theory": "phi4", "shape": [8, 8], "kappa": 0.3, "lam": 0.022}
+
+
+def _u1(beta: float) -> dict[str, Any]:
+    return {"theory": "u1", "shape": [8, 8], "beta": beta}
+
+
+def _grid() -> list[dict[str, Any]]:
+    g = []
+    for steps in (0, 50, 100, 300):
+        for seed in (0, 1):
+            g.append({"action": _PHI4_FREE, "family": "z2nice", "steps": steps, "seed": seed})
+        g.append({"action": _PHI4_TUTORIAL, "family": "z2nice", "steps": steps, "seed": 0})
+        g.append({"action": _PHI4_BROKEN, "family": "z2nice", "steps": steps, "seed": 0})
+        for beta in (2.0, 4.0):
+            g.append({"action": _u1(beta), "family": "u1_ncp", "steps": steps, "seed": 0})
+    for beta in (1.0, 3.0):
+        g.append({"action": _u1(beta), "family": "u1_ncp", "steps": 50, "seed": 1})
+    g.append({"action": _PHI4_FREE, "family": "z2nice", "steps": 50, "seed": 2, "sampler": "flow"})
+    g.append({"action": _u1(2.0), "family": "u1_ncp", "steps": 50, "seed": 2, "sampler": "flow"})
+    return g
+
+
+GRID = _grid()
+WELL_TRAINED = ("configs/quickstart.yaml", "configs/phi4_8x8_flow.yaml", "configs/u1_8x8_beta6_flow.yaml")
+_REFERENCE_CACHE: dict[str, Any] = {}
+
+
+def _config(point: dict[str, Any], out: Path, n_samples: int) -> dict[str, Any]:
+    steps = point["steps"]
+    return {"name": "verdict", "seed": point["seed"], "dtype": "float32", "action": point["action"],
+            "flow": {"family": point["family"]},
+            "train": {"steps": max(steps, 1), "lr": 1e-3 if steps else 1e-12, "batch_size": 64,
+                      "checkpoint_every": max(steps, 1), "log_every": 10},
+            "sampler": {"name": point.get("sampler", "nmcmc"), "n_samples": n_samples, "n_chains": 8,
+                        "batch_size": 2048},
+            "output": {"dir": str(out)}}
+
+
+def _truth(action: dict[str, Any], main: tuple[str, ...], quick: bool) -> dict[str, tuple[float, float]]:
+    """{observable: (value, error)}: exact where known (error 0), else a long HMC run (cached)."""
+    key = json.dumps(action, sort_keys=True) + str(quick)
+    if key in _REFERENCE_CACHE:
+        return _REFERENCE_CACHE[key]
+    from ..config import config_from_dict
+    from ..pipeline import analyze, sample
+
+    from actions import exact
+
+    volume = int(np.prod(action["shape"]))
+    if action["theory"] == "u1":
+        plaq = exact.u1_mean_plaquette(action["beta"], volume)
+        truth = {"<cos P>": (plaq, 0.0), "Q": (0.0, 0.0), "S/V": (-action["beta"] * plaq, 0.0),
+                 "chi_t = <Q^2>/V": (exact.u1_topological_susceptibility(action["beta"], volume), 0.0)}
+    elif action.get("lam", 1.0) == 0.0:
+        shape = tuple(action["shape"])
+        truth = {"m": (0.0, 0.0), "chi2 = V<m^2>": (exact.free_field_chi2(shape, action["kappa"]), 0.0),
+                 "S/V": (exact.free_field_action_density(), 0.0)}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = config_from_dict({"name": "reference", "seed": 99, "dtype": "float64", "action": action,
+                                    "sampler": {"name": "hmc", "n_samples": 4096 if quick else 64000,
+                                                "n_chains": 32, "n_thermalize": 300},
+                                    "output": {"dir": tmp}})
+            res = analyze(sample(cfg, "", progress=False).path)
+            truth = {name: (res.row(name).result.mean, res.row(name).result.error) for name in main}
+    _REFERENCE_CACHE[key] = truth
+    return truth
+
+
+def _one(cfg_dict: dict[str, Any], quick: bool) -> dict[str, Any]:
+    from ..config import config_from_dict
+    from ..pipeline import analyze, run
+    from ..pipeline.analyze import MAIN_OBSERVABLES
+
+    t0 = time.perf_counter()
+    cfg = config_from_dict(cfg_dict)
+    text = yaml.safe_dump(cfg_dict)
+    summary = run(cfg, text, progress=False)
+    res = analyze(summary["ensemble"]["path"], thresholds={"pull_max": math.inf})
+    main = MAIN_OBSERVABLES[res.theory]
+    truth = _truth(cfg_dict["action"], main, quick)
+    pulls = {}
+    for name in main:
+        if name not in truth:
+            continue
+        r = res.row(name).result
+        value, err = truth[name]
+        total = math.hypot(r.error, err)
+        pulls[name] = (r.mean - value) / total if total > 0 else (0.0 if r.mean == value else math.inf)
+    finite = [abs(p) for p in pulls.values() if not math.isnan(p)]
+    max_pull = max(finite) if finite else math.nan
+    v = res.extra["verdict"]
+    return {"verdict": v, "pulls": pulls, "max_abs_pull": max_pull,
+            "miss": bool(max_pull > 4 and v["reliable"]), "off": bool(max_pull > 4),
+            "acceptance": summary.get("acceptance"), "reverse_ess": summary.get("training", {}).get("final", {})
+            .get("reverse_ess"), "khat": res.extra["checks"].get("khat"), "seconds": time.perf_counter() - t0}
+
+
+def _strict(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _strict(obj.item())
+    return obj
+
+
+def run_verdict_bench(*, quick: bool = False, well_trained: bool = True, progress=None) -> dict[str, Any]:
+    """Run the grid (``quick``: 3 points, 2000 samples each, no well-trained configs)."""
+    grid = GRID[:1] + GRID[4:5] + GRID[-1:] if quick else GRID
+    n_samples = 2000 if quick else 16000
+    out: dict[str, Any] = {"benchmark": "verdict", "quick": quick, "n_samples": n_samples, "runs": [],
+                           "well_trained": []}
+    t0 = time.perf_counter()
+    for point in grid:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = {"theory": point["action"]["theory"], "couplings": {k: v for k, v in point["action"].items()
+                                                                      if k not in ("theory", "shape")},
+                   "family": point["family"], "steps": point["steps"], "seed": point["seed"],
+                   "sampler": point.get("sampler", "nmcmc")}
+            row.update(_one(_config(point, Path(tmp) / "run", n_samples), quick))
+        out["runs"].append(row)
+        if progress:
+            progress(row)
+    if well_trained and not quick:
+        root = Path(__file__).resolve().parents[2]
+        for name in WELL_TRAINED:
+            with tempfile.TemporaryDirectory() as tmp:
+                d = yaml.safe_load((root / name).read_text())
+                d["output"] = {"dir": str(Path(tmp) / "run")}
+                d["sampler"]["reference_hmc"] = 0
+                row = {"name": name, "theory": d["action"]["theory"], "family": d.get("flow", {}).get("family"),
+                       "steps": d["train"]["steps"], "seed": d.get("seed", 0), "sampler": d["sampler"]["name"]}
+                row.update(_one(d, quick))
+            out["well_trained"].append(row)
+            if progress:
+                progress(row)
+    runs, good = out["runs"], out["well_trained"]
+    out["summary"] = {"n_runs": len(runs), "n_unreliable": sum(not r["verdict"]["reliable"] for r in runs),
+                      "n_off": sum(r["off"] for r in runs), "silent_misses": sum(r["miss"] for r in runs),
+                      "n_well_trained": len(good), "false_alarms": sum(not r["verdict"]["reliable"] for r in good),
+                      "seconds": time.perf_counter() - t0}
+    return json.loads(json.dumps(_strict(out), allow_nan=False))
+
+
+def format_verdict_bench(result: dict[str, Any]) -> str:
+    lines = [f"{'theory':<6} {'couplings':<22} {'family':<8} {'steps':>5} {'sampler':<7} {'max|pull|':>9} "
+             f"{'k̂':>6} {'acc':>5}  verdict", "-" * 110]
+    for r in result["runs"] + result["well_trained"]:
+        coup = r.get("name") or ", ".join(f"{k}={v:g}" for k, v in r.get("couplings", {}).items())
+        pull = "—" if r["max_abs_pull"] is None else f"{r['max_abs_pull']:.1f}"
+        khat = "—" if r.get("khat") is None else f"{r['khat']:.2f}"
+        acc = "—" if r.get("acceptance") is None else f"{r['acceptance']:.2f}"
+        v = r["verdict"]
+        text = "reliable" if v["reliable"] else "unreliable: " + "; ".join(v["reasons"])[:80]
+        flag = "  SILENT MISS" if r["miss"] else ""
+        lines.append(f"{r['theory']:<6} {coup:<22} {str(r['family']):<8} {r['steps']:>5} {r['sampler']:<7} {pull:>9} "
+                     f"{khat:>6} {acc:>5}  {text}{flag}")
+    s = result["summary"]
+    lines.append(f"{s['n_runs']} undertrained runs: {s['n_off']} off by > 4σ, {s['n_unreliable']} called unreliable, "
+                 f"{s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false alarms of "
+                 f"{s['n_well_trained']}")
+    return "\n".join(lines)
