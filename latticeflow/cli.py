@@ -46,18 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "wall time), sampling (configurations/s and the HDF5 share), snf "
                                      "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
                                      "weak scaling at 1 and 2 ranks), quality (flow families on a grid of "
-                                     "targets: ESS, KL, acceptance against wall time)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality", "verdict"],
+                                     "targets: ESS, KL, acceptance against wall time), verdict (calibration of the "
+                                     "trust verdict), efficiency (HMC vs neural MCMC for 2D U(1) against beta)")
+    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality", "verdict",
+                                    "efficiency"],
                    help="which benchmark")
     p.add_argument("--seconds", type=float, default=None,
                    help="training: wall-time budget per estimator and theory (60); quality: overrides every "
-                        "target's budget")
+                        "target's budget; efficiency: HMC seconds per point (60)")
     p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all)")
     p.add_argument("--families", default=None,
                    help="quality: comma-separated family labels or flow family names (default all)")
     p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2); training: one run per seed (default 0)")
     p.add_argument("--plot-dir", default="bench_quality", help="quality: directory for one PNG per target")
-    p.add_argument("--plot", default="bench_training.png", help="training: PNG of ESS and gradient variance vs time")
+    p.add_argument("--plot", default=None, help="training: PNG of ESS and gradient variance vs time "
+                                                "(bench_training.png); efficiency: PNG of tau_int(Q) and cost vs beta "
+                                                "(bench_efficiency.png)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--sequential", action="store_true",
                    help="training: run the estimators one after the other instead of interleaved slices")
@@ -113,7 +117,8 @@ def _cmd_sample(args, then_analyze: bool) -> int:
             print(table)
             print()
         print("wrote " + ", ".join(summary["files"]))
-        unreliable = [n for n, v in summary.get("verdicts", {}).items() if not v["reliable"]]
+        unreliable = [n for n, v in summary.get("ensembles", {}).items()
+                      if not v["verdict"]["reliable"]]
         return 3 if args.strict and unreliable else 0
     _print_sampled(sample(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint).as_dict())
     return 0
@@ -196,6 +201,18 @@ def _cmd_bench(args) -> int:
         result = run_verdict_bench(quick=args.quick, progress=None if args.json else log)
         print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_verdict_bench(result))
         return 0
+    if args.name == "efficiency":
+        from .bench.efficiency import format_efficiency_table, run_efficiency_bench
+
+        log = (lambda p: print(f"  {p['L']}x{p['L']} beta={p['beta']:g}: tau_int(Q) HMC {p['hmc']['tau_int_q']:.3g}"
+                               f"{' (lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}, NMCMC "
+                               f"{p['nmcmc']['tau_int_q']:.3g}; acceptance {p['nmcmc']['acceptance']:.2f}",
+                               file=sys.stderr, flush=True))
+        result = run_efficiency_bench(quick=args.quick, settings=None if args.seconds is None else
+                                      {"hmc_seconds": args.seconds}, plot=args.plot or "bench_efficiency.png",
+                                      progress=None if args.json else log)
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_efficiency_table(result))
+        return 0
     if args.name == "quality":
         from .bench.quality import format_quality_table, run_quality_bench
 
@@ -215,7 +232,8 @@ def _cmd_bench(args) -> int:
         seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
         results = []
         for seed in seeds:
-            plot = args.plot if len(seeds) == 1 or not args.plot else args.plot.replace(".png", f"_seed{seed}.png")
+            base = args.plot or "bench_training.png"
+            plot = base if len(seeds) == 1 else base.replace(".png", f"_seed{seed}.png")
             results.append(run_training_bench(seconds=60.0 if args.seconds is None else args.seconds, plot_path=plot,
                                               dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
                                               device=args.device, progress=None if args.json else log, seed=seed,

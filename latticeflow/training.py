@@ -422,7 +422,8 @@ def _shape(t: torch.Tensor) -> list[int]:
 
 def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
                    lattice: tuple[int, ...] | list[int] | None = None,
-                   source_lattice: tuple[int, ...] | list[int] | None = None) -> list[str]:
+                   source_lattice: tuple[int, ...] | list[int] | None = None,
+                   keep: tuple[type, ...] = ()) -> list[str]:
     """Load the flow weights ``state_dict`` of a flow of the same architecture, trained on a lattice of
     possibly another size (or coupling, or β), into ``flow``; returns the keys not copied as they were.
 
@@ -440,6 +441,9 @@ def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
     ``flow``'s own initialisation, e.g. the free-field a(p) of the new action (no interpolation of the
     learned correction). Anything else raises
     :class:`ArchitectureMismatch` naming the first differing key and both shapes (checkpoint vs ``flow``).
+    Submodules of the types in ``keep`` keep ``flow``'s own values (checked for the same shapes), e.g.
+    ``PlaquetteMarginal`` when β changed: its initialisation is the exact single-plaquette marginal at the
+    new β, better than the learned one of another β (`init_flow_from` does this).
 
     Example:
         >>> from actions import Phi4
@@ -464,12 +468,20 @@ def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
     def mismatch(key: str, why: str) -> ArchitectureMismatch:
         return ArchitectureMismatch(f"another architecture (first differing key {key!r}: {why})")
 
+    kept = {f"{prefix}.{name}" if prefix else name for prefix, module in flow.named_modules()
+            if keep and isinstance(module, keep) for name, _ in module.named_parameters(recurse=True)}
     merged: dict[str, torch.Tensor] = {}
     adapted: list[str] = []
     for key, new in own.items():
         if key not in state_dict:
             raise mismatch(key, "not in the checkpoint")
         old = torch.as_tensor(state_dict[key])
+        if key in kept:
+            if old.shape != new.shape:
+                raise mismatch(key, f"shape {_shape(old)} vs {_shape(new)}")
+            merged[key] = new
+            adapted.append(key)
+            continue
         if old.shape == new.shape:
             merged[key] = old.to(device=new.device, dtype=new.dtype)
             continue

@@ -1,7 +1,8 @@
 """A trust verdict for an ensemble's numbers: reliable, or unreliable with the reasons.
 
-`ensemble_checks` turns per-chain observable series (and, for flow ensembles, importance weights) into
-the figures of `latticeflow.analysis.diagnostics`; `verdict` compares them with thresholds:
+`markov_checks` (per-chain observable series) and `weight_checks` (importance log-weights of flow samples
+or NMCMC proposals) turn an ensemble into the figures of `latticeflow.analysis.diagnostics`; `verdict`
+compares them with thresholds:
 
 - ``rhat_max`` (1.05): rank-normalised split-R̂ of a main observable across chains (Vehtari et al. 2021);
   above it the chains disagree (frozen topology, a stuck NMCMC chain, no thermalisation).

@@ -4,6 +4,9 @@ For φ⁴ 16×8 (Z2Nice, CNN) and U(1) 8×8 (NCP) flows at their initialisation 
 training): the time per batch of (a) drawing flow samples with log q and the action, (b) measuring the
 observables, (c) the Metropolis step of NMCMC, (d) appending the batch to an HDF5 ensemble with flush.
 The HDF5 share is (d) / ((a) + (b) + (c) + (d)) of an NMCMC run; the design asks for ≤ 10 %.
+(e) The trust verdict's diagnostics (split-R̂ and τ_int coverage of 16 chains per main observable, Pareto
+k̂ of the proposal weights, the longest rejection run) on everything sampled, as a share of the total
+sampling time; issue 12 asks for < 5 %.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import numpy as np
 import torch
 
 from actions import Phi4, U1Gauge
+from ..analysis.diagnostics import longest_rejection_run
+from ..analysis.verdict import markov_checks, weight_checks
 from ..flows import build_flow
 from ..io import EnsembleWriter
 from ..samplers.flow import sample_chunked
@@ -36,6 +41,7 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
     flow = build_flow(flow_cfg, action).to(dtype=dtype)
     gen = torch.Generator().manual_seed(1)
     t_flow, t_obs, t_mh, t_write = [], [], [], []
+    kept_obs, kept_lw, kept_acc = [], [], []
     path = tmpdir / f"{name.replace(' ', '_')}.h5"
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler="nmcmc", seed=0,
@@ -57,11 +63,13 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
                           chain=np.zeros(batch_size, np.int64), mc_index=np.arange(batch_size) + i * batch_size,
                           observables=obs)
             t4 = time.perf_counter()
+            kept_obs.append(obs); kept_lw.append(lw); kept_acc.append(idx >= 0)
             if i:  # first batch is warm-up
                 t_flow.append(t1 - t0); t_obs.append(t2 - t1); t_mh.append(t3 - t2); t_write.append(t4 - t3)
         size = path.stat().st_size
     finally:
         writer.close()
+    t_diag = _diagnostics_seconds(kept_obs, kept_lw, kept_acc, n_chains=16)
     med = {k: statistics.median(v) for k, v in (("flow", t_flow), ("observables", t_obs), ("metropolis", t_mh),
                                                   ("hdf5_write", t_write))}
     total = sum(med.values())
@@ -71,7 +79,24 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
                               "nmcmc_written": batch_size / total,
                               "hdf5_write": batch_size / med["hdf5_write"]},
             "seconds_per_batch": med, "hdf5_share": med["hdf5_write"] / total,
+            "diagnostics_seconds": t_diag, "diagnostics_share": t_diag / (total * (n_batches + 1)),
             "bytes_per_config": size / ((n_batches + 1) * batch_size)}
+
+
+def _diagnostics_seconds(obs: list[dict], log_weight: list, accepted: list, n_chains: int) -> float:
+    """Seconds of the verdict's figures on all rows, cut into ``n_chains`` chains (every scalar observable,
+    τ_int set to 1: the Gamma method is the analysis proper, timed by no one here)."""
+    t0 = time.perf_counter()
+    series = {}
+    for name in obs[0]:
+        v = np.concatenate([o[name] for o in obs])
+        if v.ndim == 1:
+            series[name] = np.array_split(v, n_chains)
+    markov_checks(series, {name: 1.0 for name in series})
+    weight_checks(np.concatenate(log_weight), "NMCMC proposals")
+    for acc in np.array_split(np.concatenate(accepted), n_chains):
+        longest_rejection_run(acc)
+    return time.perf_counter() - t0
 
 
 def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> list[dict]:
@@ -81,10 +106,10 @@ def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.f
 
 
 def format_sampling_table(results: list[dict]) -> str:
-    lines = [f"{'case':<18} {'flow cfg/s':>11} {'NMCMC cfg/s':>12} {'written cfg/s':>14} {'HDF5 cfg/s':>11} {'HDF5 share':>11}",
-             "-" * 82]
+    lines = [f"{'case':<18} {'flow cfg/s':>11} {'NMCMC cfg/s':>12} {'written cfg/s':>14} {'HDF5 cfg/s':>11} {'HDF5 share':>11} {'diagnostics':>12}",
+             "-" * 95]
     for r in results:
         c = r["configs_per_s"]
         lines.append(f"{r['case']:<18} {c['flow_sampling']:>11.0f} {c['nmcmc_with_observables']:>12.0f} "
-                     f"{c['nmcmc_written']:>14.0f} {c['hdf5_write']:>11.0f} {100 * r['hdf5_share']:>10.1f}%")
+                     f"{c['nmcmc_written']:>14.0f} {c['hdf5_write']:>11.0f} {100 * r['hdf5_share']:>10.1f}% {100 * r['diagnostics_share']:>11.2f}%")
     return "\n".join(lines)

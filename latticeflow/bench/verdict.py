@@ -8,7 +8,7 @@ main observable (φ⁴: m, |m|, χ₂, S/V; U(1): ⟨cos P⟩, Q, χ_t, S/V) is 
 exact value (free field, 2D U(1) on the torus) or a long HMC reference (interacting φ⁴, generated once per
 coupling; its own error enters the pull). A **silent miss** is a run with some |pull| > 4 whose verdict is
 "reliable". **False alarms** are counted on well-trained runs: the default flows of the shipped flow
-configs (`configs/quickstart.yaml`, `configs/phi4_8x8_flow.yaml`, `configs/u1_8x8_beta6_flow.yaml`).
+configs (`configs/quickstart.yaml`, `configs/phi4_8x8_flow.yaml`, `configs/u1_8x8_beta6.yaml`).
 
 Returns strict JSON: {"benchmark": "verdict", "runs": [{"name", "theory", "couplings", "family", "steps",
 "sampler", "seed", "verdict", "pulls", "max_abs_pull", "miss", "acceptance", "seconds"}, …],
@@ -55,7 +55,7 @@ def _grid() -> list[dict[str, Any]]:
 
 
 GRID = _grid()
-WELL_TRAINED = ("configs/quickstart.yaml", "configs/phi4_8x8_flow.yaml", "configs/u1_8x8_beta6_flow.yaml")
+WELL_TRAINED = ("configs/quickstart.yaml", "configs/phi4_8x8_flow.yaml", "configs/u1_8x8_beta6.yaml")
 _REFERENCE_CACHE: dict[str, Any] = {}
 
 

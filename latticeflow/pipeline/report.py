@@ -77,7 +77,39 @@ def _plot_u1(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> list
     a2.axhline(result.row("<cos P>").exact, color="k", ls="--")
     a2.set_ylabel("<cos P> per configuration")
     fig.tight_layout(); path = plots / "topology_and_plaquette.png"; fig.savefig(path, dpi=110); plt.close(fig)
-    return [path]
+    paths = [path]
+    if reference is not None:
+        paths.append(_plot_charge_histories(ens, reference, plots))
+    return paths
+
+
+def _charge_histories(ens, n_chains: int = 4) -> list[tuple[int, np.ndarray]]:
+    q = ens["observables/topological_charge"]
+    if "chain" not in ens.keys():
+        return [(0, q)]
+    chain, step = ens["chain"], ens["mc_index"]
+    out = []
+    for c in np.unique(chain)[:n_chains]:
+        sel = chain == c
+        out.append((int(c), q[sel][np.argsort(step[sel])]))
+    return out
+
+
+def _plot_charge_histories(ens, reference: EnsembleAnalysis, plots: Path) -> Path:
+    """Q against Monte Carlo time: the HMC reference above, the flow ensemble below (same axes)."""
+    import matplotlib.pyplot as plt
+
+    with open_ensemble(reference.path) as ref:
+        panels = [("HMC", _charge_histories(ref)), (str(ens.attrs.get("sampler", "flow")), _charge_histories(ens))]
+    fig, axes = plt.subplots(2, 1, figsize=(9, 4.5), sharex=True, sharey=True)
+    for ax, (label, series) in zip(axes, panels):
+        for c, q in series:
+            ax.plot(np.arange(len(q)), q, lw=0.6, label=f"chain {c}")
+        ax.set_ylabel(f"Q ({label})")
+        ax.legend(fontsize=7, loc="upper right", ncol=len(series))
+    axes[-1].set_xlabel("Monte Carlo time (trajectories / Metropolis steps)")
+    fig.tight_layout(); path = plots / "topology_history.png"; fig.savefig(path, dpi=110); plt.close(fig)
+    return path
 
 
 def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path, reference: EnsembleAnalysis | None = None) -> list[Path]:

@@ -26,7 +26,7 @@ from .report import write_report
 from .sample import sample
 from .train import train
 
-__all__ = ["run", "comparison_table", "flow_forward_ess"]
+__all__ = ["run", "comparison_table", "cost_comparison", "format_cost_comparison", "flow_forward_ess"]
 
 
 @torch.no_grad()
@@ -64,11 +64,68 @@ def comparison_table(results: dict[str, EnsembleAnalysis]) -> str:
     return "\n".join(lines)
 
 
+def cost_comparison(results: dict[str, EnsembleAnalysis], rates: dict[str, float | None],
+                    train_seconds: float, n_independent: float = 1e4) -> dict[str, Any]:
+    """τ_int(Q), χ_t and the cost of ``n_independent`` independent Q samples for each ensemble (U(1)).
+
+    cost = t_train + n_independent · 2τ_int(Q) / rate, with ``rate`` the ensemble's configurations/s
+    (``None`` where this process did not sample it) and t_train counted for flow ensembles only. τ_int is a
+    lower bound (and so is the cost) where the shortest chain holds fewer than 50 τ_int(Q) or Q never moved.
+    """
+    out: dict[str, Any] = {}
+    for name, r in results.items():
+        q, chi = r.row("Q").result, r.row("chi_t = <Q^2>/V")
+        cover = r.extra.get("checks", {}).get("tau_per_chain", {}).get("Q")
+        lower = cover is not None and math.isfinite(cover) and cover < 50
+        rate = rates.get(name)
+        t = train_seconds if name != "hmc" else 0.0
+        out[name] = {"tau_int_q": q.tau_int, "tau_int_q_err": q.tau_int_error, "tau_int_lower_bound": bool(lower),
+                     "chi_t": chi.result.mean, "chi_t_err": chi.result.error, "chi_t_exact": chi.exact,
+                     "configs_per_s": rate, "train_seconds": t,
+                     "cost_seconds": None if not rate else t + n_independent * 2 * q.tau_int / rate}
+    costs = {n: o["cost_seconds"] for n, o in out.items()}
+    if "hmc" in costs and len(costs) == 2 and all(costs.values()):
+        flow = next(n for n in costs if n != "hmc")
+        out["cost_ratio"] = costs["hmc"] / costs[flow]
+        out["tau_ratio"] = out["hmc"]["tau_int_q"] / out[flow]["tau_int_q"]
+    return out
+
+
+def format_cost_comparison(cost: dict[str, Any], n_independent: float = 1e4) -> str:
+    names = [n for n in cost if isinstance(cost[n], dict)]
+    lines = [f"{'cost of independent Q':<24}" + "".join(f"{n:>22}" for n in names), "-" * (24 + 22 * len(names))]
+
+    def cell(o, what):
+        lb = "> " if o["tau_int_lower_bound"] else ""
+        if what == "tau":
+            return f"{lb}{o['tau_int_q']:.3g} ± {o['tau_int_q_err']:.2g}"
+        if what == "chi":
+            pull = "" if not o["chi_t_err"] else f" ({(o['chi_t'] - o['chi_t_exact']) / o['chi_t_err']:+.1f}σ)"
+            return f"{o['chi_t']:.5f}({1e5 * o['chi_t_err']:.0f}){pull}"
+        if what == "rate":
+            return "—" if not o["configs_per_s"] else f"{o['configs_per_s']:.0f}"
+        if what == "train":
+            return f"{o['train_seconds']:.0f} s"
+        return "—" if o["cost_seconds"] is None else f"{lb}{o['cost_seconds']:.3g} s"
+
+    for label, what in (("tau_int(Q)", "tau"), ("chi_t (pull vs exact)", "chi"), ("configurations/s", "rate"),
+                        ("training", "train"), (f"time to {n_independent:.0e} indep. Q", "cost")):
+        lines.append(f"{label:<24}" + "".join(f"{cell(cost[n], what):>22}" for n in names))
+    if "cost_ratio" in cost:
+        lower = cost["hmc"]["tau_int_lower_bound"]
+        lines.append(f"HMC / flow: tau_int(Q) {'> ' if lower else ''}{cost['tau_ratio']:.3g}, cost "
+                     f"{'> ' if lower else ''}{cost['cost_ratio']:.3g} (training counted); exact chi_t "
+                     f"{next(cost[n]['chi_t_exact'] for n in names):.6g}")
+    return "\n".join(lines)
+
+
 def run(cfg: Config, config_text: str = "", *, command: str | None = None, progress: bool = True,
         checkpoint: str | None = None, thresholds: dict[str, float] | None = None) -> dict[str, Any]:
-    """Run the pipeline of ``cfg``; returns the summary (also written to ``summary.json``), with the
-    trust verdict of every ensemble under ``"verdicts"`` (the flow ensemble's includes its pulls
-    against the HMC reference; ``thresholds`` override the verdict's defaults)."""
+    """Run the pipeline of ``cfg``; returns the summary (also written to ``summary.json``). The trust
+    verdict {"reliable": bool, "reasons": [str, …]} of every analysed ensemble is under
+    ``"ensembles": {sampler: {"path", "verdict"}}`` (``"hmc"`` for the reference), and the run's own
+    ensemble's is also the top-level ``"verdict"`` (a flow ensemble's includes its pulls against the HMC
+    reference; ``thresholds`` override the verdict's defaults)."""
     from ..distributed import get_world
 
     world = get_world()
@@ -92,11 +149,18 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
         results["hmc"] = analyze(hmc.path, thresholds=thresholds)
         results[cfg.sampler.name].judge(thresholds, reference=results["hmc"])
     tables = [results[cfg.sampler.name].table()]
-    summary["verdicts"] = {name: r.extra["verdict"] for name, r in results.items()}
+    summary["verdict"] = results[cfg.sampler.name].extra["verdict"]
+    summary["ensembles"] = {name: {"path": r.path, "verdict": r.extra["verdict"]} for name, r in results.items()}
     if hmc is not None:
         summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
         tables.append(results["hmc"].table())
         tables.append(comparison_table(results))
+        if cfg.action.theory == "u1":
+            rates = {cfg.sampler.name: sampled.n_new / sampled.seconds if sampled.n_new else None,
+                     "hmc": hmc.n_new / hmc.seconds if hmc.n_new else None}
+            t_train = float((summary.get("training") or {}).get("final", {}).get("wall_time") or 0.0)
+            summary["cost"] = cost_comparison(results, rates, t_train)
+            tables.append(format_cost_comparison(summary["cost"]))
         if "|m|" in [r.name for r in results["hmc"].rows]:
             summary["tau_int_abs_m"] = {k: results[k].row("|m|").result.tau_int for k in results}
     report = write_report(results[cfg.sampler.name], sampled, out, reference=results.get("hmc"))

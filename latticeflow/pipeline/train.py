@@ -28,6 +28,7 @@ import torch
 from ..config import Config, ConfigError, build_action
 from ..distributed import World, get_world, init_torch_distributed
 from ..flows import build_flow
+from ..flows.u1_plaquette import PlaquetteMarginal
 from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
 from ..training import METRIC_FIELDS, ArchitectureMismatch, Trainer, transfer_state
 from .sample import resolve_device
@@ -107,9 +108,25 @@ def _source_lattice(state: dict) -> list[int] | None:
     return list(shape) if isinstance(shape, list) and all(isinstance(v, int) for v in shape) else None
 
 
+def _source_couplings(state: dict) -> dict[str, float] | None:
+    """The couplings a checkpoint was trained at (from the config text it carries), if known."""
+    import yaml
+
+    try:
+        act = (yaml.safe_load(state.get("config") or "") or {}).get("action", {})
+    except (yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(act, dict):
+        return None
+    out = {k: float(act[k]) for k in ("beta", "kappa", "lam") if isinstance(act.get(k), (int, float))}
+    return out or None
+
+
 def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, list[str]]:
     """Load the flow weights of the checkpoint ``path`` (``train.init``; a run directory means its
-    ``checkpoints/latest.pt``) into ``flow``, adapting lattice-dependent tensors (`transfer_state`).
+    ``checkpoints/latest.pt``) into ``flow``, adapting lattice-dependent tensors (`transfer_state`). A
+    U(1) plaquette-marginal layer keeps its own initialisation (the exact marginal at this β) when the
+    checkpoint was trained at another coupling.
 
     Returns (the checkpoint file, the keys not copied as they were). Errors are one-line
     :class:`ConfigError` naming ``train.init`` and the path.
@@ -127,8 +144,10 @@ def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, li
     theory = state.get("theory")
     if theory is not None and theory != action.theory:
         raise ConfigError(f"train.init {file}: written for theory {theory!r}, this config trains {action.theory!r}")
+    keep = (PlaquetteMarginal,) if _source_couplings(state) not in (None, dict(action.couplings)) else ()
     try:
-        adapted = transfer_state(flow, state["flow"], lattice=tuple(action.shape), source_lattice=_source_lattice(state))
+        adapted = transfer_state(flow, state["flow"], lattice=tuple(action.shape), source_lattice=_source_lattice(state),
+                                 keep=keep)
     except ArchitectureMismatch as err:
         raise ConfigError(f"train.init {file}: {err}") from None
     return str(file), adapted

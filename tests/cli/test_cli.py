@@ -133,6 +133,12 @@ def test_run_writes_table_summary_and_plots(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["analysis"]["observables"]["chi2 = V<m^2>"]["exact"] == pytest.approx(2.5)
     assert (tmp_path / "out" / "plots" / "correlator.png").stat().st_size > 1000
+    # the trust verdict, machine-readable: top level (the run's ensemble) and per analysed ensemble
+    v = summary["verdict"]
+    assert set(v) == {"reliable", "reasons"} and isinstance(v["reliable"], bool)
+    assert all(isinstance(r, str) for r in v["reasons"]) and (v["reliable"] or v["reasons"])
+    assert summary["ensembles"]["hmc"]["verdict"] == v
+    assert out.stdout.count("verdict: ") == 1
 
 
 def test_analyze_exports_pyerrors_json_with_chains_as_replicas(tmp_path):

@@ -4,7 +4,7 @@ import torch
 
 from actions import U1Gauge
 
-from .helpers import CNN, PHI4, REALNVP, U1, U1_TRANSLATION, Z2, Z2NICE, base_sample, field_distance, make_flow, maxabs, random_alpha
+from .helpers import CNN, PHI4, REALNVP, U1, U1_TRANSLATION, Z2, base_sample, field_distance, make_flow, maxabs, random_alpha
 
 # ---------------------------------------------------------------------------------------------------
 # Z2: φ → −φ

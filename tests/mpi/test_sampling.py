@@ -66,10 +66,13 @@ def test_flow_samplers_on_two_ranks_reproduce_the_free_field(world, shared_dir, 
     with h5py.File(master, "r") as f:
         log_w = f["log_weight"][:]
         chain = f["chain"][:] if "chain" in f else None
+        mc = f["mc_index"][:] if "mc_index" in f else None
     halves = np.split(log_w, 2)
     assert not np.allclose(halves[0][:8], halves[1][:8])
     if sampler == "nmcmc":
-        assert np.array_equal(np.bincount(chain), [2048, 2048])  # one chain per rank = two replicas
+        # 16 chains per rank (the default), numbered rank * 16 + c across the shards: 32 replicas
+        assert np.array_equal(np.bincount(chain), [128] * 32)
+        assert all(np.array_equal(np.sort(mc[chain == c]), np.arange(128)) for c in range(32))
     result = analyze(str(master)) if world.is_main else None
     result = world.bcast(None if result is None else result.as_dict())
     chi2 = result["observables"]["chi2 = V<m^2>"]

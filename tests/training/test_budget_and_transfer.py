@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 
 import pytest
 import torch
 
-from actions import Phi4
+from actions import Phi4, U1Gauge
 from latticeflow.config import ConfigError, config_from_dict
 from latticeflow.flows import Flow, GlobalScaling, StandardNormal, build_flow
 from latticeflow.gradients import reverse_kl
@@ -260,3 +259,31 @@ def test_latticeflow_train_with_init_and_seconds(tmp_path):
     budget = train(_config(tmp_path / "c", [4, 4], steps=10**6, seconds=0.5, scheduler="cosine"), progress=False)
     assert budget["stopped_by"] == "seconds" and 0 < budget["steps"] < 10**6 and budget["wall_time"] >= 0.5
     assert budget["final"]["step"] == budget["steps"] == load_checkpoint(tmp_path / "c" / "checkpoints" / "latest.pt")["step"]
+
+
+def test_init_from_another_beta_keeps_the_plaquette_marginal_of_the_new_beta(tmp_path):
+    """U(1) transfer in β: the couplings carry over, the plaquette-marginal layer keeps the exact
+    single-plaquette marginal of the new β (its own initialisation), not the old β's."""
+    from latticeflow.flows.u1_plaquette import PlaquetteMarginal
+
+    torch.manual_seed(0)
+    old_action, new_action = U1Gauge((4, 4), beta=3.0), U1Gauge((4, 4), beta=5.0)
+    old = build_flow({"family": "u1", "n_layers": 8}, old_action)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.01)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"flow": old.state_dict(), "theory": "u1",
+                           "config": "action: {theory: u1, shape: [4, 4], beta: 3.0}\n"})
+    new = build_flow({"family": "u1", "n_layers": 8}, new_action)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    _, adapted = init_flow_from(new, str(path), new_action)
+    marginal = [n for n, m in new.named_modules() if isinstance(m, PlaquetteMarginal)]
+    state = new.state_dict()
+    assert marginal and all(any(k.startswith(m + ".") for m in marginal) for k in adapted)
+    for k in state:
+        same_as = fresh if any(k.startswith(m + ".") for m in marginal) else old.state_dict()
+        assert torch.equal(state[k], same_as[k]), k
+    same_beta = build_flow({"family": "u1", "n_layers": 8}, old_action)  # same β: everything carries over
+    init_flow_from(same_beta, str(path), old_action)
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in same_beta.state_dict().items())
