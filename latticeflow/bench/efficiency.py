@@ -51,6 +51,7 @@ from ..flows.u1_plaquette import PlaquetteMarginal
 from ..samplers.hmc import HMC
 from ..samplers.nmcmc import nmcmc_chains
 from ..training import Trainer, transfer_state
+from ._json import strict as _strict
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
 
@@ -188,18 +189,6 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
     if plot:
         out["plot"] = plot_efficiency(out, plot)
     return json.loads(json.dumps(_strict(out), allow_nan=False))
-
-
-def _strict(obj):
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return _strict(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _tau_text(r: dict) -> str:

@@ -79,6 +79,7 @@ from ..analysis import forward_ess, reverse_ess
 from ..samplers.nmcmc import metropolize
 from .quality_reference import exact_log_z, reference_ensemble
 from .quality_report import format_quality_table, plot_quality_bench
+from ._json import strict as _strict
 
 __all__ = ["TARGETS", "FAMILIES", "QUICK_FAMILIES", "Target", "run_quality_bench", "format_quality_table",
            "plot_quality_bench", "reference_ensemble", "exact_log_z", "select"]
@@ -434,19 +435,6 @@ def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         time_to[str(thr)] = m if math.isfinite(m) else None
     return {"median": median, "time_to_ess": time_to, "n_seeds": len(finals),
             "n_errors": sum(f["error"] is not None for f in finals)}
-
-
-def _strict(obj):
-    """Strict-JSON data: NaN/inf → None, numpy scalars → Python, tuples → lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _strict(obj.item())
-    return obj
 
 
 def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float | None = None, quick: bool = False,

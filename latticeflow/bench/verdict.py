@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ._json import strict as _strict
+
 __all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]
 
 _PHI4_FREE = {"theory": "phi4", "shape": [8, 8], "kappa": 0.2, "lam": 0.0}
@@ -128,18 +130,6 @@ def _one(cfg_dict: dict[str, Any], quick: bool) -> dict[str, Any]:
             "miss": bool(max_pull > 4 and v["reliable"]), "off": bool(max_pull > 4),
             "acceptance": summary.get("acceptance"), "reverse_ess": summary.get("training", {}).get("final", {})
             .get("reverse_ess"), "khat": res.extra["checks"].get("khat"), "seconds": time.perf_counter() - t0}
-
-
-def _strict(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _strict(obj.item())
-    return obj
 
 
 def run_verdict_bench(*, quick: bool = False, well_trained: bool = True, progress=None) -> dict[str, Any]:

@@ -1,0 +1,21 @@
+"""Strict JSON for benchmark results: NaN/inf → null, numpy scalars → Python, tuples → lists."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["strict"]
+
+
+def strict(obj):
+    """``obj`` with every non-finite float replaced by None (json.dumps(..., allow_nan=False) then works)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return strict(obj.item())
+    return obj
