@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ProductMixture"]
 
 
 class GaussianMixture:
@@ -81,3 +81,62 @@ class GaussianMixture:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return (self.means[k] + self.sigmas[k, None] * eps).to(dtype)
+
+
+class ProductMixture:
+    """The path-gradient paper's forward-KL target: a product of 1D two-component mixtures on R^D,
+
+        p(x) = Π_i ½[N(x_i; +μ, σ²) + N(x_i; −μ, σ²)],
+
+    so 2^D equal-weight modes at (±μ, …, ±μ) (Vaitl, Winkler, Richter, Kessel, ICLR 2024, arXiv 2403.15881:
+    D = 6, μ = 1, σ = 0.5). Normalised: ln Z = 0 and S = −log p, with
+
+        S(x) = −Σ_i [log cosh(μ x_i/σ²) − (x_i² + μ²)/(2σ²) − ½ log(2πσ²)],
+        ∇S(x)_i = x_i/σ² − (μ/σ²) tanh(μ x_i/σ²).
+
+    Exact moments: ⟨x_i⟩ = 0, ⟨x_i²⟩ = μ² + σ², ⟨x_i⁴⟩ = μ⁴ + 6μ²σ² + 3σ⁴. Fields are ``x: (B, D)``.
+    """
+
+    theory = "gmm"
+
+    def __init__(self, dim: int = 6, mu: float = 1.0, sigma: float = 0.5) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        self.dim, self.mu, self.sigma = dim, float(mu), float(sigma)
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    shape = field_shape
+
+    @property
+    def couplings(self) -> dict[str, float]:
+        return {"dim": float(self.dim), "mu": self.mu, "sigma": self.sigma}
+
+    @property
+    def n_modes(self) -> int:
+        return 2 ** self.dim
+
+    log_z = 0.0  # normalised density
+
+    def action(self, x: torch.Tensor) -> torch.Tensor:
+        """S(x) = −log p(x), ``(B,)``; log cosh written stably as |a| + log1p(e^{−2|a|}) − log 2."""
+        s2 = self.sigma ** 2
+        a = (self.mu / s2) * x
+        log_cosh = a.abs() + torch.log1p(torch.exp(-2 * a.abs())) - math.log(2.0)
+        per_site = log_cosh - (x ** 2 + self.mu ** 2) / (2 * s2) - 0.5 * math.log(2 * math.pi * s2)
+        return -per_site.sum(-1)
+
+    def force(self, x: torch.Tensor) -> torch.Tensor:
+        """∇S(x) = x/σ² − (μ/σ²) tanh(μx/σ²), ``(B, D)``."""
+        s2 = self.sigma ** 2
+        return x / s2 - (self.mu / s2) * torch.tanh(self.mu * x / s2)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Exact samples ``(n, D)``: independent signs and Gaussian noise per coordinate."""
+        signs = torch.randint(0, 2, (n, self.dim), generator=generator).to(torch.float64) * 2 - 1
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.mu * signs + self.sigma * eps).to(dtype)

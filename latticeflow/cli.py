@@ -47,21 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
                                      "weak scaling at 1 and 2 ranks), quality (flow families on a grid of "
                                      "targets: ESS, KL, acceptance against wall time), verdict (calibration of the "
-                                     "trust verdict), efficiency (HMC vs neural MCMC for 2D U(1) against beta)")
+                                     "trust verdict), efficiency (HMC vs neural MCMC for 2D U(1) against beta), forward "
+                                     "(forward-KL estimators on a finite training set: test NLL against wall time)")
     p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality", "verdict",
-                                    "efficiency"],
+                                    "efficiency", "forward"],
                    help="which benchmark")
     p.add_argument("--seconds", type=float, default=None,
                    help="training: wall-time budget per estimator and theory (60); quality: overrides every "
-                        "target's budget; efficiency: HMC seconds per point (60)")
-    p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all)")
+                        "target's budget; efficiency: HMC seconds per point (60); forward: training seconds per run (120)")
+    p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all); forward: cases "
+                                                   "(gmm, phi4_1000, phi4_4000)")
     p.add_argument("--families", default=None,
                    help="quality: comma-separated family labels or flow family names (default all)")
     p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2); training: one run per seed (default 0)")
     p.add_argument("--plot-dir", default="bench_quality", help="quality: directory for one PNG per target")
     p.add_argument("--plot", default=None, help="training: PNG of ESS and gradient variance vs time "
                                                 "(bench_training.png); efficiency: PNG of tau_int(Q) and cost vs beta "
-                                                "(bench_efficiency.png)")
+                                                "(bench_efficiency.png); forward: PNG of test NLL vs time (bench_forward.png)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--sequential", action="store_true",
                    help="training: run the estimators one after the other instead of interleaved slices")
@@ -212,6 +214,15 @@ def _cmd_bench(args) -> int:
                                       {"hmc_seconds": args.seconds}, plot=args.plot or "bench_efficiency.png",
                                       progress=None if args.json else log)
         print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_efficiency_table(result))
+        return 0
+    if args.name == "forward":
+        from .bench.forward import format_forward_table, run_forward_bench
+
+        result = run_forward_bench(quick=args.quick, seconds=args.seconds, seeds=(args.seeds or "0,1,2").split(","),
+                                   cases=[c for c in args.targets.split(",") if c.strip()] if args.targets else None,
+                                   threads=args.threads, dtype=args.dtype, plot=args.plot or "bench_forward.png",
+                                   progress=None if args.json else (lambda m: print("  " + m, file=sys.stderr, flush=True)))
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_forward_table(result))
         return 0
     if args.name == "quality":
         from .bench.quality import format_quality_table, run_quality_bench

@@ -41,10 +41,22 @@ from .flows import SelfNormalizing, collect_reconstruction, self_normalized_trai
 from .gradients import forward_kl, reverse_kl
 
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosine_lr", "transfer_state",
-           "ArchitectureMismatch"]
+           "ArchitectureMismatch", "held_out_metrics", "best_checkpoint_path"]
 
 METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
-                 "steps_per_s", "wall_time", "n_skipped", "reconstruction")
+                 "steps_per_s", "wall_time", "n_skipped", "reconstruction", "val_nll", "val_forward_ess")
+
+
+@torch.no_grad()
+def held_out_metrics(flow, action, data: torch.Tensor, batch: int = 4096) -> dict[str, float]:
+    """NLL = −⟨log q(x)⟩ and forward ESS (log w = −S(x) − log q(x)) on held-out target samples ``data``."""
+    log_q, log_w = [], []
+    for chunk in torch.split(data, batch):
+        lq = flow.log_prob(chunk)
+        log_q.append(lq.double())
+        log_w.append((-action.action(chunk) - lq).double())
+    lq, lw = torch.cat(log_q), torch.cat(log_w)
+    return {"val_nll": float(-lq.mean()), "val_forward_ess": _safe(forward_ess, lw)}
 
 
 class TrainingError(RuntimeError):
@@ -170,7 +182,9 @@ class Trainer:
                  grad_clip: float | None = 1.0, scheduler: str | None = None, plateau_patience: int = 500,
                  plateau_factor: float = 0.5, data: torch.Tensor | None = None, forward_weight: float = 0.5,
                  seed: int = 0, max_bad_steps: int = 10, reconstruction_weight: float = 10.0,
-                 world: World | None = None, warmup_steps: int = 0, lr_min: float = 0.0) -> None:
+                 world: World | None = None, warmup_steps: int = 0, lr_min: float = 0.0,
+                 validation: torch.Tensor | None = None, validate_every: int | None = None,
+                 early_stopping: bool = False, patience: int | None = None) -> None:
         if objective not in ("reverse_kl", "forward_kl", "mixed"):
             raise ValueError(f"train.objective must be reverse_kl, forward_kl or mixed, got {objective!r}")
         if objective != "reverse_kl" and data is None:
@@ -209,6 +223,18 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         dtype = next(iter(flow.parameters()), torch.zeros(())).dtype  # e.g. float64 HMC samples, float32 flow
         self.data = None if data is None else torch.as_tensor(data).to(device=self.device, dtype=dtype)
+        # held-out target samples: NLL and forward ESS every `validate_every` steps (default: every logged row)
+        self.validation = None if validation is None else torch.as_tensor(validation).to(device=self.device, dtype=dtype)
+        if validate_every is not None and (isinstance(validate_every, bool) or validate_every < 1):
+            raise ValueError(f"train.validate_every must be an integer >= 1, got {validate_every!r}")
+        if early_stopping and self.validation is None:
+            raise ValueError("train.early_stopping needs held-out samples (train.validation)")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"train.patience must be an integer >= 1 or null, got {patience!r}")
+        self.validate_every, self.early_stopping, self.patience = validate_every, bool(early_stopping), patience
+        self.best: dict[str, Any] = {"val_nll": math.inf, "step": None, "flow": None}
+        self.since_best = 0  # validations without a new best
+        self.stopped_early = False
         init_torch_distributed(self.world, self.device)  # no-op with one rank or when already joined
         broadcast_module(flow, self.world)  # identical start on every rank, whatever the initialisation
         self.step_count = 0
@@ -317,7 +343,7 @@ class Trainer:
                                  f"got {self.scheduler.warmup_steps}")
             self.scheduler.steps, self.scheduler.seconds = n_steps, seconds
         self._elapsed = self.wall_time
-        if seconds is not None and self.wall_time >= seconds:
+        if self.stopped_early or (seconds is not None and self.wall_time >= seconds):
             return []  # the budget was spent before this process (its last step is in the checkpoint)
         if not self.world.is_main:
             metrics_path = checkpoint_path = None
@@ -360,7 +386,8 @@ class Trainer:
                 if self.step_count % log_every == 0 or last:
                     now = time.perf_counter()
                     good = max(acc.n_good, 1)
-                    row = {"step": self.step_count, "loss": acc.loss / good,
+                    row = {"step": self.step_count, "loss": acc.loss / good, "val_nll": float("nan"),
+                           "val_forward_ess": float("nan"),
                            "reverse_kl": acc.rev / acc.n_rev if acc.n_rev else float("nan"),
                            "forward_kl": acc.fwd / acc.n_fwd if acc.n_fwd else float("nan"),
                            "reverse_ess": acc.rev_ess / acc.n_rev if acc.n_rev else float("nan"),
@@ -369,6 +396,12 @@ class Trainer:
                            "steps_per_s": acc.n / max(now - t_last, 1e-9), "wall_time": self.wall_time + now - t_start,
                            "n_skipped": self.n_skipped,
                            "reconstruction": acc.rec / acc.n_rec if acc.n_rec else float("nan")}
+                    if self.validation is not None:
+                        every = self.validate_every or log_every
+                        if self.step_count % every == 0 or last or self.best["step"] is None:
+                            row.update(self._validate(checkpoint_path))
+                            out_of_time = out_of_time or self.stopped_early
+                            last = last or self.stopped_early
                     rows.append(row)
                     bar.set_postfix(kl=f"{row['loss']:.3f}", ess=f"{row['reverse_ess']:.3f}", refresh=False)
                     if writer is not None:
@@ -390,8 +423,33 @@ class Trainer:
                 fh.close()
         return rows
 
+    def _validate(self, checkpoint_path) -> dict[str, float]:
+        """Held-out metrics; with early stopping, a new best flow is kept (and written to ``best.pt`` beside
+        the checkpoint) and ``patience`` validations without one stop the training."""
+        metrics = held_out_metrics(self.flow, self.action, self.validation)
+        if metrics["val_nll"] < self.best["val_nll"]:
+            self.best = {"val_nll": metrics["val_nll"], "step": self.step_count,
+                         "flow": {k: v.detach().clone() for k, v in self.flow.state_dict().items()}}
+            self.since_best = 0
+            if self.early_stopping and checkpoint_path is not None:
+                from .io import save_checkpoint
+
+                save_checkpoint(best_checkpoint_path(checkpoint_path), self.state_dict())
+        else:
+            self.since_best += 1
+            if self.early_stopping and self.patience is not None and self.since_best >= self.patience:
+                self.stopped_early = True
+        return metrics
+
+    def restore_best(self) -> int | None:
+        """Load the best flow by validation NLL into ``self.flow``; returns its step (None: no validation yet)."""
+        if self.best["flow"] is not None:
+            self.flow.load_state_dict(self.best["flow"])
+        return self.best["step"]
+
     def state_dict(self) -> dict[str, Any]:
         return {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "best": self.best, "since_best": self.since_best, "stopped_early": self.stopped_early,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "generator": self.generator.get_state(), "step": self.step_count, "n_skipped": self.n_skipped,
                 "wall_time": self.wall_time,
@@ -409,6 +467,14 @@ class Trainer:
         self.n_skipped = int(state.get("n_skipped", 0))
         self.wall_time = float(state.get("wall_time", 0.0))
         self._elapsed = self.wall_time
+        self.best = state.get("best") or {"val_nll": math.inf, "step": None, "flow": None}
+        self.since_best = int(state.get("since_best", 0))
+        self.stopped_early = bool(state.get("stopped_early", False))
+
+
+def best_checkpoint_path(checkpoint_path: str | Path) -> Path:
+    """``best.pt`` beside a checkpoint: the state with the lowest validation NLL (train.early_stopping)."""
+    return Path(checkpoint_path).with_name("best.pt")
 
 
 # -- transfer between lattices ------------------------------------------------------------------------------

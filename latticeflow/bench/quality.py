@@ -135,7 +135,8 @@ _U1_FAMILIES = {
 FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
     "free8": dict(_PHI4_FAMILIES),
     "phi4_8": dict(_PHI4_FAMILIES),
-    "phi4_16x8": dict(_PHI4_FAMILIES),
+    "phi4_16x8": {**_PHI4_FAMILIES,
+                  "spline + zero mode": {"flow": {"family": "spline", "zero_mode": True}, "train": _SPLINE_TRAIN}},
     "u1_b2": dict(_U1_FAMILIES),
     "u1_b6": {**_U1_FAMILIES,
               "u1 spline, no marginal, annealed 2→4→6": {"flow": {"family": "u1", "marginal": False}, "train": {},

@@ -11,6 +11,9 @@ Keys (all optional; defaults depend on the family):
   n_components  NCP mixture components (U(1), transform ncp): 2
   fourier       φ⁴: a `FourierScaling` layer first, initialised from the quadratic part of the action
                 (the free field is exact at step 0): true for spline and z2affine, false for the others
+  zero_mode     φ⁴: a `ZeroModeSpline` after the Fourier layer: an odd spline of the magnetization M that moves
+                the whole field, y = x + (g(M) − M)·1, initialised from the mean-field magnetization density
+                (two vacua in the broken phase, identity where that density is unimodal): false
   n_bins, bound spline: K bins on [−bound, bound] with identity tails (φ⁴); U(1): K bins on the circle
   z2            spline: mirrored parameters, T(−z) = −T(z) (true)
   transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
@@ -40,6 +43,7 @@ Family ``snf`` (self-normalizing flows, Keller et al. 2021; see `latticeflow.flo
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +57,7 @@ from .spline import SplineCoupling
 from .u1 import NCPCoupling
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
+from .zero_mode import ZeroModeSpline
 
 __all__ = ["build_flow", "FLOW_FAMILIES", "flow_defaults"]
 
@@ -61,7 +66,7 @@ U1_FAMILIES = ("u1", "u1_ncp")
 DEFAULT_FAMILY = {"phi4": "spline", "u1": "u1"}
 _KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling",
          "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh", "dilation", "fourier",
-         "n_bins", "bound", "z2", "transform", "loops", "marginal"}
+         "n_bins", "bound", "z2", "transform", "loops", "marginal", "zero_mode"}
 U1_TRANSFORMS = ("spline", "ncp")
 
 
@@ -78,7 +83,7 @@ def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
                 "dilation": 1, "marginal": spline}
     opts = {"n_layers": 8, "conditioner": conditioner, "hidden": [16, 16] if conditioner == "cnn" else [256, 256],
             "kernel_size": 3, "activation": "tanh", "scaling": family == "z2nice", "dilation": 1,
-            "fourier": family in ("spline", "z2affine")}
+            "fourier": family in ("spline", "z2affine"), "zero_mode": False}
     if family == "spline":
         opts.update(n_bins=8, bound=4.0, z2=True)
     return opts
@@ -137,6 +142,12 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
     if not isinstance(opts["fourier"], bool):
         raise _err("fourier", f"must be true or false, got {opts['fourier']!r}")
     first = [FourierScaling.from_action(action)] if opts["fourier"] else []
+    if not isinstance(opts["zero_mode"], bool):
+        raise _err("zero_mode", f"must be true or false, got {opts['zero_mode']!r}")
+    if opts["zero_mode"]:
+        # the zero mode reaching the layer: N(0, e^{2a(0)}/V) after the Fourier layer, N(0, 1/V) without it
+        scale = math.exp(float(first[0].log_scale.detach().flatten()[0])) if first else 1.0
+        first.append(ZeroModeSpline.from_action(action, input_std=scale / math.sqrt(math.prod(shape))))
     if family == "spline":
         n_bins, bound, z2 = _check_spline(opts)
         if z2 and opts["activation"] not in ODD_ACTIVATIONS:

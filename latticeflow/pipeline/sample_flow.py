@@ -26,10 +26,13 @@ __all__ = ["load_flow", "sample_with_flow"]
 
 
 def load_flow(cfg: Config, checkpoint: str | Path | None = None):
-    """(action, flow) with the weights of ``checkpoint`` (default ``<output.dir>/checkpoints/latest.pt``)."""
+    """(action, flow) with the weights of ``checkpoint`` (default ``<output.dir>/checkpoints/latest.pt``, or
+    ``best.pt`` beside it with ``train.early_stopping``: the flow with the lowest validation NLL)."""
     action = build_action(cfg.action)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
     path = Path(checkpoint) if checkpoint else cfg.output_dir / "checkpoints" / "latest.pt"
+    if not checkpoint and cfg.train.early_stopping and (path.parent / "best.pt").is_file():
+        path = path.parent / "best.pt"
     if not path.is_file():
         raise ConfigError(f"sampler.name {cfg.sampler.name!r} needs a trained flow: checkpoint not found: {str(path)!r} "
                           f"(run 'latticeflow train' first or pass --checkpoint)")

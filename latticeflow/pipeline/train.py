@@ -82,12 +82,22 @@ def build_trainer(cfg: Config, world: World | None = None):
         raise ConfigError(f"train.data is 'reference' but {data_path} does not exist yet: 'latticeflow run' makes it "
                           f"first when sampler.reference_hmc > 0")
     data = load_target_samples(data_path, action, dtype, device) if t.data else None
+    validation = None
+    if isinstance(t.validation, float):
+        n_val = int(round(t.validation * data.shape[0]))
+        if not 1 <= n_val < data.shape[0]:
+            raise ConfigError(f"train.validation {t.validation} of {data.shape[0]} configurations leaves no "
+                              f"training or no validation samples")
+        data, validation = data[:-n_val], data[-n_val:]  # the latest stretch of Markov time is held out
+    elif isinstance(t.validation, str):
+        validation = load_target_samples(t.validation, action, dtype, device)
     trainer = Trainer(flow, action, objective=t.objective, estimator=t.estimator, forward_estimator=t.forward_estimator,
                       batch_size=t.batch_size, lr=t.lr, grad_clip=t.grad_clip, scheduler=t.scheduler,
                       plateau_patience=t.plateau_patience, plateau_factor=t.plateau_factor, data=data,
                       forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps,
                       reconstruction_weight=t.reconstruction_weight, world=world, warmup_steps=t.warmup_steps,
-                      lr_min=t.lr_min)
+                      lr_min=t.lr_min, validation=validation, validate_every=t.validate_every,
+                      early_stopping=t.early_stopping, patience=t.patience)
     return action, flow, trainer
 
 
@@ -184,13 +194,20 @@ def _plot(metrics_path: Path, out: Path) -> Path | None:
         rows = list(csv.DictReader(fh))
     if not rows:
         return None
-    col = {k: np.array([float(r[k]) for r in rows]) for k in METRIC_FIELDS}
+    col = {k: np.array([float(r.get(k) or "nan") for r in rows]) for k in METRIC_FIELDS}
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.5))
     a1.plot(col["step"], col["loss"]); a1.set_xlabel("step"); a1.set_ylabel("KL up to log Z")
-    for key, label in (("reverse_ess", "reverse ESS/N"), ("forward_ess", "forward ESS/N")):
+    if np.isfinite(col["val_nll"]).any():
+        ok = np.isfinite(col["val_nll"])
+        a1b = a1.twinx()
+        a1b.plot(col["step"][ok], col["val_nll"][ok], color="C3", label="held-out NLL")
+        a1b.set_ylabel("held-out NLL −⟨log q⟩"); a1b.legend(loc="upper right")
+    for key, label in (("reverse_ess", "reverse ESS/N"), ("forward_ess", "forward ESS/N"),
+                       ("val_forward_ess", "held-out forward ESS/N")):
         if np.isfinite(col[key]).any():
-            a2.plot(col["step"], col[key], label=label)
-            a3.plot(col["wall_time"], col[key], label=label)
+            ok = np.isfinite(col[key])
+            a2.plot(col["step"][ok], col[key][ok], label=label)
+            a3.plot(col["wall_time"][ok], col[key][ok], label=label)
     a2.set_xlabel("step"); a3.set_xlabel("wall time [s]")
     for a in (a2, a3):
         a.set_ylabel("ESS / N"); a.set_ylim(0, 1); a.legend()
@@ -249,5 +266,9 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
     plot = _plot(metrics, out / "plots")
     if plot is not None:
         summary["plot"] = str(plot)
+    if trainer.validation is not None:
+        summary["validation"] = {"n": int(trainer.validation.shape[0]), "best_step": trainer.best["step"],
+                                 "best_val_nll": trainer.best["val_nll"], "stopped_early": trainer.stopped_early,
+                                 "best_checkpoint": str(ckpt.with_name("best.pt")) if cfg.train.early_stopping else None}
     (out / "train_summary.json").write_text(json_dumps(summary))
     return summary

@@ -28,6 +28,8 @@ CONFIGS = {
     "spline-fc": {"family": "spline", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32], "n_bins": 4, "bound": 2.5},
     "spline_plain-cnn": {"family": "spline", "z2": False, "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8],
                          "n_bins": 4, "bound": 2.5, "fourier": False, "activation": "silu", "dilation": [1, 2, 1]},
+    "spline-zm-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [8, 8], "n_bins": 4,
+                      "bound": 2.5, "zero_mode": True},  # Fourier + ZeroModeSpline (broken-phase init) first
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},

@@ -33,7 +33,10 @@ def test_z2_equivariant_flow_log_q_is_z2_symmetric(name):
     assert maxabs(flow.log_prob(-phi) - log_q) < 1e-12
     # also off the flow's samples: arbitrary fields, incl. a broken-phase-like one
     phi = 1.5 + torch.randn(4, *phi.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
-    assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) < 1e-12
+    # the zero-mode spline is steep (g' up to 1e4) between its vacua, where these fields' M lies: round-off
+    # in M is amplified there, so its tolerance is relative (|log q| ~ 100)
+    tol = 1e-12 if "zm" not in name else 1e-12 * max(1.0, maxabs(flow.log_prob(phi)))
+    assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) < tol
 
 
 @pytest.mark.parametrize("name", REALNVP + ["spline_plain-cnn"])

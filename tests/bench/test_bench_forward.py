@@ -1,0 +1,57 @@
+"""`bench forward --quick`: the JSON structure of the forward-KL estimator comparison (GMM d = 6 product
+mixture and φ⁴ from HMC configurations), the overfitting rule, the table and the plot."""
+import json
+import math
+
+import pytest
+import torch
+
+from latticeflow.bench.forward import ESTIMATORS, QUICK, _overfit, format_forward_table, run_forward_bench
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    torch.set_num_threads(1)
+    plot = tmp_path_factory.mktemp("fwd") / "fwd.png"
+    return run_forward_bench(quick=True, plot=str(plot)), plot
+
+
+def test_quick_forward_json_structure(quick):
+    result, plot = quick
+    json.dumps(result, allow_nan=False)
+    assert result["benchmark"] == "forward" and result["seeds"] == [0]
+    assert list(result["cases"]) == list(QUICK["cases"])
+    for case, entry in result["cases"].items():
+        assert entry["n_train"] == QUICK["n_train"] and entry["n_test"] == QUICK["n_test"]
+        assert set(entry["estimators"]) == set(ESTIMATORS)
+        for est, e in entry["estimators"].items():
+            (run,) = e["runs"]
+            assert run["steps"] > 0 and run["steps_per_s"] > 0
+            curve = run["curve"]
+            assert curve[0]["step"] == 0 and curve[-1]["step"] == run["steps"]
+            assert all(b["seconds"] > a["seconds"] for a, b in zip(curve, curve[1:]))
+            for point in curve:
+                assert math.isfinite(point["train_nll"]) and math.isfinite(point["test_nll"])
+                assert 0 <= point["test_forward_ess"] <= 1 and 0 <= point["reverse_ess"] <= 1
+            assert run["best_test_nll"] <= run["final"]["test_nll"]
+            assert set(e["median"]) >= {"train_nll", "test_nll", "test_forward_ess", "reverse_ess"}
+        c = entry["fast_path_vs_standard"]
+        assert c["n_seeds"] == 1 and c["lower_test_nll"] in (0, 1)
+    # the GMM NLL is exact (ln Z = 0): at any step it is at least about the entropy of the target
+    gmm = result["cases"]["gmm"]["estimators"]["standard"]["runs"][0]["final"]
+    assert gmm["test_nll"] > 8.0  # entropy of the target: 6 × 1.42 nats
+    assert plot.is_file() and plot.stat().st_size > 1000
+    table = format_forward_table(result)
+    assert "fast_path vs ML" in table and "gmm" in table
+
+
+def test_overfit_rule():
+    rising = [{"train_nll": 5 - 0.1 * i, "test_nll": 5 - 0.1 * i if i < 5 else 4.5 + 0.05 * (i - 5)} for i in range(10)]
+    assert _overfit(rising, 0.02)
+    falling = [{"train_nll": 5 - 0.1 * i, "test_nll": 5 - 0.1 * i} for i in range(10)]
+    assert not _overfit(falling, 0.02)
+
+
+def test_unknown_case_is_one_line():
+    with pytest.raises(ValueError, match="unknown case 'nope'"):
+        run_forward_bench(cases=["nope"], plot=None)
