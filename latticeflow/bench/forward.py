@@ -9,7 +9,8 @@ the same initialisation on the same finite training set for the same wall time (
 
 - ``gmm``: the product mixture in d = 6 (`actions.ProductMixture`, two Gaussians per coordinate at ±1,
   σ = 0.5, 2⁶ modes; ln Z = 0, so the NLL is exact), 10 000 exact training and 10 000 exact test samples,
-  RealNVP (fully connected conditioners);
+  RealNVP with 4 couplings and fully connected conditioners of 4 × 256 (the paper's 6 × 500 makes 4× fewer
+  steps per second on 2 cores);
 - ``phi4_1000`` / ``phi4_4000``: φ⁴ 8×8, κ = 0.25, λ = 0.5, trained on 1000 / 4000 HMC configurations with
   an independent HMC test set (another seed), the default spline flow.
 
@@ -20,8 +21,12 @@ ln Z (the same constant for every estimator). Returns strict JSON::
     {"benchmark": "forward", "quick", "threads", "seconds", "seeds", "cases": {case: {"description",
      "n_train", "n_test", "flow", "train": {…}, "estimators": {est: {"runs": [{"seed", "steps", "steps_per_s",
      "curve": [{"seconds", "step", "train_nll", "test_nll", "test_forward_ess", "reverse_ess"}, …],
-     "final": {…}, "best_test_nll", "overfit"}, …], "median": {…}}}, "fast_path_vs_standard":
-     {"lower_test_nll", "higher_test_forward_ess", "n_seeds"}}}, "plot"}
+     "final": {…}, "last_fifth": {…}, "best_test_nll", "overfit"}, …], "median": {…}, "median_last_fifth": {…}}},
+     "fast_path_vs_standard": {"lower_test_nll", "higher_test_forward_ess", "…_last_fifth", "n_seeds"}}}, "plot"}
+
+``final`` is the last evaluation; ``last_fifth`` the medians over the last 4 of the 20 evaluations (the last
+fifth of the budget), since the forward ESS of a single evaluation is dominated by the few test samples
+with the largest p/q and jumps between evaluations.
 
 ``overfit`` = the test NLL rose by more than 0.02 nats (d = 6) / 0.1 % (φ⁴) from its minimum while the
 training NLL kept falling.
@@ -54,10 +59,11 @@ CASES: dict[str, dict[str, Any]] = {
     "phi4_4000": {"description": "φ⁴ 8×8 κ=0.25 λ=0.5, 4000 HMC configurations", "n_train": 4000, "n_test": 4000,
                   "flow": {"family": "spline"}, "train": {"batch_size": 256, "lr": 1e-3}},
 }
-SECONDS = {"gmm": 120.0, "phi4_1000": 120.0, "phi4_4000": 120.0}
+SECONDS = {"gmm": 60.0, "phi4_1000": 60.0, "phi4_4000": 60.0}
 QUICK = {"cases": ("gmm", "phi4_1000"), "seconds": 2.0, "n_train": 512, "n_test": 512,
          "gmm_flow": {"family": "realnvp", "conditioner": "fc", "n_layers": 2, "hidden": [32]}, "hmc_chains": 8}
 N_EVAL = 20  # evaluations per run (evenly spaced in training time)
+LAST = 4  # "last_fifth": medians over the last 4 of the 20 evaluations (the ESS of one evaluation is noisy)
 OVERFIT_TOL = {"gmm": 0.02, "phi4": 1e-3}
 
 
@@ -133,8 +139,10 @@ def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, 
             curve.append({"seconds": elapsed, "step": trainer.step_count,
                           **_evaluate(flow, target, train_sub, test, n_rev)})
     tol = OVERFIT_TOL["gmm"] if case == "gmm" else OVERFIT_TOL["phi4"] * abs(curve[0]["test_nll"])
+    tail = curve[-LAST:]
+    last = {k: float(np.median([c[k] for c in tail])) for k in ("train_nll", "test_nll", "test_forward_ess", "reverse_ess")}
     return {"seed": seed, "steps": trainer.step_count, "steps_per_s": trainer.step_count / max(elapsed, 1e-9),
-            "curve": curve, "final": curve[-1], "best_test_nll": min(c["test_nll"] for c in curve),
+            "curve": curve, "final": curve[-1], "last_fifth": last, "best_test_nll": min(c["test_nll"] for c in curve),
             "overfit": _overfit(curve, tol)}
 
 
@@ -172,6 +180,8 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
         for est, e in entry["estimators"].items():
             e["median"] = {k: float(np.median([r["final"][k] for r in e["runs"]]))
                            for k in ("train_nll", "test_nll", "test_forward_ess", "reverse_ess")}
+            e["median_last_fifth"] = {k: float(np.median([r["last_fifth"][k] for r in e["runs"]]))
+                                      for k in ("train_nll", "test_nll", "test_forward_ess", "reverse_ess")}
             e["median"]["steps_per_s"] = float(np.median([r["steps_per_s"] for r in e["runs"]]))
             e["n_overfit"] = int(sum(r["overfit"] for r in e["runs"]))
         fp, ml = entry["estimators"]["fast_path"]["runs"], entry["estimators"]["standard"]["runs"]
@@ -179,7 +189,11 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
             "n_seeds": len(seeds),
             "lower_test_nll": int(sum(a["final"]["test_nll"] < b["final"]["test_nll"] for a, b in zip(fp, ml))),
             "higher_test_forward_ess": int(sum(a["final"]["test_forward_ess"] > b["final"]["test_forward_ess"]
-                                               for a, b in zip(fp, ml)))}
+                                               for a, b in zip(fp, ml))),
+            "lower_test_nll_last_fifth": int(sum(a["last_fifth"]["test_nll"] < b["last_fifth"]["test_nll"]
+                                                 for a, b in zip(fp, ml))),
+            "higher_test_forward_ess_last_fifth": int(sum(
+                a["last_fifth"]["test_forward_ess"] > b["last_fifth"]["test_forward_ess"] for a, b in zip(fp, ml)))}
         out["cases"][case] = entry
     if plot:
         out["plot"] = plot_forward_bench(out, plot)
@@ -228,5 +242,7 @@ def format_forward_table(result: dict[str, Any]) -> str:
                          f"{m['test_forward_ess']:>8.3f} {m['reverse_ess']:>8.3f} {e['n_overfit']:>4}/{len(e['runs'])}")
         c = entry["fast_path_vs_standard"]
         lines.append(f"{'':<10} fast_path vs ML: lower test NLL in {c['lower_test_nll']}/{c['n_seeds']} seeds, "
-                     f"higher test forward ESS in {c['higher_test_forward_ess']}/{c['n_seeds']}")
+                     f"higher test forward ESS in {c['higher_test_forward_ess']}/{c['n_seeds']} (last fifth: "
+                     f"{c['lower_test_nll_last_fifth']}/{c['n_seeds']}, {c['higher_test_forward_ess_last_fifth']}/"
+                     f"{c['n_seeds']})")
     return "\n".join(lines)

@@ -13,10 +13,12 @@ from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collec
                   self_normalized_training)
 from .u1 import NCPCoupling, ncp_inverse, ncp_mixture
 from .u1_plaquette import PlaquetteMarginal
+from .zero_mode import ZeroModeSpline
 
 __all__ = [
     "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "build_flow", "flow_defaults", "FLOW_FAMILIES",
     "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture", "PlaquetteMarginal",
+    "ZeroModeSpline",
     "FlowError", "NotInvertibleError", "DomainError",
     "SelfNormDense", "SelfNormConv", "SelfNormalizing", "OddPower", "collect_reconstruction",
     "self_normalized_training",

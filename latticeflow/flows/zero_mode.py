@@ -115,7 +115,8 @@ class ZeroModeSpline(Bijection):
         m = np.linspace(-2 * vacuum, 2 * vacuum, 40001)
         density = mean_field_magnetization_density(shape, kappa, lam, m)
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(m))])
-        cdf /= cdf[-1]
+        norm = cdf[-1]  # trapezoidal ∫ p(m) dm
+        cdf /= norm
         z_max = 4.0
         probs = np.linspace(ndtr(-z_max), ndtr(z_max), n_bins + 1)  # equal-probability bins
         x = sigma0 * ndtri(probs)
@@ -124,7 +125,7 @@ class ZeroModeSpline(Bijection):
         b_in, b_out = float(x[-1]), float(y[-1])
         # knot derivatives: density ratio p_in(x_k)/p_out(y_k), bounded
         p_in = np.exp(-0.5 * (x / sigma0) ** 2) / (sigma0 * math.sqrt(2 * math.pi))
-        p_out = np.interp(y, m, density) / np.trapezoid(density, m)
+        p_out = np.interp(y, m, density) / norm
         slopes = np.clip(p_in / np.maximum(p_out, 1e-300), MIN_DERIVATIVE * 10, MAX_INIT_DERIVATIVE)[1:-1]
         widths = _inverse_softmax(np.diff(x) / (2 * b_in), n_bins)
         heights = _inverse_softmax(np.diff(y) / (2 * b_out), n_bins)

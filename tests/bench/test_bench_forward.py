@@ -34,9 +34,10 @@ def test_quick_forward_json_structure(quick):
                 assert math.isfinite(point["train_nll"]) and math.isfinite(point["test_nll"])
                 assert 0 <= point["test_forward_ess"] <= 1 and 0 <= point["reverse_ess"] <= 1
             assert run["best_test_nll"] <= run["final"]["test_nll"]
+            assert set(run["last_fifth"]) == {"train_nll", "test_nll", "test_forward_ess", "reverse_ess"}
             assert set(e["median"]) >= {"train_nll", "test_nll", "test_forward_ess", "reverse_ess"}
         c = entry["fast_path_vs_standard"]
-        assert c["n_seeds"] == 1 and c["lower_test_nll"] in (0, 1)
+        assert c["n_seeds"] == 1 and c["lower_test_nll"] in (0, 1) and c["lower_test_nll_last_fifth"] in (0, 1)
     # the GMM NLL is exact (ln Z = 0): at any step it is at least about the entropy of the target
     gmm = result["cases"]["gmm"]["estimators"]["standard"]["runs"][0]["final"]
     assert gmm["test_nll"] > 8.0  # entropy of the target: 6 × 1.42 nats
