@@ -14,7 +14,21 @@ import torch
 __all__ = ["GaussianMixture", "ProductMixture"]
 
 
-class GaussianMixture:
+class _VectorTarget:
+    """A density on R^D: fields ``x: (B, D)``; ``shape`` = ``field_shape`` = (D,)."""
+
+    dim: int
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+
+class GaussianMixture(_VectorTarget):
     """Isotropic Gaussian mixture in ``dim`` dimensions.
 
     By default, ``n_components`` means are drawn uniformly from [−``spread``, ``spread``]^D with a fixed
@@ -51,12 +65,6 @@ class GaussianMixture:
         self.means, self.sigmas, self.weights = means_t, sig, w / w.sum()
 
     @property
-    def field_shape(self) -> tuple[int, ...]:
-        return (self.dim,)
-
-    shape = field_shape
-
-    @property
     def couplings(self) -> dict[str, float]:
         return {}
 
@@ -83,7 +91,7 @@ class GaussianMixture:
         return (self.means[k] + self.sigmas[k, None] * eps).to(dtype)
 
 
-class ProductMixture:
+class ProductMixture(_VectorTarget):
     """The path-gradient paper's forward-KL target: a product of 1D two-component mixtures on R^D,
 
         p(x) = Π_i ½[N(x_i; +μ, σ²) + N(x_i; −μ, σ²)],
@@ -105,12 +113,6 @@ class ProductMixture:
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")
         self.dim, self.mu, self.sigma = dim, float(mu), float(sigma)
-
-    @property
-    def field_shape(self) -> tuple[int, ...]:
-        return (self.dim,)
-
-    shape = field_shape
 
     @property
     def couplings(self) -> dict[str, float]:

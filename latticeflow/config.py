@@ -69,7 +69,7 @@ class TrainConfig:
     start the training (same architecture, any lattice size, coupling or β); a resume takes precedence.
     ``validation`` (forward-KL / mixed training): a fraction in (0, 1) of ``data`` held out (the last
     configurations, so the held-out block is the latest stretch of Markov time), or a second ensemble file;
-    its NLL −⟨log q⟩ and forward ESS go into metrics.csv every ``validate_every`` steps (default
+    its NLL −⟨log q⟩ and forward ESS go into metrics.csv every ``validate_every`` steps (a multiple of ``log_every``; default
     ``log_every``). ``early_stopping``: keep the flow with the lowest validation NLL (``best.pt``; sampling
     uses it) and, with ``patience``, stop after that many validations without a new best.
     """
@@ -289,6 +289,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.early_stopping must be true or false, got {t.early_stopping!r}")
     if t.early_stopping and t.validation is None:
         raise ConfigError("train.early_stopping needs train.validation (a held-out fraction or file)")
+    if t.validate_every is not None and t.log_every >= 1 and t.validate_every % t.log_every:
+        raise ConfigError(f"train.validate_every must be a multiple of train.log_every ({t.log_every}), "
+                          f"got {t.validate_every}")
     for key in ("validate_every", "patience"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1 or null, got {getattr(t, key)}")

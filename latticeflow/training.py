@@ -343,6 +343,9 @@ class Trainer:
                                  f"got {self.scheduler.warmup_steps}")
             self.scheduler.steps, self.scheduler.seconds = n_steps, seconds
         self._elapsed = self.wall_time
+        if self.validate_every is not None and self.validate_every % log_every:
+            raise ValueError(f"train.validate_every ({self.validate_every}) must be a multiple of train.log_every "
+                             f"({log_every}): validation runs on logged rows")
         if self.stopped_early or (seconds is not None and self.wall_time >= seconds):
             return []  # the budget was spent before this process (its last step is in the checkpoint)
         if not self.world.is_main:
@@ -400,6 +403,8 @@ class Trainer:
                         every = self.validate_every or log_every
                         if self.step_count % every == 0 or last or self.best["step"] is None:
                             row.update(self._validate(checkpoint_path))
+                            if self.world.distributed:  # one decision for all ranks (round-off may differ)
+                                self.stopped_early = bool(self.world.bcast(self.stopped_early))
                             out_of_time = out_of_time or self.stopped_early
                             last = last or self.stopped_early
                     rows.append(row)

@@ -181,7 +181,9 @@ def _last_row(path: Path) -> dict[str, float]:
         return {}
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {k: int(float(v)) if k in ("step", "n_skipped") else float(v) for k, v in rows[-1].items()} if rows else {}
+    num = lambda v: float(v) if v not in (None, "") else float("nan")  # noqa: E731  (older files: no val columns)
+    return {k: int(num(v)) if k in ("step", "n_skipped") else num(v) for k, v in rows[-1].items()
+            if k is not None} if rows else {}
 
 
 def _plot(metrics_path: Path, out: Path) -> Path | None:
@@ -255,7 +257,8 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
                          metrics_path=metrics, checkpoint_path=ckpt, checkpoint_every=cfg.train.checkpoint_every,
                          progress=progress)
     last = rows[-1] if rows else _last_row(metrics)  # nothing left to do: the row of the last step
-    stopped_by = "seconds" if trainer.step_count < cfg.train.steps else "steps"
+    stopped_by = ("early_stopping" if trainer.stopped_early else
+                  "seconds" if trainer.step_count < cfg.train.steps else "steps")
     summary = {"steps": trainer.step_count, "resumed_from": resumed_from, "seconds": time.perf_counter() - t0,
                "wall_time": trainer.wall_time, "stopped_by": stopped_by, "init_from": init_from,
                "n_skipped": trainer.n_skipped, "final": last, "checkpoint": str(ckpt), "metrics": str(metrics),

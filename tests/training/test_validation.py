@@ -114,6 +114,8 @@ def test_config_errors_of_early_stopping():
         config_from_dict({**BASE, "train": {"validation": 0.2}})
     with pytest.raises(ConfigError, match="train.patience"):
         config_from_dict({**BASE, "train": {**fwd, "validation": 0.2, "early_stopping": True, "patience": 0}})
+    with pytest.raises(ConfigError, match="train.validate_every must be a multiple of train.log_every"):
+        config_from_dict({**BASE, "train": {**fwd, "validation": 0.2, "validate_every": 25, "log_every": 10}})
     cfg = config_from_dict({**BASE, "train": {**fwd, "validation": "other.h5"}})
     assert cfg.train.validation == "other.h5"
 
