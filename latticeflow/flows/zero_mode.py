@@ -21,7 +21,10 @@ every site at once. Local couplings cannot agree on one sign across the lattice 
 layer moves the whole field into a vacuum in one step. `ZeroModeSpline.from_action` initialises g as the
 quantile map from the Gaussian zero mode that the layer receives (N(0, σ₀²)) to the constant-field
 (mean-field) magnetization density p(m) ∝ exp(−V[(1 − 2λ − 2dκ) m² + λ m⁴]); training refines it. Where that
-density is unimodal (symmetric phase) the layer starts as the identity.
+density is unimodal (symmetric phase) the layer starts as the identity. Caveat: the mean-field test
+(1 − 2λ − 2dκ < 0) calls more couplings broken than are (every κ ≥ 0 at λ ≥ 0.5), so use the layer only
+where the phase is known to be broken. Measured (`bench quality --targets phi4_16x8`, 240 s): it does not
+improve the broken-phase target over the plain spline flow; hence ``flow.zero_mode`` is off by default.
 """
 from __future__ import annotations
 
