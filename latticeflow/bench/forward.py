@@ -75,7 +75,7 @@ def _phi4_action():
 
 def _phi4_samples(n: int, seed: int, chains: int) -> torch.Tensor:
     """n HMC configurations of the φ⁴ case (float64), `quality_reference.reference_ensemble`."""
-    from .quality import TARGETS
+    from .quality_targets import TARGETS
     from .quality_reference import reference_ensemble
 
     return reference_ensemble(TARGETS["phi4_8"], n_chains=chains, n_configurations=n, seed=seed)["x"][:n]

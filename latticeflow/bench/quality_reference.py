@@ -12,7 +12,7 @@ from actions.exact import free_field_log_z, u1_charge_distribution, u1_log_z, u1
 from ..samplers.hmc import HMC
 
 if TYPE_CHECKING:
-    from .quality import Target
+    from .quality_targets import Target
 
 __all__ = ["exact_log_z", "reference_ensemble"]
 
