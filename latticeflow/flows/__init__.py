@@ -7,7 +7,7 @@ Families: ``realnvp`` and ``z2nice`` for φ⁴ (checkerboard couplings), ``u1_nc
 from .base import Bijection, DomainError, FlowError, NotInvertibleError
 from .build import FLOW_FAMILIES, build_flow, flow_defaults
 from .coupling import Coupling
-from .flow import Flow, StandardNormal, UniformAngles
+from .flow import Flow, StandardNormal, UniformAngles, VacuumMixture
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling
 from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction,
                   self_normalized_training)
@@ -16,7 +16,7 @@ from .u1_plaquette import PlaquetteMarginal
 from .zero_mode import ZeroModeSpline
 
 __all__ = [
-    "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "build_flow", "flow_defaults", "FLOW_FAMILIES",
+    "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "VacuumMixture", "build_flow", "flow_defaults", "FLOW_FAMILIES",
     "AffineCoupling", "AdditiveCoupling", "GlobalScaling", "NCPCoupling", "ncp_inverse", "ncp_mixture", "PlaquetteMarginal",
     "ZeroModeSpline",
     "FlowError", "NotInvertibleError", "DomainError",

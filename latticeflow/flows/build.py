@@ -11,6 +11,11 @@ Keys (all optional; defaults depend on the family):
   n_components  NCP mixture components (U(1), transform ncp): 2
   fourier       φ⁴: a `FourierScaling` layer first, initialised from the quadratic part of the action
                 (the free field is exact at step 0): true for spline and z2affine, false for the others
+  vacua         φ⁴: auto | true | false. The base and the Fourier layer's start come from the Gaussian
+                variational method (`latticeflow.flows.vacuum`): broken = a `VacuumMixture` base
+                ½N(+m·1, 1) + ½N(−m·1, 1) with the fluctuation kernel around ±φ₀, symmetric = N(0, 1) with
+                the Hartree kernel; auto takes the lower variational free energy (the better KL at step 0).
+                auto for spline and z2affine, false for the others (true/auto need kappa, lam)
   zero_mode     φ⁴: a `ZeroModeSpline` after the Fourier layer: an odd spline of the magnetization M that moves
                 the whole field, y = x + (g(M) − M)·1, initialised from the mean-field magnetization density
                 (two vacua in the broken phase, identity where that density is unimodal): false
@@ -47,9 +52,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from .base import FlowError
 from .conditioners import ACTIVATIONS, ODD_ACTIVATIONS
-from .flow import Flow, StandardNormal, UniformAngles
+from .flow import Flow, StandardNormal, UniformAngles, VacuumMixture
 from .fourier import FourierScaling
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling, Z2AffineCoupling
 from .snf import GRADIENTS, OddPower, SelfNormConv, SelfNormDense
@@ -57,6 +64,7 @@ from .spline import SplineCoupling
 from .u1 import NCPCoupling
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
+from .vacuum import choose_vacuum
 from .zero_mode import ZeroModeSpline
 
 __all__ = ["build_flow", "FLOW_FAMILIES", "flow_defaults"]
@@ -66,7 +74,7 @@ U1_FAMILIES = ("u1", "u1_ncp")
 DEFAULT_FAMILY = {"phi4": "spline", "u1": "u1"}
 _KEYS = {"family", "n_layers", "conditioner", "hidden", "kernel_size", "activation", "n_components", "scaling",
          "layer", "nonlinearity", "couplings", "gradient", "direction", "block", "refresh", "dilation", "fourier",
-         "n_bins", "bound", "z2", "transform", "loops", "marginal", "zero_mode"}
+         "n_bins", "bound", "z2", "transform", "loops", "marginal", "zero_mode", "vacua"}
 U1_TRANSFORMS = ("spline", "ncp")
 
 
@@ -83,7 +91,8 @@ def flow_defaults(family: str, conditioner: str = "cnn") -> dict[str, Any]:
                 "dilation": 1, "marginal": spline}
     opts = {"n_layers": 8, "conditioner": conditioner, "hidden": [16, 16] if conditioner == "cnn" else [256, 256],
             "kernel_size": 3, "activation": "tanh", "scaling": family == "z2nice", "dilation": 1,
-            "fourier": family in ("spline", "z2affine"), "zero_mode": False}
+            "fourier": family in ("spline", "z2affine"), "zero_mode": False,
+            "vacua": "auto" if family in ("spline", "z2affine") else False}
     if family == "spline":
         opts.update(n_bins=8, bound=4.0, z2=True)
     return opts
@@ -141,9 +150,9 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
         return _build_snf(shape, action.field_shape, opts, common)
     if not isinstance(opts["fourier"], bool):
         raise _err("fourier", f"must be true or false, got {opts['fourier']!r}")
-    first = [FourierScaling.from_action(action)] if opts["fourier"] else []
     if not isinstance(opts["zero_mode"], bool):
         raise _err("zero_mode", f"must be true or false, got {opts['zero_mode']!r}")
+    base, first = _phi4_start(action, opts)
     if opts["zero_mode"]:
         # the zero mode reaching the layer: N(0, e^{2a(0)}/V) after the Fourier layer, N(0, 1/V) without it
         scale = math.exp(float(first[0].log_scale.detach().flatten()[0])) if first else 1.0
@@ -153,12 +162,12 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
         if z2 and opts["activation"] not in ODD_ACTIVATIONS:
             raise _err("activation", f"must be odd for a Z2-equivariant spline (tanh), got {opts['activation']!r}")
         layers = [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound, z2=z2, **common) for i in range(n_layers)]
-        return Flow(StandardNormal(action.field_shape), first + layers)
+        return Flow(base, first + layers)
     if family == "z2affine":
         if opts["activation"] not in ODD_ACTIVATIONS:
             raise _err("activation", f"must be odd for z2affine (tanh), got {opts['activation']!r}")
         layers = [Z2AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
-        return Flow(StandardNormal(action.field_shape), first + layers)
+        return Flow(base, first + layers)
     if family == "z2nice":
         if opts["activation"] not in ODD_ACTIVATIONS:
             raise _err("activation", f"must be odd for z2nice (tanh), got {opts['activation']!r}")
@@ -167,7 +176,32 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
             layers.append(GlobalScaling(shape, per_site=opts["conditioner"] == "fc"))
     else:
         layers = [AffineCoupling(shape, i % 2, **common) for i in range(n_layers)]
-    return Flow(StandardNormal(action.field_shape), first + layers)
+    return Flow(base, first + layers)
+
+
+def _phi4_start(action, opts: dict[str, Any]) -> tuple[StandardNormal | VacuumMixture, list]:
+    """The base density and the Fourier layer (if any) of a φ⁴ coupling flow, from ``fourier`` and ``vacua``."""
+    vacua = opts["vacua"]
+    if vacua not in ("auto", True, False):
+        raise _err("vacua", f"must be auto, true or false, got {vacua!r}")
+    has_couplings = all(hasattr(action, k) for k in ("kappa", "lam"))
+    if vacua is True and not has_couplings:
+        raise _err("vacua", f"needs a φ⁴ action with kappa and lam, got {type(action).__name__}")
+    if opts["zero_mode"]:
+        if vacua is True:
+            raise _err("vacua", "and flow.zero_mode both move the magnetization: set one of them false")
+        vacua = False  # the zero-mode layer takes the place of the broken base
+    vacuum = None
+    if vacua is not False and has_couplings:
+        vacuum = choose_vacuum(action.shape, float(action.kappa), float(action.lam), vacua)
+    if vacuum is None or not vacuum.broken:
+        first = [FourierScaling.from_action(action)] if opts["fourier"] else []
+        return StandardNormal(action.field_shape), first
+    if not opts["fourier"]:
+        return VacuumMixture(action.field_shape, vacuum.phi0), []
+    # the base zero mode m·1 is scaled by e^{a(0)} = K(0)^{-1/2}: m = φ₀ √K(0) lands it on ±φ₀
+    layer = FourierScaling(action.shape, -0.5 * np.log(vacuum.kernel))
+    return VacuumMixture(action.field_shape, vacuum.phi0 * math.sqrt(float(vacuum.kernel.flat[0]))), [layer]
 
 
 def _check_dilation(dilation: Any, n_conv: int) -> int | list[int]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from .base import Bijection, DomainError, FlowError, sum_sites
 
-__all__ = ["StandardNormal", "UniformAngles", "Flow"]
+__all__ = ["StandardNormal", "VacuumMixture", "UniformAngles", "Flow"]
 
 
 class _Base(nn.Module):
@@ -42,6 +42,45 @@ class StandardNormal(_Base):
 
     def score(self, z: torch.Tensor) -> torch.Tensor:
         return -z.detach()
+
+
+class VacuumMixture(_Base):
+    """Two global vacua: q₀(z) = ½ Π_x N(z_x; +m, 1) + ½ Π_x N(z_x; −m, 1), one sign s = ±1 for the whole field.
+
+    log q₀ = −½ Σ z² − ½ D m² + ln cosh(m Σ z) − (D/2) ln 2π; score ∇ log q₀ = −z + m tanh(m Σ z)·1.
+    Z2-symmetric, so a Z2-equivariant flow on it stays exactly symmetric, while the flow only has to model
+    the fluctuations around each vacuum, not the split into two (the broken phase of φ⁴; cf. the
+    symmetrised mixtures of Nicoli et al., PRL 126 (2021) 032001). m = 0 is `StandardNormal`.
+    """
+
+    def __init__(self, field_shape: Sequence[int], shift: float) -> None:
+        super().__init__(field_shape)
+        shift = float(shift)
+        if not (math.isfinite(shift) and shift >= 0):
+            raise FlowError(f"VacuumMixture shift must be finite and >= 0, got {shift!r}")
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))  # .to(z.dtype) where used
+
+    def sample(self, sample_shape=(1,), generator=None):
+        ref = self._ref
+        eps = torch.randn(*sample_shape, *self.field_shape, generator=generator, dtype=ref.dtype, device=ref.device)
+        sign = torch.randint(0, 2, tuple(sample_shape), generator=generator, device=ref.device).to(ref.dtype) * 2 - 1
+        return eps + (sign * self.shift.to(ref.dtype)).reshape(*sample_shape, *([1] * len(self.field_shape)))
+
+    def _u(self, z: torch.Tensor) -> torch.Tensor:
+        return self.shift.to(z.dtype) * sum_sites(z)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        self._check(z)
+        m = self.shift.to(z.dtype)
+        n = z[0].numel()
+        u = self._u(z).abs()
+        log_cosh = u + torch.log1p(torch.exp(-2 * u)) - math.log(2.0)
+        return -0.5 * sum_sites(z * z) - 0.5 * n * m * m + log_cosh - 0.5 * math.log(2 * math.pi) * n
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.detach()
+        t = torch.tanh(self._u(z)).reshape(-1, *([1] * len(self.field_shape)))
+        return -z + self.shift.to(z.dtype) * t
 
 
 class UniformAngles(_Base):

@@ -18,7 +18,8 @@ F64 = torch.float64
 PHI4_SHAPE = (4, 4)
 U1_SHAPE = (4, 4)
 
-# Small configs of every family (and both φ⁴ conditioners); 2–4 coupling layers.
+# Small configs of every family (and both φ⁴ conditioners); 2–4 coupling layers. The φ⁴ action below is in
+# the broken phase, so spline and z2affine start from the `VacuumMixture` base (flow.vacua: auto).
 CONFIGS = {
     "realnvp-cnn": {"family": "realnvp", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "realnvp-fc": {"family": "realnvp", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
@@ -30,6 +31,8 @@ CONFIGS = {
                          "n_bins": 4, "bound": 2.5, "fourier": False, "activation": "silu", "dilation": [1, 2, 1]},
     "spline-zm-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [8, 8], "n_bins": 4,
                       "bound": 2.5, "zero_mode": True},  # Fourier + ZeroModeSpline (broken-phase init) first
+    "spline-symmetric-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
+                             "bound": 2.5, "vacua": False},  # StandardNormal + Hartree Fourier start
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},

@@ -1,0 +1,142 @@
+"""The Gaussian variational start for φ⁴ (`latticeflow.flows.vacuum`) and the `VacuumMixture` base.
+
+The base is checked against a direct two-Gaussian logsumexp and autograd in float64, and by its sample
+moments; the gap equations and the stationarity of the variational free energy F are checked directly; and
+the Monte Carlo estimate of ⟨log q + S⟩ of the flow `build_flow` starts from reproduces F within 4σ (seeded).
+The composed flows (VacuumMixture + Fourier + couplings) run through the generic family tests: the default
+spline and z2affine configs of tests/flows/helpers.py are in the broken phase (κ = 0.3, λ = 0.02).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from actions import Phi4
+from latticeflow.flows import FlowError, StandardNormal, VacuumMixture, build_flow
+from latticeflow.flows.fourier import quadratic_kernel
+from latticeflow.flows.vacuum import broken_vacuum, choose_vacuum, gaussian_free_energy, symmetric_vacuum
+
+F64 = torch.float64
+BROKEN = dict(kappa=0.3, lam=0.022)  # the paper's couplings, deep in the broken phase
+
+
+def test_mixture_log_prob_and_score_against_logsumexp_and_autograd():
+    base = VacuumMixture((4, 3), 0.7).double()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, 3, generator=g, dtype=F64) * 1.3
+    z[:2] += 0.7
+    z[2] -= 0.7
+    n = 12
+    comp = torch.stack([-0.5 * ((z - s * 0.7) ** 2).flatten(1).sum(1) for s in (1, -1)])
+    ref = torch.logsumexp(comp, 0) - math.log(2) - 0.5 * n * math.log(2 * math.pi)
+    assert float((base.log_prob(z) - ref).abs().max()) < 1e-12
+    zz = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(base.log_prob(zz).sum(), zz)
+    assert float((base.score(z) - grad).abs().max()) < 1e-12
+    # large |m Σz|: the log cosh stays finite and exact
+    far = torch.full((1, 4, 3), 5.0, dtype=F64)
+    assert torch.isfinite(base.log_prob(far)).all()
+    assert abs(float(base.log_prob(far)) - float(ref.new_tensor(-0.5 * 12 * (5 - 0.7) ** 2 - math.log(2)
+                                                                 - 0.5 * n * math.log(2 * math.pi)))) < 1e-9
+
+
+def test_mixture_is_z2_symmetric_and_zero_shift_is_the_standard_normal():
+    base = VacuumMixture((4, 4), 1.2).double()
+    z = torch.randn(5, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert float((base.log_prob(z) - base.log_prob(-z)).abs().max()) < 1e-12
+    assert float((base.score(-z) + base.score(z)).abs().max()) < 1e-12
+    zero, normal = VacuumMixture((4, 4), 0.0).double(), StandardNormal((4, 4)).double()
+    assert float((zero.log_prob(z) - normal.log_prob(z)).abs().max()) < 1e-12
+    assert float((zero.score(z) - normal.score(z)).abs().max()) < 1e-12
+
+
+def test_mixture_samples_have_the_right_moments():
+    n, m = 20000, 1.5
+    base = VacuumMixture((4, 4), m).double()
+    z = base.sample((n,), generator=torch.Generator().manual_seed(2))
+    mag = z.flatten(1).mean(1)
+    sign = torch.sign(mag)
+    # one sign for the whole field, each with probability 1/2 (binomial σ = 0.5/√n)
+    assert abs(float((sign > 0).double().mean()) - 0.5) < 4 * 0.5 / math.sqrt(n)
+    fluct = z - sign.reshape(-1, 1, 1) * m
+    assert abs(float(fluct.mean())) < 4 / math.sqrt(16 * n)
+    assert abs(float(fluct.var()) - 1) < 4 * math.sqrt(2 / (16 * n))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_mixture_rejects_a_bad_shift(bad):
+    with pytest.raises(FlowError, match="shift"):
+        VacuumMixture((4, 4), bad)
+
+
+def test_broken_solution_solves_the_gap_equations():
+    shape, kappa, lam = (16, 8), BROKEN["kappa"], BROKEN["lam"]
+    vac = broken_vacuum(shape, kappa, lam)
+    assert vac is not None and vac.broken
+    sigma2 = float(np.mean(1 / vac.kernel))
+    assert abs(vac.phi0 ** 2 - ((4 * kappa + 2 * lam - 1) / (2 * lam) - 3 * sigma2)) < 1e-9
+    expect = quadratic_kernel(shape, kappa, lam) + 12 * lam * (vac.phi0 ** 2 + sigma2)
+    assert np.abs(vac.kernel - expect).max() < 1e-9
+    assert abs(vac.kernel.flat[0] - 8 * lam * vac.phi0 ** 2) < 1e-9  # K(0) = 8λφ₀²
+    assert 1.9 < vac.phi0 < 2.4  # between ⟨|M|⟩ ≈ 1.9 (HMC) and the mean-field 2.35
+
+
+def test_free_energy_is_stationary_at_the_solutions():
+    """F is minimal over (φ₀, K) at the gap-equation solution: small perturbations only raise it."""
+    shape = (8, 8)
+    for vac, lam, kappa in [(broken_vacuum(shape, **BROKEN), BROKEN["lam"], BROKEN["kappa"]),
+                            (symmetric_vacuum(shape, 0.25, 0.5), 0.5, 0.25)]:
+        f0 = gaussian_free_energy(shape, kappa, lam, vac.phi0, vac.kernel) - (math.log(2) if vac.broken else 0)
+        assert abs(f0 - vac.free_energy) < 1e-9
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            dk = 1 + 0.02 * rng.standard_normal(vac.kernel.shape)
+            dk = 0.5 * (dk + np.roll(np.flip(dk), 1, axis=(0, 1)))  # keep K even
+            dphi = 0.02 * rng.standard_normal() if vac.broken else 0.0
+            f = gaussian_free_energy(shape, kappa, lam, vac.phi0 + dphi, vac.kernel * dk)
+            assert f - (math.log(2) if vac.broken else 0) > vac.free_energy - 1e-9
+
+
+def test_choose_vacuum_picks_the_phase():
+    assert choose_vacuum((8, 8), 0.2, 0.0).broken is False       # free field
+    assert choose_vacuum((8, 8), 0.25, 0.5).broken is False      # symmetric (no broken solution)
+    assert choose_vacuum((16, 8), **BROKEN).broken is True
+    assert choose_vacuum((16, 8), **BROKEN, mode=False).broken is False
+    with pytest.raises(FlowError, match="no broken-phase"):
+        choose_vacuum((8, 8), 0.25, 0.5, mode=True)
+    with pytest.raises(FlowError, match="got 'yes'"):
+        choose_vacuum((8, 8), 0.25, 0.5, mode="yes")
+
+
+@pytest.mark.parametrize("family", ["spline", "z2affine"])
+def test_default_flow_starts_at_the_variational_free_energy(family):
+    """The couplings start at the identity, so q is the Gaussian mixture: ⟨log q + S⟩_q = F (4σ, seed 0)."""
+    action = Phi4((8, 8), **BROKEN)
+    flow = build_flow({"family": family, "n_layers": 2}, action).double()
+    assert isinstance(flow.base, VacuumMixture)
+    z = flow.base.sample((4000,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, logdet = flow(z)
+        a = flow.base.log_prob(z) - logdet + action.action(x)
+    err = float(a.std()) / math.sqrt(len(a))
+    expect = broken_vacuum((8, 8), **BROKEN).free_energy
+    assert abs(float(a.mean()) - expect) < 4 * err
+    # the vacua sit at ±φ₀
+    mag = x.flatten(1).mean(1).abs()
+    assert abs(float(mag.mean()) - broken_vacuum((8, 8), **BROKEN).phi0) < 0.02
+    # and the broken start is far better than the symmetric one (by ≈ 14 nats at 8×8)
+    assert symmetric_vacuum((8, 8), **BROKEN).free_energy - expect > 10
+
+
+def test_symmetric_phase_keeps_the_standard_normal_base():
+    flow = build_flow({"family": "spline"}, Phi4((8, 8), kappa=0.25, lam=0.5))
+    assert isinstance(flow.base, StandardNormal)
+    flow = build_flow({"family": "spline", "vacua": False}, Phi4((8, 8), **BROKEN))
+    assert isinstance(flow.base, StandardNormal)
+    flow = build_flow({"family": "spline", "zero_mode": True}, Phi4((8, 8), **BROKEN))
+    assert isinstance(flow.base, StandardNormal)  # the zero-mode layer takes over
+    flow = build_flow({"family": "z2nice"}, Phi4((8, 8), **BROKEN))
+    assert isinstance(flow.base, StandardNormal)  # vacua: false for the old families
+    flow = build_flow({"family": "realnvp", "vacua": True, "conditioner": "fc"}, Phi4((8, 8), **BROKEN))
+    assert isinstance(flow.base, VacuumMixture) and abs(float(flow.base.shift) - broken_vacuum((8, 8), **BROKEN).phi0) < 1e-6
