@@ -140,3 +140,17 @@ def test_symmetric_phase_keeps_the_standard_normal_base():
     assert isinstance(flow.base, StandardNormal)  # vacua: false for the old families
     flow = build_flow({"family": "realnvp", "vacua": True, "conditioner": "fc"}, Phi4((8, 8), **BROKEN))
     assert isinstance(flow.base, VacuumMixture) and abs(float(flow.base.shift) - broken_vacuum((8, 8), **BROKEN).phi0) < 1e-6
+
+
+def test_transfer_keeps_the_vacuum_shift_and_refuses_the_other_base():
+    from latticeflow.transfer import ArchitectureMismatch, transfer_state
+
+    small = build_flow({"family": "spline", "n_layers": 2}, Phi4((8, 8), **BROKEN))
+    large = build_flow({"family": "spline", "n_layers": 2}, Phi4((16, 8), **BROKEN))
+    transfer_state(large, small.state_dict())
+    assert float(large.base.shift) == float(small.base.shift) and large.base.shift.dtype == torch.float64
+    symmetric = build_flow({"family": "spline", "n_layers": 2, "vacua": False}, Phi4((16, 8), **BROKEN))
+    with pytest.raises(ArchitectureMismatch, match="base.shift"):
+        transfer_state(symmetric, small.state_dict())
+    with pytest.raises(ArchitectureMismatch, match="base.shift"):
+        transfer_state(large, symmetric.state_dict())
