@@ -70,6 +70,10 @@ def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
         if key not in state_dict:
             raise mismatch(key, "not in the checkpoint")
         old = torch.as_tensor(state_dict[key])
+        if key == "base.shift" or key.endswith(".base.shift"):
+            merged[key] = new  # the VacuumMixture shift follows from the new action (and its Fourier start)
+            adapted.append(key)
+            continue
         if key in kept:
             if old.shape != new.shape:
                 raise mismatch(key, f"shape {_shape(old)} vs {_shape(new)}")

@@ -182,7 +182,7 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
 def _phi4_start(action, opts: dict[str, Any]) -> tuple[StandardNormal | VacuumMixture, list]:
     """The base density and the Fourier layer (if any) of a φ⁴ coupling flow, from ``fourier`` and ``vacua``."""
     vacua = opts["vacua"]
-    if vacua not in ("auto", True, False):
+    if not (vacua == "auto" or vacua is True or vacua is False):  # not 0 / 1
         raise _err("vacua", f"must be auto, true or false, got {vacua!r}")
     has_couplings = all(hasattr(action, k) for k in ("kappa", "lam"))
     if vacua is True and not has_couplings:

@@ -68,6 +68,7 @@ BAD = {
     "fourier-not-bool": ({"family": "spline", "fourier": "yes"}, PHI4, "flow.fourier"),
     "loops-on-phi4": ({"family": "spline", "loops": True}, PHI4, "loops"),
     "vacua-not-bool": ({"family": "spline", "vacua": "yes"}, PHI4, "flow.vacua must be auto, true or false, got 'yes'"),
+    "vacua-zero": ({"family": "spline", "vacua": 0}, PHI4, "flow.vacua must be auto, true or false, got 0"),
     "vacua-symmetric": ({"family": "spline", "vacua": True}, Phi4((4, 4), kappa=0.2, lam=0.5), "no broken-phase"),
     "vacua-and-zero-mode": ({"family": "spline", "vacua": True, "zero_mode": True}, PHI4, "flow.vacua"),
     "marginal-not-bool": ({"family": "u1", "marginal": 1}, U1, "flow.marginal must be true or false, got 1"),
