@@ -11,9 +11,9 @@ Stationarity gives the gap equations K(p) = A(p) + 12λ(φ₀² + σ²) and, for
 φ₀² = (2κd + 2λ − 1)/(2λ) − 3σ² (so K(0) = 8λφ₀² > 0). φ₀ = 0 is the Hartree solution of
 `fourier.hartree_mass_shift`. The broken ansatz is the mixture ½ q(φ₀) + ½ q(−φ₀) (`VacuumMixture`
 pushed through `FourierScaling`), whose entropy is H + ln 2 while the two vacua are far apart, so its free
-energy is F(φ₀) − ln 2 (a lower bound, tight when m√V ≫ 1). `choose_vacuum` returns the lower of the two: the reverse KL of the flow at
-step 0, before any coupling has learned anything (Gaussian variational method, e.g. Feynman & Kleinert,
-PRA 34 (1986) 5080; for flows cf. the symmetrised mixtures of Nicoli et al., PRL 126 (2021) 032001).
+energy is F(φ₀) − ln 2 (a lower bound, tight when m√V ≫ 1). `choose_vacuum` returns the lower of the two:
+the reverse KL of the flow at step 0, before any coupling has learned anything (Gaussian variational
+method, e.g. Feynman & Kleinert, PRA 34 (1986) 5080; for flows cf. the symmetrised mixtures of Nicoli et al., PRL 126 (2021) 032001).
 """
 from __future__ import annotations
 
