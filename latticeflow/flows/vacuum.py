@@ -13,7 +13,8 @@ Stationarity gives the gap equations K(p) = A(p) + 12λ(φ₀² + σ²) and, for
 pushed through `FourierScaling`), whose entropy is H + ln 2 while the two vacua are far apart, so its free
 energy is F(φ₀) − ln 2 (a lower bound, tight when m√V ≫ 1). `choose_vacuum` returns the lower of the two:
 the reverse KL of the flow at step 0, before any coupling has learned anything (Gaussian variational
-method, e.g. Feynman & Kleinert, PRA 34 (1986) 5080; for flows cf. the symmetrised mixtures of Nicoli et al., PRL 126 (2021) 032001).
+method, e.g. Feynman & Kleinert, PRA 34 (1986) 5080; for flows cf. the symmetrised mixtures of
+Nicoli et al., PRL 126 (2021) 032001).
 """
 from __future__ import annotations
 
