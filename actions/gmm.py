@@ -124,6 +124,22 @@ class ProductMixture(_VectorTarget):
 
     log_z = 0.0  # normalised density
 
+    @property
+    def entropy(self) -> float:
+        """H = −∫ p log p = D · H₁ in nats, H₁ the entropy of one two-component coordinate, by quadrature
+        (no closed form). A flow's forward KL is KL(p‖q) = −⟨log q⟩_p − H: the test NLL minus this."""
+        from scipy import integrate
+
+        def minus_p_log_p(x: float) -> float:
+            x_t = torch.tensor([[x]], dtype=torch.float64)
+            log_p = -float(ProductMixture(1, self.mu, self.sigma).action(x_t))
+            return -math.exp(log_p) * log_p
+
+        reach = abs(self.mu) + 12 * self.sigma
+        pts = sorted({-abs(self.mu), abs(self.mu)})
+        h1 = integrate.quad(minus_p_log_p, -reach, reach, points=pts, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
+        return self.dim * h1
+
     def action(self, x: torch.Tensor) -> torch.Tensor:
         """S(x) = −log p(x), ``(B,)``; log cosh written stably as |a| + log1p(e^{−2|a|}) − log 2."""
         s2 = self.sigma ** 2

@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which benchmark")
     p.add_argument("--seconds", type=float, default=None,
                    help="training: wall-time budget per estimator and theory (60); quality: overrides every "
-                        "target's budget; efficiency: HMC seconds per point (60); forward: training seconds per run (120)")
+                        "target's budget; efficiency: HMC seconds per point (60); forward: training seconds per run (60; gmm_paper 300)")
     p.add_argument("--targets", default=None, help="quality: comma-separated targets (default all); forward: cases "
-                                                   "(gmm, phi4_1000, phi4_4000; also gmm_paper: the paper's 6 × 500 conditioners, 300 s)")
+                                                   "(gmm, phi4_1000, phi4_4000; also gmm_realnvp: RealNVP on the same data, and gmm_paper: "
+                                                   "RealNVP with the paper's 6 × 500 conditioners, 300 s)")
     p.add_argument("--families", default=None,
                    help="quality: comma-separated family labels or flow family names (default all)")
     p.add_argument("--seeds", default=None, help="quality: comma-separated seeds (default 0,1,2); training: one run per seed (default 0)")

@@ -62,3 +62,17 @@ def test_product_mixture_samples_have_the_exact_moments():
     counts = torch.bincount(modes, minlength=64).double()
     chi2 = float(((counts - n / 64) ** 2 / (n / 64)).sum())
     assert chi2 < 63 + 5 * math.sqrt(2 * 63)  # χ² with 63 degrees of freedom, ~5σ
+
+
+def test_product_mixture_entropy():
+    """H = −⟨log p⟩_p: the quadrature against the mean action of 200 000 exact samples (seed 3, within 4σ);
+    μ = 0 is one Gaussian, ½ log(2πeσ²) per coordinate; well separated modes add ln 2 per coordinate."""
+    from actions import ProductMixture
+
+    pm = ProductMixture(dim=6, mu=1.0, sigma=0.5)
+    s = pm.action(pm.sample(200_000, generator=torch.Generator().manual_seed(3)))
+    assert abs(float(s.mean()) - pm.entropy) < 4 * float(s.std()) / math.sqrt(s.numel())
+    gauss = 0.5 * math.log(2 * math.pi * math.e * 0.25)
+    assert abs(ProductMixture(dim=3, mu=0.0, sigma=0.5).entropy - 3 * gauss) < 1e-9
+    assert abs(ProductMixture(dim=2, mu=10.0, sigma=0.5).entropy - 2 * (gauss + math.log(2))) < 1e-9
+    assert gauss + math.log(2) > pm.entropy / 6 > gauss  # overlapping modes: in between
