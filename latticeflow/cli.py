@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a reduced grid (smoke test)")
     p.add_argument("--repeats", type=int, default=None,
                    help="interleaved timed repetitions after warm-up (gradients: 10, snf: 3)")
+    p.add_argument("--lr", type=float, default=None, help="forward: Adam learning rate of every case (default: each case's own)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
@@ -221,7 +222,7 @@ def _cmd_bench(args) -> int:
 
         result = run_forward_bench(quick=args.quick, seconds=args.seconds, seeds=(args.seeds or "0,1,2").split(","),
                                    cases=[c for c in args.targets.split(",") if c.strip()] if args.targets else None,
-                                   threads=args.threads, dtype=args.dtype, plot=args.plot or "bench_forward.png",
+                                   threads=args.threads, dtype=args.dtype, plot=args.plot or "bench_forward.png", lr=args.lr,
                                    progress=None if args.json else (lambda m: print("  " + m, file=sys.stderr, flush=True)))
         print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_forward_table(result))
         return 0

@@ -68,7 +68,8 @@ def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
     adapted: list[str] = []
     for key, new in own.items():
         if key not in state_dict:
-            raise mismatch(key, "not in the checkpoint")
+            vacua = " (trained without the vacuum start: set flow.vacua: false)" if key.endswith("base.shift") else ""
+            raise mismatch(key, "not in the checkpoint" + vacua)
         old = torch.as_tensor(state_dict[key])
         if key == "base.shift" or key.endswith(".base.shift"):
             merged[key] = new  # the VacuumMixture shift follows from the new action (and its Fourier start)

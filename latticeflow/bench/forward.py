@@ -135,14 +135,16 @@ def _overfit(curve: list[dict[str, float]], tol: float) -> bool:
     return bool(test[-1] - test[i] > tol and train[-1] < train[i])
 
 
-def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, data, dtype) -> dict[str, Any]:
+def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, data, dtype,
+             lr: float | None = None) -> dict[str, Any]:
     target, train, test = data
     spec = CASES[case]
+    train_opts = dict(spec["train"], **({} if lr is None else {"lr": float(lr)}))
     flow_cfg = QUICK["gmm_flow"] if quick and case == "gmm" else spec["flow"]
     torch.manual_seed(seed)
     flow = build_flow(flow_cfg, target).to(dtype)
     trainer = Trainer(flow, target, objective="forward_kl", estimator=estimator, data=train, seed=seed,
-                      grad_clip=1.0, **spec["train"])
+                      grad_clip=1.0, **train_opts)
     train_sub = train[: min(2000, train.shape[0])]
     n_rev = 512 if quick else 4096
     curve = [{"seconds": 0.0, "step": 0, **_evaluate(flow, target, train_sub, test, n_rev)}]
@@ -167,8 +169,11 @@ def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, 
 
 def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seeds=(0, 1, 2), cases=None,
                       threads: int | None = None, dtype: str = "float32", plot: str | None = "bench_forward.png",
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns strict JSON (see the module docstring)."""
+                      progress: Callable[[str], None] | None = None, lr: float | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns strict JSON (see the module docstring). ``lr`` overrides every case's
+    learning rate (the same for all three estimators)."""
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 1):
+        raise ValueError(f"bench forward: lr must be a number in (0, 1), got {lr!r}")
     if threads:
         torch.set_num_threads(int(threads))
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -182,16 +187,17 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
     for case in chosen:
         budget = seconds if seconds is not None else (QUICK["seconds"] if quick else SECONDS[case])
         spec = CASES[case]
+        train = dict(spec["train"], **({} if lr is None else {"lr": float(lr)}))
         entry: dict[str, Any] = {"description": spec["description"], "seconds": budget,
                                  "flow": QUICK["gmm_flow"] if quick and case == "gmm" else spec["flow"],
-                                 "train": spec["train"], "estimators": {e: {"runs": []} for e in ESTIMATORS}}
+                                 "train": train, "estimators": {e: {"runs": []} for e in ESTIMATORS}}
         if case.startswith("gmm"):  # the exact NLL floor: test NLL − entropy is the flow's forward KL
             entry["entropy"] = ProductMixture(dim=6, mu=1.0, sigma=0.5).entropy
         for seed in seeds:
             data = _data(case, quick, seed)
             entry["n_train"], entry["n_test"] = int(data[1].shape[0]), int(data[2].shape[0])
             for est in ESTIMATORS:
-                run = _run_one(case, est, seed, budget, quick, data, torch_dtype)
+                run = _run_one(case, est, seed, budget, quick, data, torch_dtype, lr)
                 entry["estimators"][est]["runs"].append(run)
                 if progress:
                     f = run["final"]

@@ -41,7 +41,11 @@ def load_flow(cfg: Config, checkpoint: str | Path | None = None):
     try:
         flow.load_state_dict(state["flow"])
     except (RuntimeError, KeyError) as err:
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit the config's flow section: {str(err).splitlines()[0]}") from None
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        first = " ".join(lines[:2])[:400]  # torch's header and its first list of keys, on one line
+        hint = ("; its base and the config's differ in the vacuum start: set flow.vacua to the value it was trained "
+                "with (false for checkpoints from before flow.vacua)") if "base.shift" in str(err) else ""
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit the config's flow section: {first}{hint}") from None
     flow.eval()
     return action, flow
 

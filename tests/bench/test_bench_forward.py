@@ -60,3 +60,9 @@ def test_overfit_rule():
 def test_unknown_case_is_one_line():
     with pytest.raises(ValueError, match="unknown case 'nope'"):
         run_forward_bench(cases=["nope"], plot=None)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, 2.0, True])
+def test_bad_learning_rate_is_one_line(lr):
+    with pytest.raises(ValueError, match=r"^bench forward: lr must be a number in \(0, 1\), got "):
+        run_forward_bench(cases=["gmm"], lr=lr, plot=None)

@@ -41,6 +41,27 @@ def test_mixture_log_prob_and_score_against_logsumexp_and_autograd():
                                                                  - 0.5 * n * math.log(2 * math.pi)))) < 1e-9
 
 
+def test_mixture_float32_large_lattice_zero_magnetization_and_empty_batch():
+    """float32 on 64 × 64 near a vacuum agrees with float64 to float32 rounding of the result (the three
+    terms −½Σz², −½Dm², |mΣz| are each ~10⁴ and cancel); the autograd gradient at Σz = 0 exactly is the
+    score −z + m tanh(0) = −z; an empty batch gives an empty result."""
+    base64 = VacuumMixture((64, 64), 1.8).double()
+    z = torch.randn(4, 64, 64, generator=torch.Generator().manual_seed(5), dtype=F64) * 0.8
+    z[:2] += 1.8
+    z[2:] -= 1.8
+    ref = base64.log_prob(z)
+    got = VacuumMixture((64, 64), 1.8).log_prob(z.float()).double()
+    assert float(((got - ref) / ref.abs()).abs().max()) < 1e-6
+    zero = torch.randint(-8, 9, (2, 12), generator=torch.Generator().manual_seed(6)).to(F64) / 8
+    zero[:, -1] -= zero.sum(1)  # dyadic: Σz = 0 exactly
+    zero = zero.reshape(2, 4, 3).requires_grad_(True)
+    small = VacuumMixture((4, 3), 0.7).double()
+    (grad,) = torch.autograd.grad(small.log_prob(zero).sum(), zero)
+    assert float((grad - small.score(zero.detach())).abs().max()) < 1e-12
+    assert float((grad + zero.detach()).abs().max()) < 1e-12
+    assert small.log_prob(torch.zeros(0, 4, 3, dtype=F64)).shape == (0,)
+
+
 def test_mixture_is_z2_symmetric_and_zero_shift_is_the_standard_normal():
     base = VacuumMixture((4, 4), 1.2).double()
     z = torch.randn(5, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -154,5 +175,25 @@ def test_transfer_keeps_the_vacuum_shift_and_refuses_the_other_base():
     symmetric = build_flow({"family": "spline", "n_layers": 2, "vacua": False}, Phi4((16, 8), **BROKEN))
     with pytest.raises(ArchitectureMismatch, match="base.shift"):
         transfer_state(symmetric, small.state_dict())
-    with pytest.raises(ArchitectureMismatch, match="base.shift"):
-        transfer_state(large, symmetric.state_dict())
+    with pytest.raises(ArchitectureMismatch, match=r"base.shift.*not in the checkpoint.*flow.vacua: false"):
+        transfer_state(large, symmetric.state_dict())  # an old checkpoint: the line says what to set
+
+
+def test_sampling_an_old_checkpoint_says_to_set_vacua_false(tmp_path):
+    """A broken-phase spline checkpoint from before `flow.vacua` (standard-normal base, no base.shift)
+    loaded under the default config: one line naming base.shift and what to set; with vacua: false it loads."""
+    from latticeflow.config import ConfigError, config_from_dict
+    from latticeflow.io import save_checkpoint
+    from latticeflow.pipeline.sample_flow import load_flow
+
+    flow_cfg = {"family": "spline", "n_layers": 2}
+    raw = {"name": "t", "seed": 0, "action": {"theory": "phi4", "shape": [8, 8], **BROKEN}, "flow": flow_cfg,
+           "output": {"dir": str(tmp_path)}}
+    old = build_flow(dict(flow_cfg, vacua=False), Phi4((8, 8), **BROKEN))
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"flow": old.state_dict(), "theory": "phi4"})
+    with pytest.raises(ConfigError, match=r"base\.shift.*set flow\.vacua.*false") as err:
+        load_flow(config_from_dict(raw), path)
+    assert "\n" not in str(err.value)
+    _, loaded = load_flow(config_from_dict(dict(raw, flow=dict(flow_cfg, vacua=False))), path)
+    assert isinstance(loaded.base, StandardNormal)
