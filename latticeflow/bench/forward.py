@@ -13,7 +13,7 @@ the same initialisation on the same finite training set for the same wall time (
   connected conditioners [256, 256], lr 1e-3): expressive enough to reach the 64 modes in seconds, and so
   to memorise the training set, which is the regime of the paper's claim;
 - ``gmm_realnvp`` (not run by default): the same data with RealNVP 4 × fc [256]⁴, lr 3e-4. Affine couplings
-  of a Gaussian base reach the modes only slowly (test NLL ≈ 8.5 after minutes, 0.35 nats above the
+  of a Gaussian base reach the modes only slowly (test NLL 8.45–8.5 after 1–5 minutes, 0.3 nats above the
   entropy): a capacity-limited flow that does not overfit on 2 cores;
 - ``gmm_paper`` (not run by default): the same data with the paper's conditioner depth and width, RealNVP
   4 × fc [500]⁶, lr 1e-4, 300 s;
@@ -25,8 +25,8 @@ Recorded against training wall time: the training NLL (on ≤ 2000 training samp
 ln Z (the same constant for every estimator). Returns strict JSON::
 
     {"benchmark": "forward", "quick", "threads", "seconds", "seeds", "cases": {case: {"description",
-     "n_train", "n_test", "flow", "train": {…}, "entropy" (gmm only), "estimators": {est: {"runs": [{"seed", "steps", "steps_per_s",
-     "curve": [{"seconds", "step", "train_nll", "test_nll", "test_forward_ess", "reverse_ess"}, …],
+     "n_train", "n_test", "flow", "train": {…}, "entropy" (gmm only), "estimators": {est: {"runs": [{"seed",
+     "steps", "steps_per_s", "curve": [{"seconds", "step", "train_nll", "test_nll", "test_forward_ess", "reverse_ess"}, …],
      "final": {…}, "last_fifth": {…}, "best_test_nll", "overfit"}, …], "median": {…}, "median_last_fifth": {…}}},
      "fast_path_vs_standard": {"lower_test_nll", "higher_test_forward_ess", "…_last_fifth", "n_seeds"}}}, "plot"}
 
