@@ -13,7 +13,7 @@ the same initialisation on the same finite training set for the same wall time (
   connected conditioners [256, 256], lr 1e-3): expressive enough to reach the 64 modes in seconds, and so
   to memorise the training set, which is the regime of the paper's claim;
 - ``gmm_realnvp`` (not run by default): the same data with RealNVP 4 × fc [256]⁴, lr 3e-4. Affine couplings
-  of a Gaussian base reach the modes only slowly (test NLL 8.45–8.5 after 1–5 minutes, 0.3 nats above the
+  of a Gaussian base reach the modes only slowly (test NLL 8.43–8.58 after 1–5 minutes, 0.3–0.4 nats above the
   entropy): a capacity-limited flow that does not overfit on 2 cores;
 - ``gmm_paper`` (not run by default): the same data with the paper's conditioner depth and width, RealNVP
   4 × fc [500]⁶, lr 1e-4, 300 s;
