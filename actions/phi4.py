@@ -10,11 +10,15 @@ Z2 symmetry: S(−φ) = S(φ). Fields are ``phi: (B, L0, L1)`` (any number of la
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-from .lattice import shift, validate_shape, volume
+from . import exact, phi4_variational
+from .lattice import shift, validate_shape
+from .theory import TableRow, Theory, check_coupling_keys
 
 __all__ = ["Phi4", "standard_action"]
 
@@ -31,8 +35,8 @@ def standard_action(phi: torch.Tensor, m2: float, lam4: float) -> torch.Tensor:
     return density.flatten(1).sum(-1)
 
 
-class Phi4:
-    """φ⁴ theory in the hopping form with couplings ``kappa`` (κ) and ``lam`` (λ).
+class Phi4(Theory):
+    """φ⁴ theory in the hopping form with couplings ``kappa`` (κ) and ``lam`` (λ), in any dimension d ≥ 1.
 
     Example:
         >>> phi4 = Phi4(shape=(8, 8), kappa=0.2, lam=0.0)
@@ -41,6 +45,8 @@ class Phi4:
     """
 
     theory = "phi4"
+    coupling_keys = ("kappa", "lam", "m2", "lam4")
+    histogram_observable = "m"
 
     def __init__(self, shape: Sequence[int], kappa: float, lam: float) -> None:
         self.shape = validate_shape(shape, "shape")
@@ -49,11 +55,11 @@ class Phi4:
         if not math.isfinite(kappa):
             raise ValueError(f"kappa must be finite, got {kappa}")
         if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam must be >= 0 (the action is unbounded below otherwise), got {lam}")
+            raise ValueError(f"lam must be >= 0, got {lam} (the action is unbounded below otherwise)")
         if lam == 0 and not abs(kappa) < 1 / (2 * self.ndim):
             raise ValueError(
-                f"kappa must satisfy |kappa| < 1/(2d) = {1 / (2 * self.ndim):g} at lam = 0 "
-                f"(free field; otherwise unstable), got {kappa}"
+                f"kappa must satisfy |kappa| < {1 / (2 * self.ndim):g} at lam = 0 "
+                f"(= 1/(2d); the free field is unstable otherwise), got {kappa}"
             )
         self.kappa = kappa
         self.lam = lam
@@ -64,16 +70,33 @@ class Phi4:
         """Build from the standard couplings (m², λ₄): solve (2d + m²)κ + 2λ₄κ² = 1, λ = λ₄κ²."""
         d = len(validate_shape(shape, "shape"))
         m2, lam4 = float(m2), float(lam4)
-        if lam4 < 0:
+        if not lam4 >= 0:
             raise ValueError(f"lam4 must be >= 0, got {lam4}")
         b = 2 * d + m2
         if lam4 == 0:
             if b <= 0:
-                raise ValueError(f"m2 must be > {-2 * d} at lam4 = 0 (free field), got {m2}")
+                raise ValueError(f"m2 must be > {-2 * d} at lam4 = 0 (free field), got {m2:g}")
             kappa = 1.0 / b
         else:
             kappa = (-b + math.sqrt(b * b + 8 * lam4)) / (4 * lam4)
         return cls(shape, kappa=kappa, lam=lam4 * kappa**2)
+
+    @classmethod
+    def from_couplings(cls, shape: Sequence[int], couplings: Mapping[str, Any]) -> "Phi4":
+        """Hopping form (``kappa``, ``lam``; ``lam`` defaults to 0) or standard form (``m2``, ``lam4``)."""
+        check_coupling_keys(couplings, cls.coupling_keys, cls.theory)
+        c = {k: v for k, v in couplings.items() if v is not None}
+        hopping, standard = ("kappa" in c or "lam" in c), ("m2" in c or "lam4" in c)
+        if hopping and standard:
+            raise ValueError("kappa: give either (kappa, lam) or (m2, lam4), not both")
+        if standard:
+            if "m2" not in c or "lam4" not in c:
+                raise ValueError(f"m2 and lam4 are both needed for the standard form, got m2={c.get('m2')}, "
+                                 f"lam4={c.get('lam4')}")
+            return cls.from_standard(shape, m2=c["m2"], lam4=c["lam4"])
+        if "kappa" not in c:
+            raise ValueError("kappa is required for theory phi4 (or give m2 and lam4)")
+        return cls(shape, kappa=c["kappa"], lam=c.get("lam", 0.0))
 
     @property
     def m2(self) -> float:
@@ -96,14 +119,6 @@ class Phi4:
     @property
     def couplings(self) -> dict[str, float]:
         return {"kappa": self.kappa, "lam": self.lam}
-
-    @property
-    def field_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    @property
-    def volume(self) -> int:
-        return volume(self.shape)
 
     def __repr__(self) -> str:
         return f"Phi4(shape={self.shape}, kappa={self.kappa}, lam={self.lam})"
@@ -128,6 +143,84 @@ class Phi4:
         """The Z2 transformation φ ↦ −φ."""
         return -phi
 
+    def quadratic_kernel(self) -> np.ndarray:
+        """A(p) = 2(1 − 2λ) − 4κ Σ_μ cos p_μ: the quadratic part S₂ = ½ Σ_p A(p)|φ̃_p|²/V of the action
+        on the FFT momentum grid (numpy order, float64); the free-field kernel at λ = 0."""
+        cos_sum = np.zeros(self.shape)
+        for mu, length in enumerate(self.shape):
+            p = 2 * np.pi * np.arange(length) / length
+            cos_sum = cos_sum + np.cos(p).reshape([-1 if nu == mu else 1 for nu in range(self.ndim)])
+        return 2.0 * (1.0 - 2.0 * self.lam) - 4.0 * self.kappa * cos_sum
+
+    @property
+    def free(self) -> bool:
+        """λ = 0 with 0 < κ < 1/(2d): the Gaussian free field, solved exactly (`actions.exact`)."""
+        return self.lam == 0.0 and 0 < self.kappa < 1 / (2 * self.ndim)
+
+    # -- the physics a flow starts from (`actions.phi4_variational`) -------------------------------
+    def gaussian_vacuum(self, vacua: str | bool = "auto") -> "phi4_variational.GaussianVacuum":
+        """The Gaussian variational vacuum: ``vacua`` False is the symmetric (Hartree) one, φ₀ = 0 and
+        K = A + 12λσ²; True the broken one, ½N(+φ₀, 1/K) + ½N(−φ₀, 1/K) (``ValueError`` where there is
+        none); ``"auto"`` the one of lower variational free energy F = KL(q‖p) − ln Z.
+
+        Example:
+            >>> Phi4((8, 8), kappa=0.2, lam=0.0).gaussian_vacuum().broken
+            False
+            >>> vacuum = Phi4((16, 8), kappa=0.3, lam=0.022).gaussian_vacuum()
+            >>> vacuum.broken, vacuum.kernel.shape
+            (True, (16, 8))
+        """
+        return phi4_variational.choose_vacuum(self, vacua)
+
+    def gaussian_free_energy(self, phi0: float, kernel: np.ndarray) -> float:
+        """F = ⟨S⟩_q − H[q] of the Gaussian N(φ₀·1, F⁻¹ diag(1/K(p)) F) (`actions.phi4_variational`)."""
+        return phi4_variational.gaussian_free_energy(self, phi0, kernel)
+
+    def mean_field_magnetization(self) -> float:
+        """v ≥ 0 minimising the constant-field action density (1 − 2λ − 2dκ)m² + λm⁴; 0 where p(m) is unimodal."""
+        return phi4_variational.mean_field_magnetization(self)
+
+    def mean_field_magnetization_density(self, m: np.ndarray) -> np.ndarray:
+        """Unnormalised p(m) ∝ exp(−S(m·1)) = exp(−V[(1 − 2λ − 2dκ)m² + λm⁴]) on the grid ``m`` (max 1).
+
+        Example:
+            >>> Phi4((4, 4), kappa=0.3, lam=0.022).mean_field_magnetization_density(np.array([0.0])).tolist()
+            [1.0]
+        """
+        return phi4_variational.mean_field_magnetization_density(self, m)
+
+    # -- analysis -----------------------------------------------------------------------------------
+    def table_rows(self) -> list[TableRow]:
+        """m, |m|, χ₂ = V⟨m²⟩, χ = V(⟨m²⟩ − ⟨|m|⟩²), U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), S/V, G(t, 0, …) at t = 0, 1, L0/2
+        (exact free-field values at λ = 0)."""
+        v = float(self.volume)
+        free = self.free
+        g = exact.free_field_propagator(self.shape, self.kappa) if free else None
+        origin = (0,) * (self.ndim - 1)
+        rows = [
+            TableRow("m", ("m",), exact=0.0, main=True),
+            TableRow("|m|", ("abs_m",), main=True),
+            TableRow("chi2 = V<m^2>", ("m2",), factor=v, main=True,
+                     exact=exact.free_field_chi2(self.shape, self.kappa) if free else None),
+            TableRow("chi = V(<m^2>-<|m|>^2)", ("m2", "abs_m"), func=lambda m2, am: v * (m2 - am**2)),
+            TableRow("binder U", ("m4", "m2"), func=lambda m4, m2: 1 - m4 / (3 * m2**2), exact=0.0 if free else None),
+            TableRow("S/V", ("action_density",), main=True,
+                     exact=exact.free_field_action_density() if free else None),
+        ]
+        for t in sorted({0, 1, self.shape[0] // 2}):
+            if t < self.shape[0]:
+                idx = (t, *origin)
+                name = f"G({','.join(map(str, idx))})" if self.ndim != 2 else f"G({t},0)"
+                rows.append(TableRow(name, (("two_point", idx),), exact=float(g[idx]) if free else None))
+        return rows
+
+    def two_point_exact(self) -> np.ndarray | None:
+        """The exact G(x) (free field) or None."""
+        return exact.free_field_propagator(self.shape, self.kappa) if self.free else None
+
+    def log_z_exact(self) -> float | None:
+        return exact.free_field_log_z(self.shape, self.kappa) if self.free else None
+
     # -- observables --------------------------------------------------------------------------------
     def magnetization(self, phi: torch.Tensor) -> torch.Tensor:
         """m = V⁻¹ Σ_x φ_x per configuration, ``(B,)``."""
@@ -140,11 +233,12 @@ class Phi4:
         return torch.fft.ifftn(ft.conj() * ft, dim=dims).real / self.volume
 
     def zero_momentum_correlator(self, phi: torch.Tensor) -> torch.Tensor:
-        """C(t) = Σ_y G(t, y) per configuration (t along axis 0), ``(B, L0)``."""
+        """C(t) = Σ_y G(t, y) per configuration (t along axis 0, y the other d − 1 axes), ``(B, L0)``."""
         return self.two_point(phi).flatten(2).sum(-1) if self.ndim > 1 else self.two_point(phi)
 
     def observables(self, phi: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-configuration measurements (first axis B): m, |m|, m², m⁴, S/V, G(x), C(t).
+        """Per-configuration measurements (first axis B): m, |m|, m², m⁴, S/V, G(x) ``(B, *shape)``,
+        C(t) ``(B, L0)``; m = V⁻¹ Σ_x φ_x, G(x) = V⁻¹ Σ_y φ_y φ_{y+x}, C(t) = Σ_y G(t, y).
 
         Ensemble quantities follow from these: χ₂ = V⟨m²⟩, χ = V(⟨m²⟩ − ⟨|m|⟩²),
         U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), m_eff(t) = arccosh[(C(t−1) + C(t+1))/(2C(t))].

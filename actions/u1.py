@@ -9,11 +9,15 @@ Geometric topological charge Q = (2π)⁻¹ Σ_x wrap(P(x)), an integer on the t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-from .lattice import shift, validate_shape, volume
+from . import exact
+from .lattice import shift, validate_shape
+from .theory import TableRow, Theory
 
 __all__ = ["U1Gauge", "wrap"]
 
@@ -23,7 +27,7 @@ def wrap(angle: torch.Tensor) -> torch.Tensor:
     return math.pi - torch.remainder(math.pi - angle, 2 * math.pi)
 
 
-class U1Gauge:
+class U1Gauge(Theory):
     """2D U(1) Wilson gauge theory at coupling ``beta`` (β) on a periodic L0 × L1 lattice.
 
     Example:
@@ -33,6 +37,10 @@ class U1Gauge:
     """
 
     theory = "u1"
+    coupling_keys = ("beta",)
+    histogram_observable = "topological_charge"
+    cost_observable = "Q"
+    cost_estimate = "chi_t = <Q^2>/V"
 
     def __init__(self, shape: Sequence[int], beta: float) -> None:
         self.shape = validate_shape(shape, "shape")
@@ -54,7 +62,13 @@ class U1Gauge:
     @property
     def volume(self) -> int:
         """Number of plaquettes V = L0 L1."""
-        return volume(self.shape)
+        return math.prod(self.shape)
+
+    def hot_start(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform link angles in (−π, π]."""
+        x = (torch.rand((n, *self.field_shape), generator=generator, dtype=dtype, device=device) * 2 - 1) * math.pi
+        return wrap(x)
 
     def __repr__(self) -> str:
         return f"U1Gauge(shape={self.shape}, beta={self.beta})"
@@ -94,6 +108,16 @@ class U1Gauge:
         f1 = shift(sin_p, 0, -1) - sin_p
         return self.beta * torch.stack([f0, f1], dim=1)
 
+    def plaquette_marginal_log_density(self, p: torch.Tensor) -> torch.Tensor:
+        """log ρ(P) = β cos P − log(2π I₀(β)) of one plaquette angle ``p`` (any shape, elementwise).
+
+        The density of one plaquette when the torus constraint Σ_x P_x ∈ 2πℤ is dropped (the n = 0 term of the
+        character expansion; exact on an open lattice). Written as β(cos P − 1) − log(2π e^{−β} I₀(β)), which
+        stays finite at any β.
+        """
+        i0e = float(torch.special.i0e(torch.tensor(self.beta, dtype=torch.float64)))
+        return self.beta * (torch.cos(p) - 1.0) - math.log(2 * math.pi * i0e)
+
     # -- observables --------------------------------------------------------------------------------
     def topological_charge(self, theta: torch.Tensor) -> torch.Tensor:
         """Q = (2π)⁻¹ Σ_x wrap(P(x)), rounded to the integer it is up to round-off; ``(B,)`` floats."""
@@ -121,6 +145,36 @@ class U1Gauge:
         """|V_⊥⁻¹ Σ_{x⊥} exp(i Σ_{x_μ} θ_μ(x))|, the modulus of the mean Polyakov loop along ``mu``, ``(B,)``."""
         line = theta[:, mu].sum(dim=1 + mu)
         return torch.complex(torch.cos(line), torch.sin(line)).mean(-1).abs()
+
+    # -- analysis -----------------------------------------------------------------------------------
+    def table_rows(self) -> list[TableRow]:
+        """⟨cos P⟩, S/V, Q, χ_t = ⟨Q²⟩/V, W(1×1), W(2×2) with their exact torus values, |Polyakov loop|."""
+        beta, v = self.beta, self.volume
+        plaq = exact.u1_mean_plaquette(beta, v)
+        return [
+            TableRow("<cos P>", ("plaquette",), exact=plaq, main=True),
+            TableRow("S/V", ("action_density",), exact=-beta * plaq, main=True),
+            TableRow("Q", ("topological_charge",), exact=0.0, main=True),
+            TableRow("chi_t = <Q^2>/V", ("q2",), factor=1.0 / v, main=True,
+                     exact=exact.u1_topological_susceptibility(beta, v)),
+            TableRow("W(1x1)", ("wilson_loop_1x1",), exact=exact.u1_wilson_loop(beta, v, 1)),
+            TableRow("W(2x2)", ("wilson_loop_2x2",), exact=exact.u1_wilson_loop(beta, v, 4)),
+            TableRow("|Polyakov loop|", ("polyakov_loop",)),
+        ]
+
+    def extra_analysis(self, observables: Mapping[str, Any], weights: Any = None) -> dict[str, Any]:
+        """The histogram of Q (reweighted with ``weights`` for i.i.d. flow samples) and the exact P(Q)."""
+        q = np.asarray(observables["topological_charge"]).round().astype(int)
+        values, inverse = np.unique(q, return_inverse=True)
+        counts = np.bincount(inverse, weights=weights)
+        counts = counts / counts.sum() * len(q)
+        qs, probs = exact.u1_charge_distribution(self.beta, self.volume)
+        return {"charge_histogram": {"Q": values.tolist(), "count": counts.tolist(),
+                                     "exact_Q": np.asarray(qs).tolist(), "exact_P": np.asarray(probs).tolist()}}
+
+    def log_z_exact(self) -> float | None:
+        """ln ∫∏dθ e^{−S} (Lebesgue measure: the (2π)^{2V} of the uniform base included)."""
+        return exact.u1_log_z(self.beta, self.volume) + 2 * self.volume * math.log(2 * math.pi)
 
     def observables(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-configuration measurements (first axis B): ⟨cos P⟩, Q, Q², S/V, W(1×1), W(2×2), |Polyakov|."""

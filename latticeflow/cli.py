@@ -163,7 +163,9 @@ def _cmd_analyze(args) -> int:
 
         print(f"wrote {export_pyerrors(args.file, args.pyerrors)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2, default=float))
+        from .io import dumps_json
+
+        print(dumps_json(result.as_dict()))
     else:
         print(result.table())
     return 3 if args.strict and not result.extra["verdict"]["reliable"] else 0

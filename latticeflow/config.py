@@ -29,15 +29,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class ActionConfig:
-    """``action:`` — ``theory: phi4`` with (``kappa``, ``lam``) or (``m2``, ``lam4``); ``theory: u1`` with ``beta``."""
+    """``action:`` — ``theory`` (any name in ``actions.THEORIES``), ``shape`` and the theory's couplings
+    (``phi4``: ``kappa``, ``lam`` or ``m2``, ``lam4``; ``u1``: ``beta``), which the theory validates.
+    Couplings read as attributes: ``cfg.action.beta``."""
 
     theory: str
     shape: list[int]
-    kappa: float | None = None
-    lam: float | None = None
-    m2: float | None = None
-    lam4: float | None = None
-    beta: float | None = None
+    couplings: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        couplings = self.__dict__.get("couplings", {})
+        if name in couplings:
+            return couplings[name]
+        raise AttributeError(f"action has no coupling {name!r}")
 
 
 @dataclass
@@ -56,6 +60,13 @@ class SamplerConfig:
     save_every: int = 1
     batch_size: int = 1024
     reference_hmc: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"sampler has no key {name!r}")
 
 
 @dataclass
@@ -132,7 +143,7 @@ class Config:
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
 
-_SECTIONS = {"action": ActionConfig, "train": TrainConfig, "sampler": SamplerConfig, "output": OutputConfig}
+_SECTIONS = {"train": TrainConfig, "output": OutputConfig}
 _TOP = {f.name for f in dataclasses.fields(Config)}
 
 
@@ -192,55 +203,71 @@ def _section(cls, data: Any, name: str):
     return cls(**kwargs)
 
 
-def _validate_action(a: ActionConfig) -> None:
-    if a.theory not in ("phi4", "u1"):
-        raise ConfigError(f"action.theory must be 'phi4' or 'u1', got {a.theory!r}")
-    if not a.shape or any(s <= 0 for s in a.shape):
-        raise ConfigError(f"action.shape must be positive lattice extents, got {a.shape}")
-    if a.theory == "phi4":
-        if a.beta is not None:
-            raise ConfigError(f"action.beta is a U(1) coupling, not one of phi4 (got beta={a.beta})")
-        hopping = a.kappa is not None or a.lam is not None
-        standard = a.m2 is not None or a.lam4 is not None
-        if hopping and standard:
-            raise ConfigError("action: give either (kappa, lam) or (m2, lam4), not both")
-        if standard:
-            if a.m2 is None or a.lam4 is None:
-                raise ConfigError(f"action: the standard form needs both m2 and lam4, got m2={a.m2}, lam4={a.lam4}")
-            if a.lam4 < 0:
-                raise ConfigError(f"action.lam4 must be >= 0, got {a.lam4}")
-            if a.lam4 == 0 and a.m2 <= -2 * len(a.shape):
-                raise ConfigError(f"action.m2 must be > {-2 * len(a.shape)} at lam4 = 0 (free field), got {a.m2}")
-        else:
-            if a.kappa is None:
-                raise ConfigError("action.kappa is required for theory phi4 (or give m2 and lam4)")
-            lam = 0.0 if a.lam is None else a.lam
-            if lam < 0:
-                raise ConfigError(f"action.lam must be >= 0, got {lam}")
-            bound = 1 / (2 * len(a.shape))
-            if lam == 0 and not abs(a.kappa) < bound:
-                raise ConfigError(f"action.kappa must satisfy |kappa| < {bound:g} at lam = 0 (free field is unstable otherwise), got {a.kappa}")
-    else:
-        for k in ("kappa", "lam", "m2", "lam4"):
-            if getattr(a, k) is not None:
-                raise ConfigError(f"action.{k} is a phi4 coupling, not one of u1 (got {k}={getattr(a, k)})")
-        if a.beta is None:
-            raise ConfigError("action.beta is required for theory u1")
-        if not a.beta > 0:
-            raise ConfigError(f"action.beta must be > 0, got {a.beta}")
-        if len(a.shape) != 2:
-            raise ConfigError(f"action.shape must have 2 extents for u1, got {a.shape}")
+def _action_section(data: Any) -> ActionConfig:
+    """``action:`` → `ActionConfig`; the theory (from the registry ``actions.THEORIES``) validates its couplings."""
+    from actions import THEORIES, build_theory
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"action must be a mapping of keys, got {data!r}")
+    theory = data.get("theory")
+    if theory not in THEORIES:
+        raise ConfigError(f"action.theory must be one of {', '.join(THEORIES)}, got {theory!r}")
+    if "shape" not in data:
+        raise ConfigError("action.shape is required")
+    shape = _coerce(data["shape"], "list[int]", "action.shape")
+    if not shape or any(s <= 0 for s in shape):
+        raise ConfigError(f"action.shape must be positive lattice extents, got {shape}")
+    allowed = set(THEORIES[theory].coupling_keys)
+    couplings = {}
+    for key, value in data.items():
+        if key in ("theory", "shape"):
+            continue
+        if key not in allowed:
+            raise _unknown(str(key), allowed | {"theory", "shape"}, "action.")
+        couplings[key] = _coerce(value, "float | None", f"action.{key}")
+    a = ActionConfig(theory=theory, shape=shape, couplings=couplings)
+    try:
+        build_theory(theory, shape, couplings)
+    except ValueError as err:
+        raise ConfigError(f"action.{err}") from None
+    return a
+
+
+def _sampler_section(data: Any) -> SamplerConfig:
+    """``sampler:`` → `SamplerConfig`: the common keys and the options of the sampler named (registry
+    ``latticeflow.samplers.SAMPLERS``)."""
+    from .samplers import SAMPLERS
+
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"sampler must be a mapping of keys, got {data!r}")
+    name = data.get("name", SamplerConfig.name)
+    if name not in SAMPLERS:
+        raise ConfigError(f"sampler.name must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    extra = dict(SAMPLERS[name].options)
+    common = {k: v for k, v in data.items() if k not in extra}
+    if "options" in common:
+        raise _unknown("options", {f.name for f in dataclasses.fields(SamplerConfig)} - {"options"} | set(extra),
+                       "sampler.")
+    try:
+        s = _section(SamplerConfig, common, "sampler")
+    except ConfigError as err:
+        if "unknown config key" in str(err) and extra:
+            raise ConfigError(f"{err} (sampler {name} also takes: {', '.join(extra)})") from None
+        raise
+    for key, default in extra.items():
+        if key in data:
+            extra[key] = _coerce(data[key], type(default).__name__, f"sampler.{key}")
+    s.options = extra
+    return s
 
 
 def _validate(cfg: Config) -> None:
-    _validate_action(cfg.action)
     if cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
     s = cfg.sampler
-    if s.name not in ("hmc", "nmcmc", "flow"):
-        raise ConfigError(f"sampler.name must be one of hmc, nmcmc, flow, got {s.name!r}")
     for key in ("n_samples", "n_chains", "n_leapfrog", "save_every", "batch_size"):
         if getattr(s, key) < 1:
             raise ConfigError(f"sampler.{key} must be >= 1, got {getattr(s, key)}")
@@ -323,7 +350,11 @@ def config_from_dict(data: Any) -> Config:
         raise ConfigError("config needs an 'action' section (theory, shape and couplings)")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == "action":
+            kwargs[key] = _action_section(value)
+        elif key == "sampler":
+            kwargs[key] = _sampler_section(value)
+        elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, key)
         elif key == "flow":
             if value is not None and not isinstance(value, dict):
@@ -392,19 +423,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config (every default filled in) as YAML text."""
     data = dataclasses.asdict(cfg)
-    data["action"] = {k: v for k, v in data["action"].items() if v is not None}
+    data["action"] = {"theory": cfg.action.theory, "shape": list(cfg.action.shape),
+                      **{k: v for k, v in cfg.action.couplings.items() if v is not None}}
+    data["sampler"].update(data["sampler"].pop("options"))
     return yaml.safe_dump(data, sort_keys=False)
 
 
 def build_action(a: ActionConfig):
-    """The theory object of an ``action:`` section (``actions.Phi4`` or ``actions.U1Gauge``)."""
-    from actions import Phi4, U1Gauge
+    """The theory object of an ``action:`` section (``actions.build_theory``; e.g. ``actions.Phi4``)."""
+    from actions import build_theory
 
     try:
-        if a.theory == "phi4":
-            if a.m2 is not None:
-                return Phi4.from_standard(a.shape, m2=a.m2, lam4=a.lam4)
-            return Phi4(a.shape, kappa=a.kappa, lam=a.lam or 0.0)
-        return U1Gauge(a.shape, beta=a.beta)
+        return build_theory(a.theory, a.shape, a.couplings)
     except ValueError as err:
-        raise ConfigError(f"action: {err}") from None
+        raise ConfigError(f"action.{err}") from None

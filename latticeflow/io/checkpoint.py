@@ -9,11 +9,10 @@ the temporary file is removed and the old checkpoint is left as it was.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
-from ._repair import _fsync_path
+from .files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -24,26 +23,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
-    target = Path(path)
-    directory = target.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory does not exist: {directory}")
-    tmp = directory / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    # os.open with mode 0o666 lets the umask decide permissions, as for open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_path(str(directory))  # make the rename durable (best effort)
+    if not Path(path).parent.is_dir():
+        raise FileNotFoundError(f"checkpoint directory does not exist: {Path(path).parent}")
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

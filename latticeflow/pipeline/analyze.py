@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from actions import exact
+from actions import build_theory
 from ..analysis import (GammaResult, ObservableRow, format_table, gamma_method, gamma_method_derived, jackknife,
                         reverse_ess, split_replicas)
 from ..analysis.verdict import format_verdict, markov_checks, verdict, weight_checks
 from ..io import open_ensemble
 
-__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors", "MAIN_OBSERVABLES"]
+__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class EnsembleAnalysis:
     n_rows: int
     rows: list[ObservableRow]
     extra: dict[str, Any]
+    main: tuple[str, ...] = ()
 
     def row(self, name: str) -> ObservableRow:
         for r in self.rows:
@@ -52,14 +53,14 @@ class EnsembleAnalysis:
         checks = dict(self.extra.get("checks", {}))
         pulls, ref_name = {}, "exact value"
         for r in self.rows:
-            if r.name in MAIN_OBSERVABLES.get(self.theory, ()) and r.exact is not None:
+            if r.name in self.main and r.exact is not None:
                 p = r.pull()
                 if p is not None:
                     pulls[f"{r.name} (exact)"] = p
         if reference is not None:
             ref_name = "reference / exact value"
             for r in self.rows:
-                if r.name not in MAIN_OBSERVABLES.get(self.theory, ()):
+                if r.name not in self.main:
                     continue
                 try:
                     o = reference.row(r.name).result
@@ -81,17 +82,10 @@ class EnsembleAnalysis:
             d["pull"] = r.pull()
             obs[r.name] = d
         return {"path": self.path, "theory": self.theory, "couplings": self.couplings, "shape": list(self.shape),
-                "n_rows": self.n_rows, "observables": obs, **self.extra}
+                "n_rows": self.n_rows, "main_observables": list(self.main), "observables": obs, **self.extra}
 
 
-#: the observables whose R̂, τ_int coverage and pulls enter the verdict
-MAIN_OBSERVABLES = {"phi4": ("m", "|m|", "chi2 = V<m^2>", "S/V"), "u1": ("<cos P>", "Q", "chi_t = <Q^2>/V", "S/V")}
-_MAIN_SERIES = {"phi4": {"m": ("m", 1), "|m|": ("abs_m", 1), "chi2 = V<m^2>": ("m2", "V"), "S/V": ("action_density", 1)},
-                "u1": {"<cos P>": ("plaquette", 1), "Q": ("topological_charge", 1), "chi_t = <Q^2>/V": ("q2", "1/V"),
-                       "S/V": ("action_density", 1)}}
-
-
-def _checks(ens, keys: set, chain, mc_index, rows: list, volume: int, weighted: bool) -> dict[str, Any]:
+def _checks(ens, keys: set, chain, mc_index, rows: list, table_rows: list, weighted: bool) -> dict[str, Any]:
     """The figures of the verdict: R̂ and τ_int coverage (Markov chains), Pareto k̂, rejection runs."""
     checks: dict[str, Any] = {}
     if weighted:
@@ -100,9 +94,11 @@ def _checks(ens, keys: set, chain, mc_index, rows: list, volume: int, weighted: 
     if chain is not None:
         series, taus = {}, {}
         by_name = {r.name: r for r in rows}
-        for name, (key, scale) in _MAIN_SERIES[ens.theory].items():
-            factor = {1: 1.0, "V": float(volume), "1/V": 1.0 / volume}[scale]
-            series[name] = [factor * r for r in _replicas(ens, f"observables/{key}", chain, mc_index)]
+        for spec in table_rows:
+            if not spec.main or spec.func is not None:
+                continue
+            key, name = spec.inputs[0], spec.name
+            series[name] = [spec.factor * r for r in _replicas(ens, f"observables/{key}", chain, mc_index)]
             taus[name] = by_name[name].result.tau_int if name in by_name else math.nan
         checks.update(markov_checks(series, taus))
         checks["chain_length"] = int(min(len(r) for r in next(iter(series.values()))))
@@ -146,88 +142,69 @@ class _Stats:
         return self._result(mean, err, len(arrays[0]))
 
 
-def _exact_phi4(couplings: dict, shape: tuple[int, ...]) -> dict[str, Any]:
-    if couplings.get("lam", 1.0) != 0.0:
-        return {}
-    kappa = couplings["kappa"]
-    g = exact.free_field_propagator(shape, kappa)
-    return {"m": 0.0, "chi2": exact.free_field_chi2(shape, kappa), "binder": 0.0,
-            "action_density": exact.free_field_action_density(), "G": g}
+def _series(ens, spec_input, chain, mc_index, cache: dict) -> list[np.ndarray]:
+    """Replicas of one table input: an observable name, or ``(name, index)`` for one component of an array."""
+    key, index = (spec_input, None) if isinstance(spec_input, str) else spec_input
+    if key not in cache:
+        cache[key] = _replicas(ens, f"observables/{key}", chain, mc_index)
+    reps = cache[key]
+    return reps if index is None else [r[(slice(None), *index)] for r in reps]
 
 
-def _analyze_phi4(ens, chain, mc_index, volume: int, st: _Stats, rows: list, extra: dict) -> None:
-    ex = _exact_phi4(ens.couplings, ens.shape)
-    rep = {k: _replicas(ens, f"observables/{k}", chain, mc_index) for k in ("m", "abs_m", "m2", "m4", "action_density")}
-    rows.append(ObservableRow("m", st.primary(rep["m"]), ex.get("m", 0.0)))
-    rows.append(ObservableRow("|m|", st.primary(rep["abs_m"]), None))
-    rows.append(ObservableRow("chi2 = V<m^2>", st.primary([volume * r for r in rep["m2"]]), ex.get("chi2")))
-    rows.append(ObservableRow("chi = V(<m^2>-<|m|>^2)", st.derived(
-        lambda m2, am: volume * (m2 - am**2), [rep["m2"], rep["abs_m"]]), None))
-    rows.append(ObservableRow("binder U", st.derived(
-        lambda m4, m2: 1 - m4 / (3 * m2**2), [rep["m4"], rep["m2"]]), ex.get("binder")))
-    rows.append(ObservableRow("S/V", st.primary(rep["action_density"]), ex.get("action_density")))
-    # two-point function along axis 0 and the zero-momentum correlator with its effective mass
+def _table(theory, ens, chain, mc_index, st: _Stats, rows: list) -> None:
+    """The theory's table rows (`actions.TableRow`): primary means or derived functions of means."""
+    cache: dict = {}
+    for spec in theory.table_rows():
+        data = [_series(ens, i, chain, mc_index, cache) for i in spec.inputs]
+        if spec.func is None:
+            result = st.primary([spec.factor * r for r in data[0]])
+        else:
+            result = st.derived(spec.func, data)
+        rows.append(ObservableRow(spec.name, result, spec.exact))
+
+
+def _correlators(theory, ens, keys: set, chain, mc_index, st: _Stats, extra: dict) -> None:
+    """G(t, 0, …) along axis 0 (with the theory's exact G where known) and the effective mass
+    arccosh[(C(t−1) + C(t+1))/(2C(t))] of the zero-momentum correlator, for theories that measure them."""
     L0 = ens.shape[0]
-    g_rows = _replicas(ens, "observables/two_point", chain, mc_index)
-    c_rows = _replicas(ens, "observables/zero_momentum_correlator", chain, mc_index)
-    correlator = []
-    for t in range(L0 // 2 + 1):
-        res = st.primary([r[:, t, 0] if r.ndim == 3 else r[:, t] for r in g_rows])
-        exact_g = float(ex["G"][t, 0]) if "G" in ex else None
-        if t in (0, 1, L0 // 2):
-            rows.append(ObservableRow(f"G({t},0)", res, exact_g))
-        correlator.append({"t": t, **res.as_dict(), "exact": exact_g})
-    m_eff = []
-    for t in range(1, L0 // 2):
-        data = [[r[:, t - 1] for r in c_rows], [r[:, t] for r in c_rows], [r[:, t + 1] for r in c_rows]]
+    if "observables/two_point" in keys:
+        g_exact = theory.two_point_exact() if hasattr(theory, "two_point_exact") else None
+        origin = (0,) * (len(ens.shape) - 1)
+        g_rows = _replicas(ens, "observables/two_point", chain, mc_index)
+        correlator = []
+        for t in range(L0 // 2 + 1):
+            res = st.primary([r[(slice(None), t, *origin)] for r in g_rows])
+            exact_g = float(g_exact[(t, *origin)]) if g_exact is not None else None
+            correlator.append({"t": t, **res.as_dict(), "exact": exact_g})
+        extra["two_point_G_t0"] = correlator
+    if "observables/zero_momentum_correlator" in keys:
+        c_rows = _replicas(ens, "observables/zero_momentum_correlator", chain, mc_index)
+        m_eff = []
+        for t in range(1, L0 // 2):
+            data = [[r[:, t - 1] for r in c_rows], [r[:, t] for r in c_rows], [r[:, t + 1] for r in c_rows]]
 
-        def meff(cm, c0, cp):
-            arg = (cm + cp) / (2 * c0)
-            return math.acosh(arg) if arg >= 1 else float("nan")
+            def meff(cm, c0, cp):
+                arg = (cm + cp) / (2 * c0)
+                return math.acosh(arg) if arg >= 1 else float("nan")
 
-        try:
-            m_eff.append({"t": t, **st.derived(meff, data).as_dict()})
-        except (ValueError, ZeroDivisionError):
-            m_eff.append({"t": t, "mean": float("nan"), "error": float("nan")})
-    extra["two_point_G_t0"] = correlator
-    extra["effective_mass"] = m_eff
-
-
-def _analyze_u1(ens, chain, mc_index, volume: int, st: _Stats, rows: list, extra: dict) -> None:
-    beta = ens.couplings["beta"]
-    plaq = exact.u1_mean_plaquette(beta, volume)
-    rep = {k: _replicas(ens, f"observables/{k}", chain, mc_index)
-           for k in ("plaquette", "topological_charge", "q2", "action_density", "wilson_loop_1x1", "wilson_loop_2x2", "polyakov_loop")}
-    rows.append(ObservableRow("<cos P>", st.primary(rep["plaquette"]), plaq))
-    rows.append(ObservableRow("S/V", st.primary(rep["action_density"]), -beta * plaq))
-    rows.append(ObservableRow("Q", st.primary(rep["topological_charge"]), 0.0))
-    rows.append(ObservableRow("chi_t = <Q^2>/V", st.primary([r / volume for r in rep["q2"]]),
-                              exact.u1_topological_susceptibility(beta, volume)))
-    rows.append(ObservableRow("W(1x1)", st.primary(rep["wilson_loop_1x1"]), exact.u1_wilson_loop(beta, volume, 1)))
-    rows.append(ObservableRow("W(2x2)", st.primary(rep["wilson_loop_2x2"]), exact.u1_wilson_loop(beta, volume, 4)))
-    rows.append(ObservableRow("|Polyakov loop|", st.primary(rep["polyakov_loop"]), None))
-    q = np.concatenate(rep["topological_charge"]).round().astype(int)
-    values, inverse = np.unique(q, return_inverse=True)
-    counts = np.bincount(inverse, weights=st.w if st.w is not None else None)
-    counts = counts / counts.sum() * len(q)
-    qs, probs = exact.u1_charge_distribution(beta, volume)
-    extra["charge_histogram"] = {"Q": values.tolist(), "count": counts.tolist(),
-                                 "exact_Q": np.asarray(qs).tolist(), "exact_P": np.asarray(probs).tolist()}
+            try:
+                m_eff.append({"t": t, **st.derived(meff, data).as_dict()})
+            except (ValueError, ZeroDivisionError):
+                m_eff.append({"t": t, "mean": float("nan"), "error": float("nan")})
+        extra["effective_mass"] = m_eff
 
 
-def _free_energy(log_weight: np.ndarray, theory: str, couplings: dict, shape: tuple) -> dict[str, Any]:
-    """ln Z = ln mean(w) with error √(1/ESS − 1/N) (delta method), reverse ESS, and the exact ln Z
-    (Lebesgue measure: for U(1) the (2π)^{2V} of the uniform base is included) where known."""
+def _free_energy(log_weight: np.ndarray, theory) -> dict[str, Any]:
+    """ln Z = ln mean(w) with error √(1/ESS − 1/N) (delta method), reverse ESS, and the theory's exact ln Z
+    (Lebesgue measure on the field space) where known."""
     n = len(log_weight)
     m = log_weight.max()
     log_z = float(m + np.log(np.mean(np.exp(log_weight - m))))
     ess = reverse_ess(log_weight)
     out = {"reverse_ess": ess, "log_z": log_z, "log_z_error": math.sqrt(max(1 / (ess * n) - 1 / n, 0.0))}
-    volume = int(np.prod(shape))
-    if theory == "phi4" and couplings.get("lam", 1.0) == 0.0:
-        out["log_z_exact"] = exact.free_field_log_z(shape, couplings["kappa"])
-    elif theory == "u1":
-        out["log_z_exact"] = exact.u1_log_z(couplings["beta"], volume) + 2 * volume * math.log(2 * math.pi)
+    exact_log_z = theory.log_z_exact()
+    if exact_log_z is not None:
+        out["log_z_exact"] = exact_log_z
     return out
 
 
@@ -240,18 +217,20 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
         keys = set(ens.keys())
         chain = ens["chain"] if "chain" in keys else None
         mc_index = ens["mc_index"] if "mc_index" in keys else None
-        volume = int(np.prod(ens.shape))
+        try:
+            theory = build_theory(ens.theory, ens.shape, ens.couplings)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        table_rows = theory.table_rows()
         rows: list[ObservableRow] = []
         extra: dict[str, Any] = {}
         weighted = chain is None and "log_weight" in keys
         log_weight = ens["log_weight"] if "log_weight" in keys else None
         st = _Stats(S, log_weight if weighted else None)
-        if ens.theory == "phi4":
-            _analyze_phi4(ens, chain, mc_index, volume, st, rows, extra)
-        elif ens.theory == "u1":
-            _analyze_u1(ens, chain, mc_index, volume, st, rows, extra)
-        else:
-            raise ValueError(f"{path}: no analysis for theory {ens.theory!r}")
+        _table(theory, ens, chain, mc_index, st, rows)
+        _correlators(theory, ens, keys, chain, mc_index, st, extra)
+        extra.update(theory.extra_analysis({k.split("/", 1)[1]: ens[k] for k in keys if k.startswith("observables/")
+                                            and ens.dataset(k).ndim == 1}, st.w))
         if "accepted" in keys:
             acc = [r.astype(np.float64) for r in _replicas(ens, "accepted", chain, mc_index)]
             rows.append(ObservableRow("acceptance", gamma_method(acc, S=S), None))
@@ -267,15 +246,16 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
             extra["longest_rejection_run_per_chain"] = runs.tolist()
         if weighted:
             extra["estimator"] = "reweighting (jackknife errors)"
-            fe = _free_energy(log_weight, ens.theory, ens.couplings, ens.shape)
+            fe = _free_energy(log_weight, theory)
             extra.update(fe)
             rows.append(ObservableRow("ln Z", st._result(fe["log_z"], fe["log_z_error"], len(log_weight)),
                                       fe.get("log_z_exact")))
         else:
             extra["estimator"] = "Gamma method (chains as replicas)"
-        extra["checks"] = _checks(ens, keys, chain, mc_index, rows, volume, weighted)
+        extra["checks"] = _checks(ens, keys, chain, mc_index, rows, table_rows, weighted)
         result = EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
-                                  shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra)
+                                  shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra,
+                                  main=tuple(r.name for r in table_rows if r.main))
     result.judge(thresholds)
     return result
 

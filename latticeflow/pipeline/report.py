@@ -1,12 +1,11 @@
 """Run reports: ``summary.json`` and PNG plots of an analysed ensemble (matplotlib, Agg backend)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..io import open_ensemble
+from ..io import open_ensemble, write_json
 from .analyze import EnsembleAnalysis
 
 __all__ = ["write_report"]
@@ -21,19 +20,46 @@ def _weights(ens) -> np.ndarray | None:
     return None
 
 
-def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> list[Path]:
+def _title(result: EnsembleAnalysis) -> str:
+    coup = ", ".join(f"{k}={v:g}" for k, v in result.couplings.items())
+    return f"{result.theory} {'×'.join(map(str, result.shape))}, {coup}"
+
+
+def _plot_histogram(result: EnsembleAnalysis, ens, plots: Path, key: str, reference=None) -> list[Path]:
+    """P(O) of the theory's histogram observable: bars with the exact distribution for an integer charge
+    (``charge_histogram`` of the analysis), a density histogram otherwise; the HMC reference on top."""
     import matplotlib.pyplot as plt
 
-    out = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     label = ens.attrs.get("sampler", "")
-    ax.hist(ens["observables/m"], bins=60, density=True, color="C0", alpha=0.6, weights=_weights(ens), label=label)
-    if reference is not None:
-        with open_ensemble(reference.path) as ref:
-            ax.hist(ref["observables/m"], bins=60, density=True, histtype="step", color="k", label="HMC")
-    ax.legend()
-    ax.set_xlabel("magnetisation m"); ax.set_ylabel("density"); ax.set_title("P(m)")
-    fig.tight_layout(); out.append(plots / "magnetization_histogram.png"); fig.savefig(out[-1], dpi=110); plt.close(fig)
+    h = result.extra.get("charge_histogram")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if h is not None:
+        counts = np.asarray(h["count"], dtype=float)
+        ax.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label=label)
+        if reference is not None and "charge_histogram" in reference.extra:
+            hr = reference.extra["charge_histogram"]
+            cr = np.asarray(hr["count"], dtype=float)
+            ax.step(hr["Q"], cr / cr.sum(), where="mid", color="C3", label="HMC")
+        eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
+        keep = ep > 1e-5 * ep.max()
+        ax.plot(eq[keep], ep[keep], "k.--", label="exact")
+        ax.set_xlabel("topological charge Q"); ax.set_ylabel("P(Q)")
+        name = "topology_histogram.png"
+    else:
+        ax.hist(ens[f"observables/{key}"], bins=60, density=True, color="C0", alpha=0.6, weights=_weights(ens),
+                label=label)
+        if reference is not None:
+            with open_ensemble(reference.path) as ref:
+                ax.hist(ref[f"observables/{key}"], bins=60, density=True, histtype="step", color="k", label="HMC")
+        ax.set_xlabel(f"{key} per configuration"); ax.set_ylabel("density")
+        name = f"{key}_histogram.png" if key != "m" else "magnetization_histogram.png"
+    ax.legend(); ax.set_title(_title(result), fontsize=9)
+    fig.tight_layout(); path = plots / name; fig.savefig(path, dpi=110); plt.close(fig)
+    return [path]
+
+
+def _plot_correlator(result: EnsembleAnalysis, label: str, plots: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
 
     corr = result.extra["two_point_G_t0"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -42,45 +68,44 @@ def _plot_phi4(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> li
     if corr[0]["exact"] is not None:
         a1.plot(t, [c["exact"] for c in corr], "k--", label="exact (free field)")
     a1.set_xlabel("t"); a1.set_ylabel("G(t, 0)"); a1.set_yscale("log"); a1.legend()
-    me = [m for m in result.extra["effective_mass"] if np.isfinite(m["mean"])]
+    me = [m for m in result.extra.get("effective_mass", []) if m["mean"] is not None and np.isfinite(m["mean"])]
     a2.errorbar([m["t"] for m in me], [m["mean"] for m in me], [m["error"] for m in me], fmt="o")
     a2.set_xlabel("t"); a2.set_ylabel("effective mass")
-    fig.tight_layout(); out.append(plots / "correlator.png"); fig.savefig(out[-1], dpi=110); plt.close(fig)
-    return out
+    fig.suptitle(_title(result), fontsize=9)
+    fig.tight_layout(); path = plots / "correlator.png"; fig.savefig(path, dpi=110); plt.close(fig)
+    return [path]
 
 
-def _plot_u1(result: EnsembleAnalysis, ens, plots: Path, reference=None) -> list[Path]:
+def _plot_history(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+    """The first main observable against Monte Carlo time (three chains), its exact value dashed."""
     import matplotlib.pyplot as plt
 
-    h = result.extra["charge_histogram"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    counts = np.asarray(h["count"], dtype=float)
-    a1.bar(h["Q"], counts / counts.sum(), color="C0", alpha=0.8, label=ens.attrs.get("sampler", ""))
-    if reference is not None:
-        hr = reference.extra["charge_histogram"]
-        cr = np.asarray(hr["count"], dtype=float)
-        a1.step(hr["Q"], cr / cr.sum(), where="mid", color="C3", label="HMC")
-    eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
-    keep = ep > 1e-5 * ep.max()
-    a1.plot(eq[keep], ep[keep], "k.--", label="exact")
-    a1.set_xlabel("topological charge Q"); a1.set_ylabel("P(Q)"); a1.legend()
-    plaq = ens["observables/plaquette"]
+    row = next((r for r in result.rows if r.name in result.main), None)
+    spec = next((s for s in _theory(result).table_rows() if row is not None and s.name == row.name), None)
+    if spec is None or spec.func is not None:
+        return []
+    series = ens[f"observables/{spec.inputs[0]}"] * spec.factor
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     if "chain" in ens.keys():
         chain, step = ens["chain"], ens["mc_index"]
         for c in np.unique(chain)[:3]:
             sel = chain == c
             order = np.argsort(step[sel])
-            a2.plot(step[sel][order], plaq[sel][order], lw=0.5, label=f"chain {c}")
-        a2.set_xlabel("trajectory"); a2.legend(fontsize=7)
+            ax.plot(step[sel][order], series[sel][order], lw=0.5, label=f"chain {c}")
+        ax.set_xlabel("Monte Carlo time"); ax.legend(fontsize=7)
     else:
-        a2.plot(plaq, lw=0.4); a2.set_xlabel("configuration")
-    a2.axhline(result.row("<cos P>").exact, color="k", ls="--")
-    a2.set_ylabel("<cos P> per configuration")
-    fig.tight_layout(); path = plots / "topology_and_plaquette.png"; fig.savefig(path, dpi=110); plt.close(fig)
-    paths = [path]
-    if reference is not None:
-        paths.append(_plot_charge_histories(ens, reference, plots))
-    return paths
+        ax.plot(series, lw=0.4); ax.set_xlabel("configuration")
+    if row.exact is not None:
+        ax.axhline(row.exact, color="k", ls="--")
+    ax.set_ylabel(f"{row.name} per configuration"); ax.set_title(_title(result), fontsize=9)
+    fig.tight_layout(); path = plots / "history.png"; fig.savefig(path, dpi=110); plt.close(fig)
+    return [path]
+
+
+def _theory(result: EnsembleAnalysis):
+    from actions import build_theory
+
+    return build_theory(result.theory, result.shape, result.couplings)
 
 
 def _charge_histories(ens, n_chains: int = 4) -> list[tuple[int, np.ndarray]]:
@@ -124,9 +149,15 @@ def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path, refere
                "analysis": result.as_dict()}
     if reference is not None:
         summary["reference_analysis"] = reference.as_dict()
-    path = out_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=float))
+    path = write_json(out_dir / "summary.json", summary)
+    theory = _theory(result)
+    pngs: list[Path] = []
     with open_ensemble(result.path) as ens:
-        plot = _plot_phi4 if result.theory == "phi4" else _plot_u1
-        pngs = plot(result, ens, plots, reference)
+        if theory.histogram_observable is not None:
+            pngs += _plot_histogram(result, ens, plots, theory.histogram_observable, reference)
+        if "two_point_G_t0" in result.extra:
+            pngs += _plot_correlator(result, str(ens.attrs.get("sampler", "")), plots)
+        pngs += _plot_history(result, ens, plots)
+        if reference is not None and theory.cost_observable is not None and "observables/topological_charge" in ens.keys():
+            pngs.append(_plot_charge_histories(ens, reference, plots))
     return [path, *pngs]

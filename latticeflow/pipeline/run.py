@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from ..analysis import forward_ess
-from ..config import Config
-from ..io import open_ensemble
+from ..config import Config, build_action
+from ..io import open_ensemble, write_json
+from ..samplers import REFERENCE_SAMPLER, SAMPLERS
 from .analyze import EnsembleAnalysis, analyze
 from .report import write_report
 from .sample import sample
@@ -65,29 +66,33 @@ def comparison_table(results: dict[str, EnsembleAnalysis]) -> str:
 
 
 def cost_comparison(results: dict[str, EnsembleAnalysis], rates: dict[str, float | None],
-                    train_seconds: float, n_independent: float = 1e4) -> dict[str, Any]:
-    """τ_int(Q), χ_t and the cost of ``n_independent`` independent Q samples for each ensemble (U(1)).
+                    train_seconds: float, n_independent: float = 1e4, observable: str = "Q",
+                    estimate: str = "chi_t = <Q^2>/V", trained: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """τ_int(Q), χ_t and the cost of ``n_independent`` independent Q samples for each ensemble (U(1): the
+    theory's ``cost_observable`` and ``cost_estimate`` rows; the output keys keep the names of Q and χ_t).
 
     cost = t_train + n_independent · 2τ_int(Q) / rate, with ``rate`` the ensemble's configurations/s
-    (``None`` where this process did not sample it) and t_train counted for flow ensembles only. τ_int is a
+    (``None`` where this process did not sample it) and t_train counted for the ensembles in ``trained`` (default:
+every ensemble but the reference HMC). τ_int is a
     lower bound (and so is the cost) where the shortest chain holds fewer than 50 τ_int(Q) or Q never moved.
     """
     out: dict[str, Any] = {}
     for name, r in results.items():
-        q, chi = r.row("Q").result, r.row("chi_t = <Q^2>/V")
-        cover = r.extra.get("checks", {}).get("tau_per_chain", {}).get("Q")
+        q, chi = r.row(observable).result, r.row(estimate)
+        cover = r.extra.get("checks", {}).get("tau_per_chain", {}).get(observable)
         lower = cover is not None and math.isfinite(cover) and cover < 50
         rate = rates.get(name)
-        t = train_seconds if name != "hmc" else 0.0
+        t = train_seconds if (name in trained if trained is not None else name != REFERENCE_SAMPLER) else 0.0
         out[name] = {"tau_int_q": q.tau_int, "tau_int_q_err": q.tau_int_error, "tau_int_lower_bound": bool(lower),
                      "chi_t": chi.result.mean, "chi_t_err": chi.result.error, "chi_t_exact": chi.exact,
                      "configs_per_s": rate, "train_seconds": t,
                      "cost_seconds": None if not rate else t + n_independent * 2 * q.tau_int / rate}
     costs = {n: o["cost_seconds"] for n, o in out.items()}
-    if "hmc" in costs and len(costs) == 2 and all(costs.values()):
-        flow = next(n for n in costs if n != "hmc")
-        out["cost_ratio"] = costs["hmc"] / costs[flow]
-        out["tau_ratio"] = out["hmc"]["tau_int_q"] / out[flow]["tau_int_q"]
+    ref = REFERENCE_SAMPLER
+    if ref in costs and len(costs) == 2 and all(costs.values()):
+        flow = next(n for n in costs if n != ref)
+        out["cost_ratio"] = costs[ref] / costs[flow]
+        out["tau_ratio"] = out[ref]["tau_int_q"] / out[flow]["tau_int_q"]
     return out
 
 
@@ -112,7 +117,7 @@ def format_cost_comparison(cost: dict[str, Any], n_independent: float = 1e4) -> 
                         ("training", "train"), (f"time to {n_independent:.0e} indep. Q", "cost")):
         lines.append(f"{label:<24}" + "".join(f"{cell(cost[n], what):>22}" for n in names))
     if "cost_ratio" in cost:
-        lower = cost["hmc"]["tau_int_lower_bound"]
+        lower = cost[REFERENCE_SAMPLER]["tau_int_lower_bound"]
         lines.append(f"HMC / flow: tau_int(Q) {'> ' if lower else ''}{cost['tau_ratio']:.3g}, cost "
                      f"{'> ' if lower else ''}{cost['cost_ratio']:.3g} (training counted); exact chi_t "
                      f"{next(cost[n]['chi_t_exact'] for n in names):.6g}")
@@ -134,11 +139,13 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
         out.mkdir(parents=True, exist_ok=True)
     world.barrier()
     summary: dict[str, Any] = {"name": cfg.name, "sampler": cfg.sampler.name}
+    entry, ref = SAMPLERS[cfg.sampler.name], REFERENCE_SAMPLER
     hmc = None
-    if cfg.sampler.name != "hmc" and cfg.sampler.reference_hmc > 0:  # first: it may be the training data
-        hmc_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name="hmc", n_samples=cfg.sampler.reference_hmc))
+    if cfg.sampler.name != ref and cfg.sampler.reference_hmc > 0:  # first: it may be the training data
+        hmc_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name=ref, options={},
+                                                                       n_samples=cfg.sampler.reference_hmc))
         hmc = sample(hmc_cfg, config_text, command=command, progress=progress, path=out / "ensemble_hmc.h5")
-    if cfg.sampler.name != "hmc" and checkpoint is None:
+    if entry.needs_flow and checkpoint is None:
         summary["training"] = train(cfg, config_text, progress=progress)
     sampled = sample(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint)
     if not world.is_main:
@@ -146,29 +153,33 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
         return summary
     results = {cfg.sampler.name: analyze(sampled.path, thresholds=thresholds)}
     if hmc is not None:
-        results["hmc"] = analyze(hmc.path, thresholds=thresholds)
-        results[cfg.sampler.name].judge(thresholds, reference=results["hmc"])
+        results[ref] = analyze(hmc.path, thresholds=thresholds)
+        results[cfg.sampler.name].judge(thresholds, reference=results[ref])
     tables = [results[cfg.sampler.name].table()]
     summary["verdict"] = results[cfg.sampler.name].extra["verdict"]
     summary["ensembles"] = {name: {"path": r.path, "verdict": r.extra["verdict"]} for name, r in results.items()}
     if hmc is not None:
-        summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
-        tables.append(results["hmc"].table())
+        if entry.needs_flow:
+            summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
+        tables.append(results[ref].table())
         tables.append(comparison_table(results))
-        if cfg.action.theory == "u1":
+        theory = build_action(cfg.action)
+        if theory.cost_observable is not None:
             rates = {cfg.sampler.name: sampled.n_new / sampled.seconds if sampled.n_new else None,
-                     "hmc": hmc.n_new / hmc.seconds if hmc.n_new else None}
+                     ref: hmc.n_new / hmc.seconds if hmc.n_new else None}
             t_train = float((summary.get("training") or {}).get("final", {}).get("wall_time") or 0.0)
-            summary["cost"] = cost_comparison(results, rates, t_train)
+            summary["cost"] = cost_comparison(results, rates, t_train, observable=theory.cost_observable,
+                                              estimate=theory.cost_estimate,
+                                              trained=(cfg.sampler.name,) if entry.needs_flow else ())
             tables.append(format_cost_comparison(summary["cost"]))
-        if "|m|" in [r.name for r in results["hmc"].rows]:
+        if "|m|" in [r.name for r in results[ref].rows]:
             summary["tau_int_abs_m"] = {k: results[k].row("|m|").result.tau_int for k in results}
-    report = write_report(results[cfg.sampler.name], sampled, out, reference=results.get("hmc"))
+    report = write_report(results[cfg.sampler.name], sampled, out, reference=results.get(ref))
     summary.update({"ensemble": sampled.as_dict(), "tables": tables, "files": [str(p) for p in report]})
-    if cfg.sampler.name == "nmcmc":
+    if entry.markov and entry.needs_flow:  # the Metropolis acceptance of flow proposals
         summary["acceptance"] = sampled.acceptance
     path = out / "summary.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(summary)
-    path.write_text(json.dumps(merged, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else float(o)))
+    write_json(path, merged)
     return summary

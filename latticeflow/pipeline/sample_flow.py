@@ -11,16 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, build_action
 from ..flows import build_flow
-from ..io import EnsembleWriter, load_checkpoint
-from ..samplers import ChainState, flow_batches, nmcmc_chains
-from .sample import SampleSummary, resolve_device
+from ..io import EnsembleWriter, load_checkpoint, read_last_sweep
+from ..samplers import SAMPLERS, ChainState, flow_batches, nmcmc_chains
+from .common import SampleSummary, resolve_device
 
 __all__ = ["load_flow", "sample_with_flow"]
 
@@ -52,21 +51,19 @@ def load_flow(cfg: Config, checkpoint: str | Path | None = None):
 
 def _resume_chains(path: Path, n: int, n_chains: int, first_chain: int, dtype, device) -> list[ChainState]:
     """The K chain states from the last sweep of a stored NMCMC run (its rejection runs from the attributes)."""
-    with h5py.File(path, "r") as f:
-        stored = int(f.attrs.get("n_chains", 1))
-        if stored != n_chains:
-            raise ConfigError(f"sampler.n_chains is {n_chains} but {path} was written with n_chains={stored}")
-        if n % n_chains:
-            raise ValueError(f"{path} holds {n} rows, not a whole number of sweeps of {n_chains} chains")
-        last = slice(n - n_chains, n)
-        chain = np.asarray(f["chain"][last])
-        if not np.array_equal(chain, np.arange(first_chain, first_chain + n_chains)):
-            raise ValueError(f"{path}: the last sweep is incomplete (chains {chain.tolist()})")
-        x = torch.as_tensor(np.asarray(f["samples"][last]), dtype=dtype, device=device)
-        s, lq, lw = (np.asarray(f[k][last]) for k in ("action", "log_q", "log_weight"))
-        step = np.asarray(f["mc_index"][last]) + 1
-        longest = np.broadcast_to(np.asarray(f.attrs.get("longest_rejection_run", 0)), (n_chains,))
-        current = np.broadcast_to(np.asarray(f.attrs.get("current_rejection_run", 0)), (n_chains,))
+    try:
+        last, attrs = read_last_sweep(path, n, n_chains, first_chain, datasets=("samples", "action", "log_q",
+                                                                                   "log_weight"),
+                                     default_n_chains=1)
+    except ValueError as err:
+        if "n_chains" in str(err):
+            raise ConfigError(str(err)) from None
+        raise
+    x = torch.as_tensor(last["samples"], dtype=dtype, device=device)
+    s, lq, lw = last["action"], last["log_q"], last["log_weight"]
+    step = last["mc_index"] + 1
+    longest = np.broadcast_to(np.asarray(attrs.get("longest_rejection_run", 0)), (n_chains,))
+    current = np.broadcast_to(np.asarray(attrs.get("current_rejection_run", 0)), (n_chains,))
     return [ChainState(x[c], float(s[c]), float(lq[c]), float(lw[c]), int(step[c]), int(longest[c]), int(current[c]))
             for c in range(n_chains)]
 
@@ -91,7 +88,7 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
         remaining = max(s.n_samples - n_rows, 0)
         bar = tqdm(total=s.n_samples, initial=min(n_rows, s.n_samples), desc=s.name, unit="cfg", disable=not progress,
                    file=sys.stderr, mininterval=0.5)
-        if s.name == "flow":
+        if not SAMPLERS[s.name].markov:  # i.i.d. flow samples with importance weights
             for batch in flow_batches(flow, action, remaining, s.batch_size, generator=generator):
                 obs = {k: v.cpu().numpy() for k, v in action.observables(batch.x).items()}
                 writer.append(batch.x, batch.action, log_q=batch.log_q, log_weight=batch.log_weight, observables=obs)

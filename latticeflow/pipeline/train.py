@@ -29,24 +29,10 @@ from ..config import Config, ConfigError, build_action
 from ..distributed import World, get_world, init_torch_distributed
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble
+from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble, write_json
 from ..training import METRIC_FIELDS, ArchitectureMismatch, Trainer, transfer_state
-from .sample import resolve_device
+from .common import resolve_device
 
-
-def json_dumps(obj) -> str:
-    """Strict JSON (NaN and inf become null)."""
-    def clean(o):
-        if isinstance(o, float):
-            return o if np.isfinite(o) else None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, (np.floating, np.integer)):
-            return clean(o.item())
-        return o
-    return json.dumps(clean(obj), indent=2)
 
 __all__ = ["train", "build_trainer", "load_target_samples", "init_flow_from", "checkpoint_file"]
 
@@ -273,5 +259,5 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
         summary["validation"] = {"n": int(trainer.validation.shape[0]), "best_step": trainer.best["step"],
                                  "best_val_nll": trainer.best["val_nll"], "stopped_early": trainer.stopped_early,
                                  "best_checkpoint": str(ckpt.with_name("best.pt")) if cfg.train.early_stopping else None}
-    (out / "train_summary.json").write_text(json_dumps(summary))
+    write_json(out / "train_summary.json", summary)
     return summary

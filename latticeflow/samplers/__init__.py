@@ -1,8 +1,69 @@
-"""Samplers: HMC (baseline and forward-KL training data), i.i.d. flow samples with importance weights,
-and neural MCMC (independent Metropolis–Hastings with flow proposals)."""
+"""Samplers, one file each, registered in `SAMPLERS` (a new sampler is its file plus one line here):
+HMC (baseline and forward-KL training data), i.i.d. flow samples with importance weights, neural MCMC
+(independent Metropolis–Hastings with flow proposals), and the φ⁴ cluster sampler.
+
+A registry entry says whether the sampler needs a trained flow (``needs_flow``), whether its rows form
+Markov chains (``markov``: ``chain``/``mc_index`` per row, split into replicas by the analysis), how a chain
+sampler is built from the theory and the ``sampler:`` section (``make``: an object with ``step(x, action_x)``,
+``thermalize(x, n, callback=…)``, ``state_attrs()`` and ``load_state_attrs(attrs)``, run by
+`hmc_chains`), and its own config keys with their defaults (``options``). The pipeline runs every sampler
+the same way from these facts; nothing else compares sampler names.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from .flow import FlowBatch, flow_batches
-from .hmc import HMC, HMCStep
+from .hmc import HMC, HMCStep, Sweep, hmc_chains
 from .nmcmc import ChainState, NMCMCBatch, NMCMCChainsBatch, metropolize, nmcmc_batches, nmcmc_chains
 
-__all__ = ["HMC", "HMCStep", "FlowBatch", "flow_batches", "ChainState", "NMCMCBatch", "NMCMCChainsBatch",
-           "metropolize", "nmcmc_batches", "nmcmc_chains"]
+__all__ = ["HMC", "HMCStep", "Sweep", "hmc_chains", "FlowBatch", "flow_batches", "ChainState", "NMCMCBatch",
+           "NMCMCChainsBatch", "metropolize", "nmcmc_batches", "nmcmc_chains", "SamplerEntry", "SAMPLERS",
+           "REFERENCE_SAMPLER", "make_chain_sampler"]
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """What the pipeline needs to know of a sampler (see the module docstring)."""
+
+    needs_flow: bool
+    markov: bool
+    make: Callable[..., Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def _hmc(action, s, generator):
+    return HMC(action, n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
+               target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
+
+
+def _cluster(action, s, generator):
+    from .cluster import Cluster
+
+    return Cluster(action, n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
+                   target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator,
+                   **dict(s.options))
+
+
+#: the registry: ``sampler.name`` of a config → its entry
+SAMPLERS: dict[str, SamplerEntry] = {
+    "hmc": SamplerEntry(needs_flow=False, markov=True, make=_hmc, description="hybrid Monte Carlo"),
+    "nmcmc": SamplerEntry(needs_flow=True, markov=True, description="neural MCMC with flow proposals"),
+    "flow": SamplerEntry(needs_flow=True, markov=False, description="i.i.d. flow samples with weights"),
+    "cluster": SamplerEntry(needs_flow=False, markov=True, make=_cluster, options={"cluster_every": 1},
+                            description="φ⁴: Swendsen–Wang clusters of the embedded Ising signs + HMC"),
+}
+
+#: the sampler of a run's reference ensemble (``sampler.reference_hmc``)
+REFERENCE_SAMPLER = "hmc"
+
+
+def make_chain_sampler(name: str, action, sampler_config, generator):
+    """The chain sampler ``name`` for ``action`` (``ValueError`` where the theory does not fit it)."""
+    entry = SAMPLERS[name]
+    if entry.make is None:
+        raise ValueError(f"sampler.name {name!r} needs a trained flow, not a chain sampler")
+    return entry.make(action, sampler_config, generator)

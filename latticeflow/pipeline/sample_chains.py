@@ -1,0 +1,126 @@
+"""`latticeflow sample` with a chain sampler (``needs_flow: false`` in ``latticeflow.samplers.SAMPLERS``:
+HMC, the φ⁴ cluster sampler, …): many chains as one batch; after thermalisation (HMC step size tuned, then
+frozen) every ``save_every``-th update of every chain is a row of the ensemble, written in batches of about
+``sampler.batch_size`` rows and flushed after each. Rerunning the same command on a killed or shorter run
+resumes from the last complete batch: the chains restart from their last stored configurations with the
+stored sampler state (``state_attrs``, e.g. the step size) and random-number state.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError, build_action
+from ..io import EnsembleWriter, read_last_sweep
+from ..samplers import hmc_chains, make_chain_sampler
+from .common import SampleSummary, resolve_device
+
+__all__ = ["sample_chains"]
+
+
+def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in action.observables(x).items()}
+
+
+def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = None, progress: bool = True,
+                  path: Path | None = None, replica: int | None = None) -> SampleSummary:
+    """Generate (or resume) the chain ensemble of ``cfg`` at ``path`` (default ``<output.dir>/ensemble.h5``);
+    ``replica`` marks one shard of an MPI run (its chains numbered from ``replica * n_chains``)."""
+    s = cfg.sampler
+    action = build_action(cfg.action)
+    device, dtype = resolve_device(cfg.device), cfg.torch_dtype
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    try:
+        sampler = make_chain_sampler(s.name, action, s, generator)
+    except ValueError as err:
+        raise ConfigError(f"sampler: {err}") from None
+    out_dir = cfg.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(path) if path is not None else out_dir / "ensemble.h5"
+    n_chains = s.n_chains
+    n_target = math.ceil(s.n_samples / n_chains) * n_chains
+    sweeps_per_batch = max(1, s.batch_size // n_chains)
+    writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                            field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
+                            replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+    t0 = time.perf_counter()
+    if replica is None:
+        (out_dir / "config.yaml").write_text(config_text)  # only once the ensemble file accepted this config
+    first_chain = (replica or 0) * n_chains
+    try:
+        n_rows = writer.n_rows
+        resumed = n_rows > 0
+        if resumed:
+            x, sweep = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain)
+        else:
+            x = action.hot_start(n_chains, generator, dtype, device)
+            bar = tqdm(total=s.n_thermalize, desc="thermalise", disable=not progress, unit="traj", file=sys.stderr,
+                       mininterval=0.5)
+            x = sampler.thermalize(x, s.n_thermalize, callback=lambda t, a, e: (
+                bar.set_postfix(acc=f"{a:.2f}", eps=f"{e:.3g}", refresh=False), bar.update(1)))
+            bar.close()
+            sweep = 0
+            writer.set_attrs(n_chains=n_chains, n_thermalize=s.n_thermalize, n_leapfrog=s.n_leapfrog,
+                             integrator=s.integrator, save_every=s.save_every, **sampler.state_attrs())
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ accepted, Σ e^{−ΔH}: no sync per sweep
+        acc_sum = edh_sum = 0.0
+        n_traj = 0
+        bar = tqdm(total=n_target, initial=min(n_rows, n_target), desc=s.name, unit="cfg",
+                   disable=not progress, file=sys.stderr, mininterval=0.5)
+        chain_ids = np.arange(first_chain, first_chain + n_chains, dtype=np.int64)
+        n_sweeps = max((n_target - n_rows) // n_chains, 0)
+        batch: list = []
+        for sw in hmc_chains(sampler, x, n_sweeps, save_every=s.save_every, first_sweep=sweep):
+            sums[0] += sw.accepted.to(torch.float64).sum()
+            sums[1] += torch.exp(-sw.delta_h.to(torch.float64)).nan_to_num(0.0).sum()
+            n_traj += n_chains
+            obs = _measure(action, sw.x)
+            obs["delta_h"] = sw.delta_h.detach().cpu().numpy()
+            batch.append((sw.x.detach().cpu().numpy(), sw.action.detach().cpu().numpy(),
+                          sw.accepted.cpu().numpy(), sw.index, obs))
+            if len(batch) < sweeps_per_batch and (n_target - writer.n_rows) // n_chains > len(batch):
+                continue
+            observables = {k: np.concatenate([b[4][k] for b in batch]) for k in batch[0][4]}
+            writer.append(np.concatenate([b[0] for b in batch]), np.concatenate([b[1] for b in batch]),
+                          accepted=np.concatenate([b[2] for b in batch]), chain=np.tile(chain_ids, len(batch)),
+                          mc_index=np.concatenate([np.full(n_chains, b[3], dtype=np.int64) for b in batch]),
+                          observables=observables)
+            writer.set_attrs(rng_state=generator.get_state().cpu().numpy(), rng_state_rows=writer.n_rows)
+            bar.update(len(batch) * n_chains)
+            batch = []
+            acc_sum, edh_sum = sums.tolist()  # one sync per written batch
+            bar.set_postfix(acc=f"{acc_sum / n_traj:.3f}", exp_dH=f"{edh_sum / n_traj:.3f}", refresh=False)
+        bar.close()
+        n_final = writer.n_rows
+    finally:
+        writer.close()
+    return SampleSummary(path=str(path), n_rows=n_final, n_new=n_final - n_rows,
+                         acceptance=acc_sum / n_traj if n_traj else float("nan"),
+                         exp_minus_delta_h=edh_sum / n_traj if n_traj else float("nan"),
+                         step_size=float(sampler.state_attrs().get("step_size", float("nan"))),
+                         seconds=time.perf_counter() - t0, resumed=resumed)
+
+
+def _resume_state(path: Path, n_rows: int, n_chains: int, sampler, generator: torch.Generator, dtype, device,
+                  first_chain: int = 0) -> tuple[torch.Tensor, int]:
+    """Last configuration of every chain, the sampler state and the RNG state of a stored run."""
+    try:
+        last, attrs = read_last_sweep(path, n_rows, n_chains, first_chain, datasets=("samples",))
+    except ValueError as err:
+        if "n_chains" in str(err):
+            raise ConfigError(str(err)) from None
+        raise
+    x = torch.as_tensor(last["samples"], dtype=dtype, device=device)
+    sweep = int(last["mc_index"].max()) + 1
+    sampler.load_state_attrs(attrs)
+    if int(attrs.get("rng_state_rows", -1)) == n_rows and "rng_state" in attrs:
+        generator.set_state(torch.as_tensor(np.asarray(attrs["rng_state"], dtype=np.uint8)))
+    else:  # the batch was committed but its RNG state was not: continue with a fresh, reproducible stream
+        generator.manual_seed(int(attrs.get("seed", 0)) * 1_000_003 + n_rows)
+    return x, sweep
