@@ -1,10 +1,16 @@
 """Conditioner networks c(x_a) of coupling layers.
 
-- `ConvNet`: periodic (circularly padded) 2D convolutions — translation equivariant, scales to large
+- `ConvNet`: periodic (circularly padded) convolutions over the d lattice axes (`PeriodicConv`: Conv1d,
+  Conv2d or Conv3d for d = 1, 2, 3; torch has no Conv4d) — translation equivariant, scales to large
   lattices (Albergo et al. 2019; Kanwar et al. 2020).
-- `DenseNet`: fully connected on the flattened frozen sites (the paper's "Alt FC", Vaitl et al. 2024).
+- `DenseNet`: fully connected on the flattened frozen sites (the paper's "Alt FC", Vaitl et al. 2024); any d.
 ``bias=False`` with an odd activation (tanh) makes the network odd, c(−x) = −c(x) (Z2Nice, Nicoli 2020).
 The last layer starts at zero, so every coupling starts as the identity.
+
+Example:
+    >>> net = ConvNet(1, 2, hidden=[4], ndim=3)
+    >>> net(torch.zeros(5, 1, 4, 4, 2)).shape
+    torch.Size([5, 2, 4, 4, 2])
 """
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "ODD_ACTIVATIONS", "ConvNet", "DenseNet", "ParityNet", "PeriodicConv2d", "circular_pad",
-           "make_activation"]
+__all__ = ["ACTIVATIONS", "CONV_DIMS", "ODD_ACTIVATIONS", "ConvNet", "DenseNet", "ParityNet", "PeriodicConv",
+           "PeriodicConv1d", "PeriodicConv2d", "PeriodicConv3d", "circular_pad", "make_activation"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 ODD_ACTIVATIONS = {"tanh"}
@@ -25,46 +31,51 @@ def make_activation(name: str) -> nn.Module:
 
 
 class _CircularPad(torch.autograd.Function):
-    """Periodic padding of the last two axes by concatenation; the backward folds the border
+    """Periodic padding of the last ``ndim`` axes by concatenation; the backward folds the border
     cotangents back onto the sites they copy (a few slice additions instead of zero-fill + scatter)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, pad: int) -> torch.Tensor:
-        ctx.pad = pad
-        x = torch.cat([x[..., -pad:, :], x, x[..., :pad, :]], dim=-2)
-        return torch.cat([x[..., -pad:], x, x[..., :pad]], dim=-1)
+    def forward(ctx, x: torch.Tensor, pad: int, ndim: int) -> torch.Tensor:
+        ctx.pad, ctx.ndim = pad, ndim
+        for axis in range(-ndim, 0):
+            n = x.shape[axis]
+            x = torch.cat([x.narrow(axis, n - pad, pad), x, x.narrow(axis, 0, pad)], dim=axis)
+        return x
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         p = ctx.pad
-        cols = g[..., p:-p].clone()
-        cols[..., :p] += g[..., -p:]
-        cols[..., -p:] += g[..., :p]
-        rows = cols[..., p:-p, :].clone()
-        rows[..., :p, :] += cols[..., -p:, :]
-        rows[..., -p:, :] += cols[..., :p, :]
-        return rows, None
+        for axis in reversed(range(-ctx.ndim, 0)):
+            n = g.shape[axis] - 2 * p
+            core = g.narrow(axis, p, n).clone()
+            core.narrow(axis, 0, p).add_(g.narrow(axis, n + p, p))
+            core.narrow(axis, n - p, p).add_(g.narrow(axis, 0, p))
+            g = core
+        return g, None, None
 
 
-def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Periodic padding of the last two axes by ``pad`` sites.
+def circular_pad(x: torch.Tensor, pad: int, ndim: int = 2) -> torch.Tensor:
+    """Periodic padding of the last ``ndim`` axes by ``pad`` sites.
 
-    Same values as ``F.pad(x, (pad,)*4, mode="circular")`` at a fraction of its cost, forward and
+    Same values as ``F.pad(x, (pad,) * 2 * ndim, mode="circular")`` at a fraction of its cost, forward and
     backward, for the small convolutions of lattice flows (measured: 6.6 vs 8.1 ms forward and 13 vs
     49 ms forward+backward for a (4096, 16, 8, 8) tensor).
+
+    Example:
+        >>> circular_pad(torch.arange(3.0).view(1, 3), 1, ndim=1)
+        tensor([[2., 0., 1., 2., 0.]])
     """
     if pad == 0:
         return x
-    if pad > min(x.shape[-2:]):
-        raise ValueError(f"circular padding {pad} exceeds the lattice extent {tuple(x.shape[-2:])}")
-    return _CircularPad.apply(x, pad)
+    if pad > min(x.shape[-ndim:]):
+        raise ValueError(f"circular padding {pad} exceeds the lattice extent {tuple(x.shape[-ndim:])}")
+    return _CircularPad.apply(x, pad, ndim)
 
 
-class PeriodicConv2d(nn.Conv2d):
-    """2D convolution with periodic boundary conditions (`circular_pad` + valid convolution).
+class _Periodic:
+    """Circular padding + valid convolution over the last ``ndim`` axes (mixed into ``nn.ConvNd``)."""
 
-    ``dilation`` d spreads the k × k taps over a (d(k−1)+1)² window: a larger receptive field at equal cost.
-    """
+    ndim: int
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  dilation: int = 1) -> None:
@@ -72,7 +83,41 @@ class PeriodicConv2d(nn.Conv2d):
         self.pad = dilation * (kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(circular_pad(x, self.pad))
+        return super().forward(circular_pad(x, self.pad, self.ndim))
+
+
+class PeriodicConv1d(_Periodic, nn.Conv1d):
+    """1D convolution with periodic boundary conditions (see `PeriodicConv2d`)."""
+
+    ndim = 1
+
+
+class PeriodicConv2d(_Periodic, nn.Conv2d):
+    """2D convolution with periodic boundary conditions (`circular_pad` + valid convolution).
+
+    ``dilation`` d spreads the k × k taps over a (d(k−1)+1)² window: a larger receptive field at equal cost.
+    """
+
+    ndim = 2
+
+
+class PeriodicConv3d(_Periodic, nn.Conv3d):
+    """3D convolution with periodic boundary conditions (see `PeriodicConv2d`)."""
+
+    ndim = 3
+
+
+#: the periodic convolution of each lattice dimension that torch has a convolution for
+CONV_DIMS = {1: PeriodicConv1d, 2: PeriodicConv2d, 3: PeriodicConv3d}
+
+
+def PeriodicConv(ndim: int, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,  # noqa: N802
+                 dilation: int = 1) -> nn.Module:
+    """The periodic convolution over ``ndim`` lattice axes (1, 2 or 3; ``ValueError`` otherwise)."""
+    if ndim not in CONV_DIMS:
+        raise ValueError(f"periodic convolutions need a 1D, 2D or 3D lattice (torch has no Conv{ndim}d), "
+                         f"got {ndim} dimensions")
+    return CONV_DIMS[ndim](in_channels, out_channels, kernel_size, bias=bias, dilation=dilation)
 
 
 def _stack(sizes: Sequence[int], layer, activation: str) -> nn.Sequential:
@@ -99,14 +144,16 @@ def _dilations(dilation: int | Sequence[int], n: int) -> list[int]:
 
 
 class ConvNet(nn.Module):
-    """Periodic CNN ``(B, C_in, L0, L1) -> (B, C_out, L0, L1)``; ``dilation`` per convolution (int or list)."""
+    """Periodic CNN ``(B, C_in, L0, …) -> (B, C_out, L0, …)`` over ``ndim`` lattice axes (1, 2 or 3);
+    ``dilation`` per convolution (int or list)."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int], kernel_size: int = 3,
-                 activation: str = "tanh", bias: bool = True, dilation: int | Sequence[int] = 1) -> None:
+                 activation: str = "tanh", bias: bool = True, dilation: int | Sequence[int] = 1,
+                 ndim: int = 2) -> None:
         super().__init__()
         dil = iter(_dilations(dilation, len(hidden) + 1))
         self.net = _stack([in_channels, *hidden, out_channels],
-                          lambda a, b: PeriodicConv2d(a, b, kernel_size, bias=bias, dilation=next(dil)), activation)
+                          lambda a, b: PeriodicConv(ndim, a, b, kernel_size, bias=bias, dilation=next(dil)), activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -129,13 +176,13 @@ class ParityNet(nn.Module):
     """Z2-graded conditioner: an odd trunk h(x) (tanh, no biases, so h(−x) = −h(x)) and two heads,
     ``odd = W_o h`` (no bias) and ``even = W_e (h ⊙ h) + b``, so odd(−x) = −odd(x) and even(−x) = even(x).
 
-    ``kind`` is ``cnn`` (periodic convolutions on ``(B, 1, L0, L1)``, heads are k × k convolutions) or
-    ``fc`` (``(B, n_in)`` to ``(B, C, n_out)``). Both heads start at zero. Used by the Z2-equivariant
+    ``kind`` is ``cnn`` (periodic convolutions over ``ndim`` lattice axes on ``(B, 1, L0, …)``, heads are
+    k^d convolutions) or ``fc`` (``(B, n_in)`` to ``(B, C, n_out)``). Both heads start at zero. Used by the Z2-equivariant
     affine and spline couplings (even log-scales, odd shifts, mirrored spline parameters).
     """
 
     def __init__(self, kind: str, n_even: int, n_odd: int, hidden: Sequence[int], kernel_size: int = 3,
-                 dilation: int | Sequence[int] = 1, n_in: int = 1, n_out: int = 1) -> None:
+                 dilation: int | Sequence[int] = 1, n_in: int = 1, n_out: int = 1, ndim: int = 2) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("a parity conditioner needs at least one hidden layer")
@@ -143,7 +190,7 @@ class ParityNet(nn.Module):
         if kind == "cnn":
             dil = _dilations(dilation, len(hidden) + 1)
             it = iter(dil)
-            make = lambda a, b, bias: PeriodicConv2d(a, b, kernel_size, bias=bias, dilation=next(it))  # noqa: E731
+            make = lambda a, b, bias: PeriodicConv(ndim, a, b, kernel_size, bias=bias, dilation=next(it))  # noqa: E731
             sizes = [1, *hidden]
         else:
             make = lambda a, b, bias: nn.Linear(a, b, bias=bias)  # noqa: E731
@@ -155,8 +202,8 @@ class ParityNet(nn.Module):
         k_out = n_out if kind == "fc" else 1
         head_dil = dil[-1] if kind == "cnn" else 1
         if kind == "cnn":
-            self.odd = PeriodicConv2d(hidden[-1], n_odd, kernel_size, bias=False, dilation=head_dil)
-            self.even = PeriodicConv2d(hidden[-1], n_even, kernel_size, bias=True, dilation=head_dil)
+            self.odd = PeriodicConv(ndim, hidden[-1], n_odd, kernel_size, bias=False, dilation=head_dil)
+            self.even = PeriodicConv(ndim, hidden[-1], n_even, kernel_size, bias=True, dilation=head_dil)
         else:
             self.odd = nn.Linear(hidden[-1], n_odd * k_out, bias=False)
             self.even = nn.Linear(hidden[-1], n_even * k_out, bias=True)
@@ -166,7 +213,7 @@ class ParityNet(nn.Module):
                 nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(even, odd): cnn ``(B, C_e, L0, L1)``, ``(B, C_o, L0, L1)``; fc ``(B, C_e, n_out)``, ``(B, C_o, n_out)``."""
+        """(even, odd): cnn ``(B, C_e, L0, …)``, ``(B, C_o, L0, …)``; fc ``(B, C_e, n_out)``, ``(B, C_o, n_out)``."""
         h = self.trunk(x)
         even, odd = self.even(h * h), self.odd(h)
         if self.kind == "fc":

@@ -1,6 +1,6 @@
 """Fourier scaling layer: a learned, momentum-diagonal linear map of a real scalar field.
 
-For ``phi: (B, L0, L1)`` (any number d of lattice axes, the last d axes) on a periodic lattice,
+For ``phi: (B, L0, …, L_{d−1})`` (any number d of lattice axes, the last d axes) on a periodic lattice,
 
     y = F⁻¹( e^{a(p)} ⊙ F x ),   p_μ = 2π n_μ / L_μ,   a(p) = a(−p) real,
 
@@ -14,7 +14,7 @@ with an even kernel), so it is linear, odd (T(−x) = −T(x)) and translation e
 
 (∇ log|det J| = 0, J = Jᵀ). a is stored as a raw parameter on the full momentum grid (FFT order) and
 symmetrised, a = ½(raw(p) + raw(−p)), so it is exactly even and every entry is trainable; the FFTs use
-``rfftn`` / ``irfftn`` on the half spectrum.
+``rfftn`` / ``irfftn`` over the last d axes on the half spectrum.
 
 Initialisation from φ⁴ in hopping form, S = Σ_x[−2κ Σ_μ φ_x φ_{x+μ̂} + (1 − 2λ)φ_x² + λφ_x⁴], whose quadratic
 part is S₀ = ½ Σ_p A(p)|φ̃(p)|²/V with A(p) = 2(1 − 2λ) − 4κ Σ_μ cos p_μ. With a(p) = −½ log A(p) the flow
@@ -22,13 +22,14 @@ z ~ N(0, 1) ↦ y samples the Gaussian e^{−S₀} exactly: at λ = 0 (free fiel
 KL = 0 at step 0. See e.g. Albergo et al., "Introduction to normalizing flows for lattice field theory",
 arXiv:2101.08176 (2021) for flows of scalar fields, and Komijani & Marinkovic, "Generative models for scalar
 field theories: how to deal with poor scaling?", arXiv:2301.01504 (2023) for momentum-space, free-field
-inspired layers against the poor scaling near criticality. `FourierScaling.from_action`:
+inspired layers against the poor scaling near criticality. `FourierScaling.from_action` asks the theory
+(`actions.Phi4.quadratic_kernel`, `actions.Phi4.gaussian_vacuum`; the formulas in `actions.phi4_variational`):
 
 - ``init="action"`` (default): the best mean-zero translation-invariant Gaussian, i.e. the minimiser of
   the reverse KL(q‖p) over this layer's family applied to N(0, 1) (Gaussian variational / Hartree
   approximation). Using ⟨φ⁴⟩ = 3σ⁴ it is A_eff(p) = A(p) + M with the self-consistent mass shift
-  M = 12λσ², σ² = V⁻¹ Σ_p 1/A_eff(p) (solved by bisection; M = 0 at λ = 0, so this *is* −½ log A for
-  the free field). A_eff > 0 always, also in the broken phase (A(0) < 0) and at large λ, with no
+  M = 12λσ², σ² = V⁻¹ Σ_p 1/A_eff(p) (`actions.phi4_variational.hartree_mass_shift`; M = 0 at λ = 0, so
+  this *is* −½ log A for the free field). A_eff > 0 always, also in the broken phase (A(0) < 0) and at large λ, with no
   arbitrary cut-off; ``floor`` (default None: none) optionally clips A_eff from below.
 - ``init="quadratic"``: the quadratic part alone, A(p) clipped from below at ``floor`` (default 0.1:
   no mode is widened by more than √10 relative to N(0, 1); it only acts where A(p) < 0.1, i.e. near or
@@ -46,53 +47,10 @@ from torch import nn
 from actions.lattice import validate_shape
 from .base import Bijection, FlowError
 
-__all__ = ["FourierScaling"]
+__all__ = ["FourierScaling", "INITS"]
 
 INITS = ("action", "quadratic", "identity")
 QUADRATIC_FLOOR = 0.1
-
-
-def _momentum_cos_sum(shape: tuple[int, ...]) -> np.ndarray:
-    """Σ_μ cos p_μ on the FFT grid, computed from |n_μ| so that it is exactly even under p ↦ −p."""
-    total = np.zeros(shape)
-    for mu, length in enumerate(shape):
-        k = np.arange(length)
-        n = np.minimum(k, length - k)
-        total = total + np.cos(2 * np.pi * n / length).reshape([-1 if nu == mu else 1 for nu in range(len(shape))])
-    return total
-
-
-def quadratic_kernel(shape: Sequence[int], kappa: float, lam: float) -> np.ndarray:
-    """A(p) = 2(1 − 2λ) − 4κ Σ_μ cos p_μ of S₀ = ½ Σ_p A(p)|φ̃(p)|²/V, float64, FFT order."""
-    return 2.0 * (1.0 - 2.0 * lam) - 4.0 * kappa * _momentum_cos_sum(validate_shape(shape))
-
-
-def hartree_mass_shift(a_kernel: np.ndarray, lam: float) -> float:
-    """M ≥ 0 solving M = 12λ V⁻¹ Σ_p 1/(A(p) + M) with A + M > 0 (unique: the left side increases, the
-    right side decreases in M). Bisection to a relative bracket width of 1e-15; returns the upper end, so
-    A + M > 0 holds strictly."""
-    if lam == 0:
-        return 0.0
-    c = 12.0 * lam / a_kernel.size
-    lo = max(0.0, -float(a_kernel.min()))
-
-    def excess(m: float) -> float:
-        return m - c * float(np.sum(1.0 / (a_kernel + m)))
-
-    step = 1.0
-    hi = lo + step
-    while excess(hi) < 0:
-        step *= 2
-        hi = lo + step
-    for _ in range(400):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi or hi - lo <= 1e-15 * hi:
-            break
-        if excess(mid) >= 0:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 class FourierScaling(Bijection):
@@ -126,28 +84,37 @@ class FourierScaling(Bijection):
     @classmethod
     def from_action(cls, action, *, init: str = "action", floor: float | None = None,
                     dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "FourierScaling":
-        """The layer on ``action.shape`` initialised from a φ⁴ action (attributes ``kappa``, ``lam``, ``shape``).
+        """The layer on ``action.shape`` initialised from the theory's Gaussian physics: its
+        ``quadratic_kernel()`` A(p) and, for ``init="action"``, its symmetric ``gaussian_vacuum(False)``
+        (the Hartree kernel A + M), as `actions.Phi4` offers them.
 
         ``init``: ``"action"`` (Gaussian-variational A_eff = A + M, exact free field at λ = 0), ``"quadratic"``
         (A clipped at ``floor``, default 0.1) or ``"identity"`` (a = 0); see the module docstring.
+
+        Example:
+            >>> from actions import Phi4
+            >>> layer = FourierScaling.from_action(Phi4((4, 4, 4), kappa=0.1, lam=0.0), dtype=torch.float64)
+            >>> a = -0.5 * np.log(Phi4((4, 4, 4), kappa=0.1, lam=0.0).quadratic_kernel())
+            >>> bool(np.abs(layer.log_scale.detach().numpy() - a).max() < 1e-14)
+            True
         """
         if init not in INITS:
             raise FlowError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        if not all(hasattr(action, k) for k in ("kappa", "lam", "shape")):
-            raise FlowError(f"FourierScaling.from_action needs a φ⁴ action with kappa, lam, shape; got {action!r}")
+        needs = ("shape", "quadratic_kernel") + (("gaussian_vacuum",) if init == "action" else ())
+        if not all(hasattr(action, k) for k in needs):
+            raise FlowError(f"FourierScaling.from_action needs a theory with {', '.join(needs)} (φ⁴); got {action!r}")
         shape = validate_shape(action.shape, "shape")
         if init == "identity":
             return cls(shape, dtype=dtype, device=device)
-        kernel = quadratic_kernel(shape, float(action.kappa), float(action.lam))
         if init == "action":
-            kernel = kernel + hartree_mass_shift(kernel, float(action.lam))
+            kernel = np.asarray(action.gaussian_vacuum(False).kernel, dtype=np.float64)
             if floor is not None:
                 kernel = np.maximum(kernel, float(floor))
         else:
             floor = QUADRATIC_FLOOR if floor is None else float(floor)
             if not floor > 0:
                 raise FlowError(f"floor must be > 0, got {floor}")
-            kernel = np.maximum(kernel, floor)
+            kernel = np.maximum(np.asarray(action.quadratic_kernel(), dtype=np.float64), floor)
         if not (kernel > 0).all():
             raise FlowError("the initial kernel A(p) is not positive; pass floor > 0")
         return cls(shape, -0.5 * np.log(kernel), dtype=dtype, device=device)

@@ -1,4 +1,4 @@
-"""Flows for real scalar fields ``phi: (B, L0, L1)`` on checkerboard masks.
+"""Flows for real scalar fields ``phi: (B, L0, …, L_{d−1})`` on checkerboard masks, in any dimension d.
 
 - `AffineCoupling` (RealNVP, Dinh et al. 2017): y_b = x_b e^{s(x_a)} + t(x_a), log f' = s.
 - `AdditiveCoupling` (NICE; Z2Nice with an odd conditioner, Nicoli et al. 2020): y_b = x_b + t(x_a).
@@ -7,6 +7,14 @@
 - `GlobalScaling`: y = e^{a} ⊙ x with a learned per-site log-scale a (logdet Σ a).
 With an odd conditioner (tanh, no biases) every Z2Nice layer is odd, T(−z) = −T(z), and with the
 symmetric N(0, 1) base q(−φ) = q(φ): the flow cannot drop one vacuum of the broken phase.
+Checkerboard masks (Σ_μ x_μ even / odd) and conditioners work for any d: fully connected (``fc``) always,
+periodic convolutions (``cnn``) for d = 1, 2, 3 (torch has no Conv4d).
+
+Example:
+    >>> layer = AffineCoupling((4, 4, 2), parity=0, hidden=[4])
+    >>> y, logdet = layer(torch.ones(3, 4, 4, 2))
+    >>> y.shape, logdet.tolist()  # the last conditioner layer starts at zero: the identity
+    (torch.Size([3, 4, 4, 2]), [0.0, 0.0, 0.0])
 """
 from __future__ import annotations
 
@@ -16,12 +24,21 @@ import torch
 from torch import nn
 
 from actions.lattice import checkerboard_mask
-from .base import Bijection
-from .conditioners import ConvNet, DenseNet, ParityNet
+from .base import Bijection, FlowError
+from .conditioners import CONV_DIMS, ConvNet, DenseNet, ParityNet
 from .coupling import Coupling
 
 __all__ = ["AffineCoupling", "AdditiveCoupling", "GlobalScaling", "ParitySiteConditioner", "SiteConditioner",
-           "Z2AffineCoupling"]
+           "Z2AffineCoupling", "check_conditioner"]
+
+
+def check_conditioner(kind: str, shape: Sequence[int]) -> None:
+    """Raise `FlowError` (one line) where conditioner ``kind`` cannot take a lattice of ``shape``."""
+    if kind not in ("cnn", "fc"):
+        raise FlowError(f"flow.conditioner must be 'cnn' or 'fc', got {kind!r}")
+    if kind == "cnn" and len(shape) not in CONV_DIMS:
+        raise FlowError(f"flow.conditioner 'cnn' needs a 1D, 2D or 3D lattice (torch has no Conv{len(shape)}d), "
+                        f"got shape {list(shape)}; use 'fc'")
 
 
 class SiteConditioner(nn.Module):
@@ -33,12 +50,13 @@ class SiteConditioner(nn.Module):
     def __init__(self, shape: Sequence[int], mask: torch.Tensor, out_channels: int, kind: str, hidden: Sequence[int],
                  kernel_size: int, activation: str, bias: bool, dilation: int | Sequence[int] = 1) -> None:
         super().__init__()
+        check_conditioner(kind, shape)
         self.shape, self.kind, self.out_channels = tuple(shape), kind, out_channels
         flat = mask.flatten()
         self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
         self.register_buffer("idx_b", torch.nonzero(flat).flatten())
         if kind == "cnn":
-            self.net = ConvNet(1, out_channels, hidden, kernel_size, activation, bias, dilation)
+            self.net = ConvNet(1, out_channels, hidden, kernel_size, activation, bias, dilation, ndim=len(self.shape))
         else:
             self.net = DenseNet(len(self.idx_a), len(self.idx_b), out_channels, hidden, activation, bias)
 
@@ -54,12 +72,13 @@ class ParitySiteConditioner(SiteConditioner):
     def __init__(self, shape: Sequence[int], mask: torch.Tensor, n_even: int, n_odd: int, kind: str,
                  hidden: Sequence[int], kernel_size: int, dilation: int | Sequence[int] = 1) -> None:
         nn.Module.__init__(self)
+        check_conditioner(kind, shape)
         self.shape, self.kind = tuple(shape), kind
         flat = mask.flatten()
         self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
         self.register_buffer("idx_b", torch.nonzero(flat).flatten())
         self.net = ParityNet(kind, n_even, n_odd, hidden, kernel_size, dilation, n_in=len(self.idx_a),
-                             n_out=len(self.idx_b))
+                             n_out=len(self.idx_b), ndim=len(self.shape))
 
     def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "cnn":

@@ -1,4 +1,4 @@
-"""Rational-quadratic spline couplings for real scalar fields ``phi: (B, L0, L1)`` on checkerboard masks.
+"""Rational-quadratic spline couplings for real scalar fields ``phi: (B, L0, …)`` on checkerboard masks (any d).
 
 y_b = f(x_b; θ(x_a)) with f a monotone rational-quadratic spline of K bins on [−B, B] and the identity
 outside (linear tails; Durkan, Bekasov, Murray, Papamakarios 2019, "Neural spline flows"); the maths is in

@@ -1,9 +1,12 @@
 """Gauge-equivariant coupling flow for 2D U(1) (Kanwar et al. 2020; Albergo et al. 2021, arXiv 2101.08176).
 
-Layer i updates links θ_μ(x), μ = i mod 2, on the stripe x_ν ≡ (i // 2) mod 4 (ν ≠ μ). Each active link
+Layer i updates links θ_μ(x), μ = i mod 2, on the stripes x_ν ≡ (i // 2) mod 4 (ν ≠ μ). Each active link
 enters exactly one *active* plaquette with sign +, so P' = h(P | frozen) is realised by
 θ' = θ + h(P) − P; *frozen* plaquettes (no active link) condition h through a periodic CNN on
 (cos P, sin P); the rest are passive. Plaquettes are gauge invariant, hence so is the flow density.
+The stripes need both extents even and ≥ 4 (`check_gauge_lattice`); on L ≡ 2 mod 4 they are not
+translation invariant (offsets 0, 1 hold ⌈L/4⌉ stripes, 2, 3 hold ⌊L/4⌋), but every link is still updated
+exactly once per 8 layers and no plaquette holds two active links (see `u1_link_masks`).
 h is a mixture of non-compact projections on (−π, π]:
     g_s(P) = 2 atan2(e^s sin(P/2), cos(P/2)),  h(P) = (1/K) Σ_k g_{s_k}(P) + t  (mod 2π),
     log g_s'(P) = −log(e^{−s} cos²(P/2) + e^{s} sin²(P/2)),  ∂_P log g_s' = −sinh(s) sin P / D_s,
@@ -20,10 +23,11 @@ import torch
 
 from actions.lattice import shift
 from actions.u1 import U1Gauge, wrap
+from .base import FlowError
 from .conditioners import ConvNet
 from .coupling import Coupling
 
-__all__ = ["GaugeCoupling", "NCPCoupling", "ncp_mixture", "ncp_inverse", "u1_link_masks"]
+__all__ = ["GaugeCoupling", "NCPCoupling", "check_gauge_lattice", "ncp_mixture", "ncp_inverse", "u1_link_masks"]
 
 
 def _ncp_terms(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,16 +86,46 @@ def ncp_inverse(tau: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return _NCPInverse.apply(tau, s)
 
 
+def check_gauge_lattice(shape: Sequence[int]) -> tuple[int, int]:
+    """``(L0, L1)`` if the period-4 link stripes of `u1_link_masks` fit the lattice, else a one-line `FlowError`.
+
+    Both extents must be even (on L ≡ 1 mod 4 the stripes x_ν = 0 and x_ν = L − 1 of one offset would share
+    a plaquette; odd extents are not supported at all) and ≥ 4 (on L = 2 the offsets 2 and 3 hold no link).
+    """
+    extents = tuple(int(s) for s in shape)
+    why = ""
+    if len(extents) != 2:
+        why = "a 2D lattice is needed"
+    else:
+        for extent in extents:
+            if extent < 4:
+                why = f"extent {extent} < 4 leaves stripe offsets without links"
+                break
+            if extent % 2:
+                why = f"extent {extent} is odd"
+                break
+    if why:
+        raise FlowError(f"flow: gauge-equivariant U(1) couplings (link stripes x_nu = offset mod 4) need both "
+                        f"lattice extents even and >= 4, got shape {list(shape)}: {why}")
+    return extents  # type: ignore[return-value]
+
+
 def u1_link_masks(shape: Sequence[int], layer: int, device=None) -> dict[str, torch.Tensor]:
     """Masks of layer ``layer``: active links ``(2, L0, L1)``, active/frozen plaquettes ``(L0, L1)``.
 
-    μ = layer mod 2, stripe offset (layer // 2) mod 4 along ν = 1 − μ. The active plaquette of θ₀(x)
-    is P(x) and of θ₁(x) is P(x − 0̂) (where each enters with sign +).
+    μ = layer mod 2, active links θ_μ(x) on the stripes S = {x_ν ≡ (layer // 2) mod 4} along ν = 1 − μ.
+    The active plaquette of θ₀(x) is P(x) and of θ₁(x) is P(x − 0̂) (where each enters with sign +); the
+    other plaquette it touches (sign −) is passive; the rest are frozen. A plaquette holds θ_μ on the two
+    neighbouring lines x_ν and x_ν + 1, so it holds at most one active link iff no two lines of S are
+    neighbours on the ring ℤ_{L_ν}. On an even extent L ≥ 4: inside 0 … L − 1 the lines of S are 4 apart, and
+    across the boundary the neighbours L − 1 and 0 have residues 3, 0 (L ≡ 0 mod 4) or 1, 0 (L ≡ 2 mod 4),
+    never equal. The four offsets partition the lines, so layers 0 … 7 update every link exactly once (the
+    default 16 layers twice). On multiples of 4 the pattern is translation invariant by 4 lattice spacings.
     """
-    L0, L1 = shape
+    L0, L1 = check_gauge_lattice(shape)
     mu, off = layer % 2, (layer // 2) % 4
     nu = 1 - mu
-    coord = torch.arange(shape[nu], device=device)
+    coord = torch.arange((L0, L1)[nu], device=device)
     line = (coord % 4) == off
     stripe = line.view(-1, 1).expand(L0, L1) if nu == 0 else line.view(1, -1).expand(L0, L1)
     links = torch.zeros(2, L0, L1, dtype=torch.bool, device=device)
@@ -110,6 +144,7 @@ class GaugeCoupling(Coupling):
     frozen plaquettes and, with ``loops=True``, (cos W, sin W) of the 2×1 and 1×2 Wilson loops
     W = P(x) + P(x + μ̂) whose two plaquettes are both frozen (as in NeuMC). ``conditioner_params`` of a
     subclass receives ``(rest, out)``: rest = P − θ_active at the active links, ``out: (B, C, n_b)``.
+    A lattice the stripes do not fit (an odd extent, an extent < 4, not 2D) raises a one-line `FlowError`.
     """
 
     def __init__(self, shape: Sequence[int], layer: int, n_out: int, *, hidden: Sequence[int] = (8, 8),

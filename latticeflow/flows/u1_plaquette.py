@@ -10,7 +10,8 @@ by them. This layer maps, with two learned circular RQ splines (Rezende et al., 
      P_V → h_V(P_V),  P_x → P_x − (h_V(P_V) − P_V)/(V − 1)   (the changes δ sum to zero).
 Q = Σ_x P_x/2π (wrapped plaquettes) is not kept: it comes from the winding of P_V, and with the product
 measure its distribution is nearly the exact one.
-Both splines start at the quantile map of the single-plaquette density e^{β cos P}/(2π I₀(β)). In Gaussian
+Both splines start at the quantile map of the theory's single-plaquette density e^{β cos P}/(2π I₀(β))
+(`U1Gauge.plaquette_marginal_log_density`: the physics stays in `actions`). In Gaussian
 approximation step B is the exact conditioning of independent plaquettes on their sum; with the quantile
 initialisation the reverse ESS at step 0 is 0.98 at 8×8, β = 2, and 0.84 at β = 6 (0.96 at 16×16, β = 6).
 
@@ -25,7 +26,7 @@ This is specific to two dimensions, where plaquettes are independent variables; 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,10 @@ from actions.u1 import U1Gauge, wrap
 from .base import Bijection, FlowError
 from .splines import rq_spline, rq_spline_inverse, rq_spline_params
 
-__all__ = ["PlaquetteMarginal", "link_update", "von_mises_spline_init"]
+__all__ = ["PlaquetteMarginal", "link_update", "marginal_spline_init"]
+
+#: log ρ(P) of one plaquette angle, elementwise on a float64 tensor (`U1Gauge.plaquette_marginal_log_density`)
+LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
 
 def link_update(delta: torch.Tensor) -> torch.Tensor:
@@ -63,18 +67,23 @@ def _inv_softplus(v: np.ndarray) -> np.ndarray:
     return v + np.log(-np.expm1(-v))
 
 
-def von_mises_spline_init(beta: float, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw (widths, heights, derivatives) of the circular RQ spline s ≈ −π + 2π F(P), F the CDF of
-    e^{β cos P}/(2π I₀(β)): equal bins in P, heights 2π·(bin masses), knot slopes 2π p(P_k); inverted
+def marginal_spline_init(log_density: LogDensity, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw (widths, heights, derivatives) of the circular RQ spline s ≈ −π + 2π F(P), F the CDF of the
+    single-plaquette density ρ = exp(log_density) (e.g. e^{β cos P}/(2π I₀(β))): equal bins in P, heights
+    2π·(bin masses), knot slopes 2π ρ(P_k); ρ is normalised again by trapezoid quadrature, then inverted
     through the parametrisation of `rq_spline_params` with the floors MARGINAL_MIN_BIN / _DERIVATIVE."""
+
+    def density(p: np.ndarray) -> np.ndarray:
+        return np.exp(log_density(torch.as_tensor(p, dtype=torch.float64)).detach().cpu().numpy())
+
     grid = np.linspace(-math.pi, math.pi, 64 * n_bins * 64 + 1)
-    dens = np.exp(beta * (np.cos(grid) - 1.0))
+    dens = density(grid)
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid))])
     norm = cdf[-1]
     knots = np.linspace(-math.pi, math.pi, n_bins + 1)
     mass = np.diff(np.interp(knots, grid, cdf / norm))
     frac = np.maximum((mass - MARGINAL_MIN_BIN) / (1 - n_bins * MARGINAL_MIN_BIN), 1e-30)
-    slope = 2 * math.pi * np.exp(beta * (np.cos(knots[:-1]) - 1.0)) / norm  # δ_0 = δ_K at ±π, then interior
+    slope = 2 * math.pi * density(knots[:-1]) / norm  # δ_0 = δ_K at ±π, then interior
     shift = math.log(math.expm1(1.0 - MARGINAL_MIN_DERIVATIVE))
     raw_d = _inv_softplus(np.maximum(slope - MARGINAL_MIN_DERIVATIVE, 1e-30)) - shift
     return np.zeros(n_bins), np.log(frac), raw_d
@@ -84,9 +93,9 @@ class _CircleSpline(nn.Module):
     """A learned circular RQ spline s, shared by all plaquettes, used as the CDF side: the layer's forward
     map is h = s⁻¹ (uniform → marginal), its inverse h⁻¹ = s; both closed form."""
 
-    def __init__(self, beta: float, n_bins: int) -> None:
+    def __init__(self, log_density: LogDensity, n_bins: int) -> None:
         super().__init__()
-        w, h, d = von_mises_spline_init(beta, n_bins)
+        w, h, d = marginal_spline_init(log_density, n_bins)
         self.raw = nn.Parameter(torch.tensor(np.stack([w, h, d]), dtype=torch.get_default_dtype()))
 
     def _knots(self, like: torch.Tensor):
@@ -107,9 +116,13 @@ class _CircleSpline(nn.Module):
 
 
 class PlaquetteMarginal(Bijection):
-    """The plaquette-marginal layer on link angles ``theta: (B, 2, L0, L1)`` (see the module docstring)."""
+    """The plaquette-marginal layer on link angles ``theta: (B, 2, L0, L1)`` (see the module docstring).
 
-    def __init__(self, shape: Sequence[int], beta: float, n_bins: int = 32) -> None:
+    ``log_density``: the single-plaquette log density its splines start from, asked of the theory by
+    `from_action` (`U1Gauge.plaquette_marginal_log_density`); used at construction only.
+    """
+
+    def __init__(self, shape: Sequence[int], log_density: LogDensity, n_bins: int = 32) -> None:
         super().__init__()
         if len(shape) != 2:
             raise FlowError(f"flow: the plaquette-marginal layer needs a 2D lattice, got shape {list(shape)}")
@@ -117,12 +130,13 @@ class PlaquetteMarginal(Bijection):
             raise FlowError(f"flow.marginal_bins must be an integer >= 2, got {n_bins}")
         self.shape = tuple(shape)
         self.n_plaq = shape[0] * shape[1]
-        self.bulk = _CircleSpline(beta, n_bins)
-        self.last = _CircleSpline(beta, n_bins)
+        self.bulk = _CircleSpline(log_density, n_bins)
+        self.last = _CircleSpline(log_density, n_bins)
 
     @classmethod
     def from_action(cls, action: U1Gauge, n_bins: int = 32) -> "PlaquetteMarginal":
-        return cls(action.shape, float(action.beta), n_bins)
+        """The layer for ``action``, initialised from its `plaquette_marginal_log_density`."""
+        return cls(action.shape, action.plaquette_marginal_log_density, n_bins)
 
     def _delta(self, d_bulk: torch.Tensor, d_last: torch.Tensor) -> torch.Tensor:
         """Plaquette changes (B, L0, L1) of steps A (bulk d_bulk, B × (V−1)) and B (d_last, B)."""

@@ -20,7 +20,8 @@ Why: in the broken phase (e.g. κ = 0.3, λ = 0.022 on 16×8, Vaitl et al. 2024)
 every site at once. Local couplings cannot agree on one sign across the lattice and produce domains; this
 layer moves the whole field into a vacuum in one step. `ZeroModeSpline.from_action` initialises g as the
 quantile map from the Gaussian zero mode that the layer receives (N(0, σ₀²)) to the constant-field
-(mean-field) magnetization density p(m) ∝ exp(−V[(1 − 2λ − 2dκ) m² + λ m⁴]); training refines it. Where that
+(mean-field) magnetization density p(m) ∝ exp(−V[(1 − 2λ − 2dκ) m² + λ m⁴]) that the theory provides
+(`actions.Phi4.mean_field_magnetization_density`, `actions.phi4_variational`); training refines it. Where that
 density is unimodal (symmetric phase) the layer starts as the identity. Caveat: the mean-field test
 (1 − 2λ − 2dκ < 0) calls more couplings broken than are (every κ ≥ 0 at λ ≥ 0.5), so use the layer only
 where the phase is known to be broken. Measured (`bench quality --targets phi4_16x8`, 240 s): it does not
@@ -40,20 +41,12 @@ from actions.lattice import validate_shape
 from .base import Bijection, FlowError
 from .splines import rq_spline, rq_spline_inverse, rq_spline_params
 
-__all__ = ["ZeroModeSpline", "mean_field_magnetization_density"]
+__all__ = ["ZeroModeSpline"]
 
 MIN_BIN = 1e-4
 MIN_DERIVATIVE = 1e-4
 MAX_INIT_DERIVATIVE = 1e4
 _SOFTPLUS_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
-
-
-def mean_field_magnetization_density(shape: Sequence[int], kappa: float, lam: float, m: np.ndarray) -> np.ndarray:
-    """Unnormalised p(m) ∝ exp(−S(m·1)) = exp(−V[(1 − 2λ − 2dκ)m² + λm⁴]) on the grid ``m`` (max set to 1)."""
-    shape = validate_shape(shape, "shape")
-    volume, d = int(np.prod(shape)), len(shape)
-    s = volume * ((1.0 - 2.0 * lam - 2.0 * d * kappa) * m ** 2 + lam * m ** 4)
-    return np.exp(-(s - s.min()))
 
 
 def _inverse_softmax(fractions: np.ndarray, k: int) -> np.ndarray:
@@ -103,20 +96,28 @@ class ZeroModeSpline(Bijection):
     def from_action(cls, action, *, input_std: float | None = None, n_bins: int = 16,
                     dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "ZeroModeSpline":
         """g = the quantile map from N(0, σ₀²) (σ₀ = ``input_std``, default V^{−1/2}: the zero mode of N(0, 1)
-        fields) to the mean-field magnetization density of a φ⁴ action (``kappa``, ``lam``, ``shape``).
-        Identity (on ±5σ₀) where that density is unimodal."""
-        if not all(hasattr(action, k) for k in ("kappa", "lam", "shape")):
-            raise FlowError(f"ZeroModeSpline.from_action needs a φ⁴ action with kappa, lam, shape; got {action!r}")
+        fields) to the theory's mean-field magnetization density (``action.mean_field_magnetization()`` and
+        ``action.mean_field_magnetization_density(m)``, as `actions.Phi4` offers them). Identity (on ±5σ₀)
+        where that density is unimodal.
+
+        Example:
+            >>> from actions import Phi4
+            >>> layer = ZeroModeSpline.from_action(Phi4((4, 4, 4), kappa=0.1, lam=0.0), dtype=torch.float64)
+            >>> x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+            >>> bool((layer(x)[0] - x).abs().max() < 1e-12)  # symmetric phase: the identity
+            True
+        """
+        needs = ("shape", "mean_field_magnetization", "mean_field_magnetization_density")
+        if not all(hasattr(action, k) for k in needs):
+            raise FlowError(f"ZeroModeSpline.from_action needs a theory with {', '.join(needs)} (φ⁴); got {action!r}")
         shape = validate_shape(action.shape, "shape")
-        volume, d = int(np.prod(shape)), len(shape)
-        kappa, lam = float(action.kappa), float(action.lam)
+        volume = int(np.prod(shape))
         sigma0 = float(input_std) if input_std is not None else volume ** -0.5
-        c2 = 1.0 - 2.0 * lam - 2.0 * d * kappa
-        if lam <= 0 or c2 >= 0:
+        vacuum = float(action.mean_field_magnetization())
+        if not vacuum > 0:
             return cls(shape, n_bins=n_bins, bound_in=5 * sigma0, dtype=dtype, device=device)
-        vacuum = math.sqrt(-c2 / (2 * lam))
         m = np.linspace(-2 * vacuum, 2 * vacuum, 40001)
-        density = mean_field_magnetization_density(shape, kappa, lam, m)
+        density = action.mean_field_magnetization_density(m)
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(m))])
         norm = cdf[-1]  # trapezoidal ∫ p(m) dm
         cdf /= norm

@@ -35,6 +35,13 @@ CONFIGS = {
                              "bound": 2.5, "vacua": False},  # StandardNormal + Hartree Fourier start
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
+    # other dimensions (lattice in SHAPES): periodic Conv3d / Conv1d conditioners, fc in d = 4 (no Conv4d)
+    "spline-cnn-3d": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [4], "n_bins": 4,
+                      "bound": 2.5},
+    "z2affine-cnn-3d": {"family": "z2affine", "conditioner": "cnn", "n_layers": 2, "hidden": [4]},
+    "spline-cnn-1d": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [4], "n_bins": 4,
+                      "bound": 2.5},
+    "z2affine-fc-4d": {"family": "z2affine", "conditioner": "fc", "n_layers": 2, "hidden": [16]},
     "u1_ncp": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2},
     "u1_ncp_loops": {"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2, "loops": True},
     "u1_spline": {"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
@@ -44,7 +51,7 @@ CONFIGS = {
 # Size of the random parameter perturbation. The 8-channel CNN RealNVP gets 0.2: at 0.3 its log-scales
 # reach ~±4 per layer and N(0, 1) fields are stretched to |x| ~ 1e4, so round-off alone (cond · eps)
 # approaches the 1e-10 tolerances; at 0.2 it is still far from the identity (|logdet| up to ~17).
-SCALES = {"realnvp-cnn": 0.2, "z2affine-cnn": 0.2}
+SCALES = {"realnvp-cnn": 0.2, "z2affine-cnn": 0.2, "z2affine-cnn-3d": 0.2}
 # Spline conditioners at 0.3 give bins of width ~MIN_BIN next to slopes ~10²: the composed flow's inverse then
 # amplifies round-off by ~10⁶. At 0.1 the splines are still far from the identity (checked by
 # test_randomised_flow_is_not_the_identity) and well conditioned.
@@ -53,6 +60,8 @@ SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
 # the composed inverse well conditioned (the layer alone is tested at 0.1 in tests/flows/test_u1_plaquette.py).
 SCALES["u1_marginal"] = 0.03
 DEFAULT_SCALE = 0.3
+# Lattices of the configs that are not on PHI4_SHAPE / U1_SHAPE: non-cubic, so mixed-up axes show
+SHAPES = {"spline-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]
@@ -60,17 +69,25 @@ Z2 = Z2NICE + [name for name in ALL if name.startswith(("spline-", "z2affine"))]
 U1 = [name for name in ALL if name.startswith("u1")]
 U1_TRANSLATION = [name for name in U1 if name != "u1_marginal"]  # the marginal layer singles out one plaquette
 REALNVP = [name for name in ALL if name.startswith("realnvp")]
-CNN = [name for name in ALL if name.endswith("cnn")]
+CNN = [name for name in ALL if CONFIGS[name].get("conditioner") == "cnn"]  # φ⁴ configs with CNN conditioners
+OTHER_DIMENSIONS = list(SHAPES)
 
 
 def is_u1(name: str) -> bool:
     return name.startswith("u1")
 
 
+def lattice(name: str) -> tuple[int, ...]:
+    """The lattice of config ``name``."""
+    return SHAPES.get(name, U1_SHAPE if is_u1(name) else PHI4_SHAPE)
+
+
 def make_action(name: str, shape=None):
+    """U(1) at β = 1.7; φ⁴ at κ = 0.6/d, λ = 0.02 (2dκ = 1.2: the broken phase of the Gaussian start in every d)."""
+    shape = tuple(shape or lattice(name))
     if is_u1(name):
-        return U1Gauge(shape or U1_SHAPE, beta=1.7)
-    return Phi4(shape or PHI4_SHAPE, kappa=0.3, lam=0.02)
+        return U1Gauge(shape, beta=1.7)
+    return Phi4(shape, kappa=0.6 / len(shape), lam=0.02)
 
 
 def randomise(flow: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:

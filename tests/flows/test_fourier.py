@@ -191,6 +191,38 @@ def test_odd_and_translation_equivariant(shape):
     assert maxabs(layer(both)[0] - torch.roll(y, shifts=(1,) * nd, dims=tuple(range(1, nd + 1)))) < 1e-12
 
 
+def _former_quadratic_kernel(shape, kappa, lam):
+    """The kernel latticeflow.flows.fourier computed before the theory offered it: A(p) from |n_μ| (exactly
+    even), A(p) = 2(1 − 2λ) − 4κ Σ_μ cos(2π min(n_μ, L_μ − n_μ)/L_μ)."""
+    total = np.zeros(shape)
+    for mu, length in enumerate(shape):
+        k = np.arange(length)
+        n = np.minimum(k, length - k)
+        total = total + np.cos(2 * np.pi * n / length).reshape([-1 if nu == mu else 1 for nu in range(len(shape))])
+    return 2.0 * (1.0 - 2.0 * lam) - 4.0 * kappa * total
+
+
+@pytest.mark.parametrize("shape,kappa,lam", [((4, 4), 0.3, 0.022), ((5, 6), 0.2, 0.0), ((3, 4, 5), 0.1, 0.5),
+                                             ((7,), 0.4, 0.1), ((2, 2, 2, 4), 0.1, 0.02)])
+def test_theory_quadratic_kernel_equals_the_former_flow_kernel(shape, kappa, lam):
+    """`Phi4.quadratic_kernel` (which the Fourier start now asks for) is the kernel the flows computed themselves."""
+    got = Phi4(shape, kappa=kappa, lam=lam).quadratic_kernel()
+    assert got.shape == shape and got.dtype == np.float64
+    assert np.abs(got - _former_quadratic_kernel(shape, kappa, lam)).max() < 1e-14
+
+
+def test_from_action_asks_the_theory_in_3d():
+    """d = 3: init="action" is −½ log of the theory's Hartree kernel, init="quadratic" of its clipped A(p)."""
+    action = Phi4((4, 2, 6), kappa=0.2, lam=0.02)
+    layer = FourierScaling.from_action(action, dtype=F64)
+    expected = -0.5 * np.log(action.gaussian_vacuum(False).kernel)
+    assert maxabs(layer.log_scale - torch.from_numpy(expected)) < 1e-14
+    quad = FourierScaling.from_action(action, init="quadratic", dtype=F64)
+    assert maxabs(quad.log_scale - torch.from_numpy(-0.5 * np.log(np.maximum(action.quadratic_kernel(), 0.1)))) < 1e-14
+    with pytest.raises(FlowError, match="quadratic_kernel"):
+        FourierScaling.from_action(object())
+
+
 # 6 -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("init", ["action", "quadratic"])
 def test_free_field_is_sampled_exactly(init):

@@ -70,7 +70,8 @@ def test_every_ncp_layer_is_finite_on_edge_plaquettes(a):
 def test_phi4_flows_are_finite_and_invertible_at_large_field(name):
     flow, _ = make_flow(name)
     gen = torch.Generator().manual_seed(20)
-    phi = 50 * torch.sign(torch.randn(3, 4, 4, generator=gen, dtype=F64)) + torch.randn(3, 4, 4, generator=gen, dtype=F64)
+    shape = flow.field_shape
+    phi = 50 * torch.sign(torch.randn(3, *shape, generator=gen, dtype=F64)) + torch.randn(3, *shape, generator=gen, dtype=F64)
     x, logdet = flow(phi)
     z, logdet_inv = flow.inverse(phi)
     log_q = flow.log_prob(phi)
@@ -88,7 +89,8 @@ def test_phi4_flows_are_finite_and_invertible_at_large_field(name):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["z2nice-cnn", "z2nice-fc", "spline-cnn", "z2affine-cnn", "u1_ncp", "u1_spline", "u1_marginal"])
+@pytest.mark.parametrize("name", ["z2nice-cnn", "z2nice-fc", "spline-cnn", "z2affine-cnn", "spline-cnn-3d", "spline-cnn-1d",
+                                  "u1_ncp", "u1_spline", "u1_marginal"])
 def test_float32_flow_round_trips(name):
     """float32 lane. Parameters are randomised by 0.15 (not 0.3): for U(1) the round trip error is the
     float32 rounding of T(z) times the inverse's condition 1/G'(P), which reaches ~1e3 at 0.3 (then

@@ -4,7 +4,8 @@ import torch
 
 from actions import U1Gauge
 
-from .helpers import CNN, PHI4, REALNVP, U1, U1_TRANSLATION, Z2, base_sample, field_distance, make_flow, maxabs, random_alpha
+from .helpers import (CNN, PHI4, REALNVP, U1, U1_TRANSLATION, Z2, base_sample, field_distance, lattice, make_flow, maxabs,
+                      random_alpha)
 
 # ---------------------------------------------------------------------------------------------------
 # Z2: φ → −φ
@@ -13,30 +14,30 @@ from .helpers import CNN, PHI4, REALNVP, U1, U1_TRANSLATION, Z2, base_sample, fi
 
 @pytest.mark.parametrize("name", Z2)
 def test_z2_equivariant_flow_is_odd(name):
-    """T(−z) = −T(z) with the same logdet, for the whole flow and for every layer."""
-    flow, _ = make_flow(name)
+    """T(−z) = −T(z) with the same logdet, for the whole flow and for every layer (−z: the theory's symmetry)."""
+    flow, action = make_flow(name)
     z = base_sample(flow, 6)
     x, logdet = flow(z)
-    x_neg, logdet_neg = flow(-z)
-    assert maxabs(x_neg + x) < 1e-12
+    x_neg, logdet_neg = flow(action.symmetry(z))
+    assert maxabs(x_neg - action.symmetry(x)) < 1e-12
     assert maxabs(logdet_neg - logdet) < 1e-12
     for layer in flow.layers:
         y, _ = layer(z)
-        assert maxabs(layer(-z)[0] + y) < 1e-12
+        assert maxabs(layer(action.symmetry(z))[0] - action.symmetry(y)) < 1e-12
         z = y.detach()
 
 
 @pytest.mark.parametrize("name", Z2)
 def test_z2_equivariant_flow_log_q_is_z2_symmetric(name):
-    flow, _ = make_flow(name)
+    flow, action = make_flow(name)
     phi, log_q = flow.sample(6, generator=torch.Generator().manual_seed(7))
-    assert maxabs(flow.log_prob(-phi) - log_q) < 1e-12
+    assert maxabs(flow.log_prob(action.symmetry(phi)) - log_q) < 1e-12
     # also off the flow's samples: arbitrary fields, incl. a broken-phase-like one
     phi = 1.5 + torch.randn(4, *phi.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     # the zero-mode spline is steep (g' up to 1e4) between its vacua, where these fields' M lies: round-off
     # in M is amplified there, so its tolerance is relative (|log q| ~ 100)
     tol = 1e-12 if "zm" not in name else 1e-12 * max(1.0, maxabs(flow.log_prob(phi)))
-    assert maxabs(flow.log_prob(-phi) - flow.log_prob(phi)) < tol
+    assert maxabs(flow.log_prob(action.symmetry(phi)) - flow.log_prob(phi)) < tol
 
 
 @pytest.mark.parametrize("name", REALNVP + ["spline_plain-cnn"])
@@ -102,12 +103,17 @@ def test_every_gauge_layer_is_gauge_equivariant(name):
 
 
 def _roll(field, shift, u1):
-    """Translate a field by ``shift`` lattice sites (the two last axes; for U(1) both link channels)."""
-    return torch.roll(field, shifts=shift, dims=(-2, -1))
+    """Translate a field by ``shift`` lattice sites (the last len(shift) axes; for U(1) both link channels)."""
+    return torch.roll(field, shifts=shift, dims=tuple(range(-len(shift), 0)))
 
 
-@pytest.mark.parametrize("shift", [(2, 0), (0, 2), (1, 1), (-1, 1)])
-@pytest.mark.parametrize("name", [n for n in CNN if n in PHI4])
+# shifts with an even Σ_μ shift_μ: they map each checkerboard parity onto itself
+EVEN_SHIFTS = {1: [(2,), (-2,)], 2: [(2, 0), (0, 2), (1, 1), (-1, 1)],
+               3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, -1), (0, 1, 1)]}
+CNN_SHIFTS = [(name, shift) for name in CNN if name in PHI4 for shift in EVEN_SHIFTS[len(lattice(name))]]
+
+
+@pytest.mark.parametrize("name,shift", CNN_SHIFTS, ids=[f"{n}-{s}" for n, s in CNN_SHIFTS])
 def test_cnn_flow_is_translation_equivariant(name, shift):
     """A shift that preserves the checkerboard (even Σ shift) commutes with T; the logdet is unchanged."""
     flow, _ = make_flow(name)
@@ -136,7 +142,8 @@ def test_odd_shift_breaks_phi4_translation_equivariance(name):
     flow, _ = make_flow(name)
     z = base_sample(flow, 4)
     x, _ = flow(z)
-    assert maxabs(flow(_roll(z, (1, 0), False))[0] - _roll(x, (1, 0), False)) > 1e-3
+    odd = (1,) + (0,) * (len(lattice(name)) - 1)
+    assert maxabs(flow(_roll(z, odd, False))[0] - _roll(x, odd, False)) > 1e-3
 
 
 @pytest.mark.parametrize("name", U1_TRANSLATION)

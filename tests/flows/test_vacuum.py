@@ -1,4 +1,5 @@
-"""The Gaussian variational start for φ⁴ (`latticeflow.flows.vacuum`) and the `VacuumMixture` base.
+"""The Gaussian variational start for φ⁴ (`actions.phi4_variational`, `Phi4.gaussian_vacuum`) and the
+`VacuumMixture` base.
 
 The base is checked against a direct two-Gaussian logsumexp and autograd in float64, and by its sample
 moments; the gap equations and the stationarity of the variational free energy F are checked directly; and
@@ -13,9 +14,8 @@ import pytest
 import torch
 
 from actions import Phi4
+from actions.phi4_variational import broken_vacuum, choose_vacuum, symmetric_vacuum
 from latticeflow.flows import FlowError, StandardNormal, VacuumMixture, build_flow
-from latticeflow.flows.fourier import quadratic_kernel
-from latticeflow.flows.vacuum import broken_vacuum, choose_vacuum, gaussian_free_energy, symmetric_vacuum
 
 F64 = torch.float64
 BROKEN = dict(kappa=0.3, lam=0.022)  # the paper's couplings, deep in the broken phase
@@ -93,11 +93,12 @@ def test_mixture_rejects_a_bad_shift(bad):
 
 def test_broken_solution_solves_the_gap_equations():
     shape, kappa, lam = (16, 8), BROKEN["kappa"], BROKEN["lam"]
-    vac = broken_vacuum(shape, kappa, lam)
+    theory = Phi4(shape, kappa, lam)
+    vac = broken_vacuum(theory)
     assert vac is not None and vac.broken
     sigma2 = float(np.mean(1 / vac.kernel))
     assert abs(vac.phi0 ** 2 - ((4 * kappa + 2 * lam - 1) / (2 * lam) - 3 * sigma2)) < 1e-9
-    expect = quadratic_kernel(shape, kappa, lam) + 12 * lam * (vac.phi0 ** 2 + sigma2)
+    expect = theory.quadratic_kernel() + 12 * lam * (vac.phi0 ** 2 + sigma2)
     assert np.abs(vac.kernel - expect).max() < 1e-9
     assert abs(vac.kernel.flat[0] - 8 * lam * vac.phi0 ** 2) < 1e-9  # K(0) = 8λφ₀²
     assert 1.9 < vac.phi0 < 2.4  # between ⟨|M|⟩ ≈ 1.9 (HMC) and the mean-field 2.35
@@ -106,48 +107,68 @@ def test_broken_solution_solves_the_gap_equations():
 def test_free_energy_is_stationary_at_the_solutions():
     """F is minimal over (φ₀, K) at the gap-equation solution: small perturbations only raise it."""
     shape = (8, 8)
-    for vac, lam, kappa in [(broken_vacuum(shape, **BROKEN), BROKEN["lam"], BROKEN["kappa"]),
-                            (symmetric_vacuum(shape, 0.25, 0.5), 0.5, 0.25)]:
-        f0 = gaussian_free_energy(shape, kappa, lam, vac.phi0, vac.kernel) - (math.log(2) if vac.broken else 0)
+    for theory in (Phi4(shape, **BROKEN), Phi4(shape, kappa=0.25, lam=0.5)):
+        vac = broken_vacuum(theory) if theory.lam == BROKEN["lam"] else symmetric_vacuum(theory)
+        f0 = theory.gaussian_free_energy(vac.phi0, vac.kernel) - (math.log(2) if vac.broken else 0)
         assert abs(f0 - vac.free_energy) < 1e-9
         rng = np.random.default_rng(0)
         for _ in range(5):
             dk = 1 + 0.02 * rng.standard_normal(vac.kernel.shape)
             dk = 0.5 * (dk + np.roll(np.flip(dk), 1, axis=(0, 1)))  # keep K even
             dphi = 0.02 * rng.standard_normal() if vac.broken else 0.0
-            f = gaussian_free_energy(shape, kappa, lam, vac.phi0 + dphi, vac.kernel * dk)
+            f = theory.gaussian_free_energy(vac.phi0 + dphi, vac.kernel * dk)
             assert f - (math.log(2) if vac.broken else 0) > vac.free_energy - 1e-9
 
 
 def test_choose_vacuum_picks_the_phase():
-    assert choose_vacuum((8, 8), 0.2, 0.0).broken is False       # free field
-    assert choose_vacuum((8, 8), 0.25, 0.5).broken is False      # symmetric (no broken solution)
-    assert choose_vacuum((16, 8), **BROKEN).broken is True
-    assert choose_vacuum((16, 8), **BROKEN, mode=False).broken is False
-    with pytest.raises(FlowError, match="no broken-phase"):
-        choose_vacuum((8, 8), 0.25, 0.5, mode=True)
-    with pytest.raises(FlowError, match="got 'yes'"):
-        choose_vacuum((8, 8), 0.25, 0.5, mode="yes")
+    assert Phi4((8, 8), kappa=0.2, lam=0.0).gaussian_vacuum().broken is False       # free field
+    assert Phi4((8, 8), kappa=0.25, lam=0.5).gaussian_vacuum().broken is False      # symmetric (no broken solution)
+    assert Phi4((16, 8), **BROKEN).gaussian_vacuum().broken is True
+    assert Phi4((16, 8), **BROKEN).gaussian_vacuum(False).broken is False
+    assert choose_vacuum(Phi4((16, 8), **BROKEN), "auto").phi0 == Phi4((16, 8), **BROKEN).gaussian_vacuum().phi0
+    with pytest.raises(ValueError, match="no broken-phase"):
+        Phi4((8, 8), kappa=0.25, lam=0.5).gaussian_vacuum(True)
+    with pytest.raises(ValueError, match="got 'yes'"):
+        Phi4((8, 8), kappa=0.25, lam=0.5).gaussian_vacuum("yes")
 
 
+@pytest.mark.parametrize("shape,kappa,lam", [((4, 4, 4), 0.2, 0.02), ((6, 4, 4), 0.15, 0.05), ((16,), 0.6, 0.02)])
+def test_gap_equations_in_d_dimensions(shape, kappa, lam):
+    """In d = 3 and d = 1 the broken solution (where there is one) solves φ₀² = (2κd + 2λ − 1)/(2λ) − 3σ² and
+    K = A + 12λ(φ₀² + σ²), and `auto` picks the lower free energy."""
+    theory = Phi4(shape, kappa=kappa, lam=lam)
+    symmetric = symmetric_vacuum(theory)
+    assert abs(np.mean(1 / symmetric.kernel) * 12 * lam - (symmetric.kernel - theory.quadratic_kernel()).flat[0]) < 1e-9
+    vac = broken_vacuum(theory)
+    if vac is not None:
+        sigma2 = float(np.mean(1 / vac.kernel))
+        assert abs(vac.phi0 ** 2 - ((2 * kappa * len(shape) + 2 * lam - 1) / (2 * lam) - 3 * sigma2)) < 1e-9
+        assert np.abs(vac.kernel - theory.quadratic_kernel() - 12 * lam * (vac.phi0 ** 2 + sigma2)).max() < 1e-9
+    best = min([symmetric] + ([vac] if vac is not None else []), key=lambda v: v.free_energy)
+    assert theory.gaussian_vacuum().free_energy == best.free_energy
+
+
+@pytest.mark.parametrize("shape,couplings", [((8, 8), BROKEN), ((4, 2, 8), dict(kappa=0.2, lam=0.02))],
+                         ids=["8x8", "4x2x8"])
 @pytest.mark.parametrize("family", ["spline", "z2affine"])
-def test_default_flow_starts_at_the_variational_free_energy(family):
-    """The couplings start at the identity, so q is the Gaussian mixture: ⟨log q + S⟩_q = F (4σ, seed 0)."""
-    action = Phi4((8, 8), **BROKEN)
-    flow = build_flow({"family": family, "n_layers": 2}, action).double()
+def test_default_flow_starts_at_the_variational_free_energy(family, shape, couplings):
+    """The couplings start at the identity, so q is the Gaussian mixture: ⟨log q + S⟩_q = F (4σ, seed 0),
+    in d = 2 and d = 3."""
+    action = Phi4(shape, **couplings)
+    flow = build_flow({"family": family, "n_layers": 2, "hidden": [4]}, action).double()  # couplings: identity
     assert isinstance(flow.base, VacuumMixture)
     z = flow.base.sample((4000,), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x, logdet = flow(z)
         a = flow.base.log_prob(z) - logdet + action.action(x)
     err = float(a.std()) / math.sqrt(len(a))
-    expect = broken_vacuum((8, 8), **BROKEN).free_energy
+    expect = broken_vacuum(action).free_energy
     assert abs(float(a.mean()) - expect) < 4 * err
     # the vacua sit at ±φ₀
     mag = x.flatten(1).mean(1).abs()
-    assert abs(float(mag.mean()) - broken_vacuum((8, 8), **BROKEN).phi0) < 0.02
-    # and the broken start is far better than the symmetric one (by ≈ 14 nats at 8×8)
-    assert symmetric_vacuum((8, 8), **BROKEN).free_energy - expect > 10
+    assert abs(float(mag.mean()) - broken_vacuum(action).phi0) < 0.02
+    # and the broken start is far better than the symmetric one (by ≈ 14 nats at 8×8, 17 at 4×2×8)
+    assert symmetric_vacuum(action).free_energy - expect > 10
 
 
 def test_symmetric_phase_keeps_the_standard_normal_base():
@@ -160,7 +181,8 @@ def test_symmetric_phase_keeps_the_standard_normal_base():
     flow = build_flow({"family": "z2nice"}, Phi4((8, 8), **BROKEN))
     assert isinstance(flow.base, StandardNormal)  # vacua: false for the old families
     flow = build_flow({"family": "realnvp", "vacua": True, "conditioner": "fc"}, Phi4((8, 8), **BROKEN))
-    assert isinstance(flow.base, VacuumMixture) and abs(float(flow.base.shift) - broken_vacuum((8, 8), **BROKEN).phi0) < 1e-6
+    assert isinstance(flow.base, VacuumMixture)
+    assert abs(float(flow.base.shift) - broken_vacuum(Phi4((8, 8), **BROKEN)).phi0) < 1e-6
 
 
 def test_transfer_keeps_the_vacuum_shift_and_refuses_the_other_base():
