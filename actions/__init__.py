@@ -2,7 +2,7 @@
 
 This package imports torch, numpy and scipy only (never ``latticeflow``); one file per theory, each
 registered in `THEORIES` below (a new theory is its file plus one line here): `phi4` (φ⁴ theory in any
-dimension), `u1` (2D U(1) gauge theory); `gmm` (Gaussian-mixture toy targets), `exact` (free field and 2D U(1)
+dimension; its Gaussian variational start in `phi4_variational`), `u1` (2D U(1) gauge theory); `gmm` (Gaussian-mixture toy targets), `exact` (free field and 2D U(1)
 on the torus), `lattice` (geometry), `theory` (what every theory offers the machinery).
 
 Example:
