@@ -65,7 +65,11 @@ def build_flow(config: Mapping[str, Any] | None, action) -> Flow:
         fits = families_for(theory)
         raise _err("family", f"{family!r} does not fit theory {theory!r}"
                              + (f" (its families: {', '.join(fits)})" if fits else ""))
-    opts = entry.options(cfg.get("conditioner", "cnn"), action)
+    # torch has convolutions up to 3D: on d >= 4 lattices the default conditioner is fully connected
+    conditioner = cfg.get("conditioner", "cnn" if len(getattr(action, "shape", ())) <= 3 else "fc")
+    opts = entry.options(conditioner, action)
+    if "conditioner" in entry.keys:
+        opts["conditioner"] = conditioner
     opts.update((k, v) for k, v in cfg.items() if k != "family")
     n_layers, hidden, kernel = opts["n_layers"], opts["hidden"], opts["kernel_size"]
     if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
