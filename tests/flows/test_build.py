@@ -76,11 +76,10 @@ BAD = {
     "u1-fc-conditioner": ({"family": "u1", "conditioner": "fc"}, U1, "flow.conditioner must be 'cnn' for U(1)"),
     "odd-extent-3d": ({"family": "spline"}, Phi4((4, 4, 3), kappa=0.1, lam=0.02), "even lattice extents"),
     "odd-extent-1d": ({"family": "z2affine", "conditioner": "fc"}, Phi4((7,), kappa=0.1, lam=0.02), "[7]"),
-    "cnn-in-4d": ({"family": "realnvp"}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02),
+    "cnn-in-4d": ({"family": "realnvp", "conditioner": "cnn"}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02),
                   "'cnn' needs a 1D, 2D or 3D lattice (torch has no Conv4d), got shape [2, 2, 2, 4]; use 'fc'"),
-    "default-flow-in-4d": ({}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02), "torch has no Conv4d"),
     "snf-conv-in-3d": ({"family": "snf", "layer": "conv"}, Phi4((4, 4, 4), kappa=0.1, lam=0.02), "2D lattice"),
-    "snf-couplings-cnn-in-4d": ({"family": "snf", "couplings": 1}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02), "Conv4d"),
+    "snf-couplings-cnn-in-4d": ({"family": "snf", "couplings": 1, "conditioner": "cnn"}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02), "Conv4d"),
     "vacua-on-gmm": ({"family": "spline", "vacua": True, "fourier": False}, ProductMixture(dim=6), "Gaussian vacua"),
     "fourier-on-gmm": ({"family": "spline", "fourier": True, "vacua": False}, ProductMixture(dim=6), "flow.fourier needs a theory"),
     "u1-on-gmm": ({"family": "u1"}, ProductMixture(dim=6), "'u1' does not fit theory 'gmm'"),
@@ -114,3 +113,10 @@ def test_flow_rejects_fields_of_the_wrong_shape_or_non_finite_values(family):
         flow.log_prob(bad)
     with pytest.raises(DomainError):
         flow.inverse_with_score(bad, torch.zeros_like(bad))
+
+
+def test_default_flow_in_4d_takes_the_fc_conditioner():
+    """torch has no Conv4d: without a conditioner key, d >= 4 lattices get fully connected conditioners."""
+    flow = build_flow({}, Phi4((2, 2, 2, 4), kappa=0.1, lam=0.02))
+    assert not any(isinstance(m, torch.nn.Conv3d) for m in flow.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in flow.modules())
