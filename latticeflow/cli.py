@@ -42,16 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pyerrors", metavar="PATH", default=None,
                    help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
                         "as a pyerrors json.gz file")
-    p = sub.add_parser("bench", help="benchmarks: gradients (estimator step-time ratios), training (ESS against "
-                                     "wall time), sampling (configurations/s and the HDF5 share), snf "
-                                     "(self-normalizing vs exact-gradient step time and NLL), scaling (MPI "
-                                     "weak scaling at 1 and 2 ranks), quality (flow families on a grid of "
-                                     "targets: ESS, KL, acceptance against wall time), verdict (calibration of the "
-                                     "trust verdict), efficiency (HMC vs neural MCMC for 2D U(1) against beta), forward "
-                                     "(forward-KL estimators on a finite training set: test NLL against wall time)")
-    p.add_argument("name", choices=["gradients", "training", "sampling", "snf", "scaling", "quality", "verdict",
-                                    "efficiency", "forward"],
-                   help="which benchmark")
+    from .bench import BENCHES
+
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(f"{name} ({b.about})" for name, b in BENCHES.items()))
+    p.add_argument("name", choices=list(BENCHES), help="which benchmark")
     p.add_argument("--seconds", type=float, default=None,
                    help="training: wall-time budget per estimator and theory (60); quality: overrides every "
                         "target's budget; efficiency: HMC seconds per point (60); forward: training seconds per run (60; gmm_paper 300)")
@@ -172,113 +166,26 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    """``latticeflow bench NAME``: the entry of `latticeflow.bench.BENCHES` called with its flags."""
+    import importlib
+
     import torch
+
+    from .bench import BENCHES
+    from .bench._json import dumps
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.name == "sampling":
-        from .bench.sampling import format_sampling_table, run_sampling_bench
-
-        results = run_sampling_bench(quick=args.quick, dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype])
-        print(json.dumps({"benchmark": "sampling", "results": results}, indent=2) if args.json else format_sampling_table(results))
-        return 0
-    if args.name == "scaling":
-        from .bench.scaling import format_scaling_table, run_scaling_bench
-
-        result = run_scaling_bench(quick=args.quick, dtype=args.dtype)
-        print(json.dumps(result, indent=2) if args.json else format_scaling_table(result))
-        return 0
-    if args.name == "snf":
-        from .bench.snf import format_snf_table, run_snf_bench
-
-        log = (lambda r: print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
-                               file=sys.stderr, flush=True))
-        result = run_snf_bench(quick=args.quick, repeats=args.repeats or 3,
-                               dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
-                               progress=None if args.json else log)
-        print(json.dumps(result, indent=2) if args.json else format_snf_table(result))
-        return 0
-    if args.name == "verdict":
-        from .bench.verdict import format_verdict_bench, run_verdict_bench
-
-        log = (lambda r: print(f"  {r['theory']} {r.get('couplings', r.get('name'))} {r['family']} {r['steps']} steps: "
-                               f"max|pull| {r['max_abs_pull']}, reliable {r['verdict']['reliable']}", file=sys.stderr,
-                               flush=True))
-        result = run_verdict_bench(quick=args.quick, progress=None if args.json else log)
-        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_verdict_bench(result))
-        return 0
-    if args.name == "efficiency":
-        from .bench.efficiency import format_efficiency_table, run_efficiency_bench
-
-        log = (lambda p: print(f"  {p['L']}x{p['L']} beta={p['beta']:g}: tau_int(Q) HMC {p['hmc']['tau_int_q']:.3g}"
-                               f"{' (lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}, NMCMC "
-                               f"{p['nmcmc']['tau_int_q']:.3g}; acceptance {p['nmcmc']['acceptance']:.2f}",
-                               file=sys.stderr, flush=True))
-        result = run_efficiency_bench(quick=args.quick, settings=None if args.seconds is None else
-                                      {"hmc_seconds": args.seconds}, plot=args.plot or "bench_efficiency.png",
-                                      progress=None if args.json else log)
-        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_efficiency_table(result))
-        return 0
-    if args.name == "forward":
-        from .bench.forward import format_forward_table, run_forward_bench
-
-        result = run_forward_bench(quick=args.quick, seconds=args.seconds, seeds=(args.seeds or "0,1,2").split(","),
-                                   cases=[c for c in args.targets.split(",") if c.strip()] if args.targets else None,
-                                   threads=args.threads, dtype=args.dtype, plot=args.plot or "bench_forward.png", lr=args.lr,
-                                   progress=None if args.json else (lambda m: print("  " + m, file=sys.stderr, flush=True)))
-        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_forward_table(result))
-        return 0
-    if args.name == "quality":
-        from .bench.quality import format_quality_table, run_quality_bench
-
-        log = (lambda r: print(f"  {r['target']} {r['family']} seed {r['seed']}: t={r['wall_time']:.1f}s "
-                               f"step {r['step']} ESS {r['ess']}", file=sys.stderr, flush=True))
-        result = run_quality_bench(targets=args.targets, families=args.families, seeds=args.seeds,
-                                   seconds=args.seconds, quick=args.quick, dtype=args.dtype, device=args.device,
-                                   threads=args.threads, plot_dir=args.plot_dir, progress=None if args.json else log)
-        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_quality_table(result))  # strict already
-        return 0
-    if args.name == "training":
-        from .bench.training import (format_training_seed_summary, format_training_table, run_training_bench,
-                                     training_seed_summary)
-
-        log = (lambda r: print(f"  {r.get('theory')} {r.get('estimator')}: t={r.get('wall_time', 0):.0f}s step {r.get('step')} "
-                               f"ESS {r.get('ess')}", file=sys.stderr, flush=True))
-        seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
-        results = []
-        for seed in seeds:
-            base = args.plot or "bench_training.png"
-            plot = base if len(seeds) == 1 else base.replace(".png", f"_seed{seed}.png")
-            results.append(run_training_bench(seconds=60.0 if args.seconds is None else args.seconds, plot_path=plot,
-                                              dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
-                                              device=args.device, progress=None if args.json else log, seed=seed,
-                                              threads=args.threads, interleave=not args.sequential))
-        if len(results) == 1:
-            print(json.dumps(results[0], indent=2) if args.json else format_training_table(results[0]))
-        else:
-            summary = training_seed_summary(results)
-            if args.json:
-                print(json.dumps({"benchmark": "training", "seeds": seeds, "runs": results, "summary": summary}, indent=2))
-            else:
-                print("\n\n".join(format_training_table(r) for r in results))
-                print(format_training_seed_summary(summary))
-        return 0
-
-    from .bench import default_cases, format_gradient_table, run_gradient_bench
-    from .pipeline import resolve_device
-
-    resolve_device(args.device)
-    objectives = ("reverse_kl", "forward_kl") if args.objective == "both" else (args.objective,)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    log = (lambda r: print(f"  {r['case']} {r['objective']}: " + ", ".join(
-        f"{e} {v['ratio_to_standard']:.2f}" for e, v in r["estimators"].items()), file=sys.stderr, flush=True))
-    results = run_gradient_bench(default_cases(args.quick), objectives=objectives, repeats=args.repeats or 10, dtype=dtype,
-                                 device=args.device, progress=None if args.json else log)
-    if args.json:
-        print(json.dumps({"benchmark": "gradients", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "results": results}, indent=2))
-    else:
-        print(format_gradient_table(results))
+    bench = BENCHES[args.name]
+    module = importlib.import_module(f"{__package__}.bench.{bench.module}")
+    kwargs = {}
+    for flag, _, keyword in (f.partition(":") for f in bench.flags):
+        if getattr(args, flag) is not None:
+            kwargs[keyword or flag] = getattr(args, flag)
+    if hasattr(module, "progress_line") and not args.json:
+        kwargs["progress"] = lambda row: print("  " + module.progress_line(row), file=sys.stderr, flush=True)
+    result = getattr(module, bench.run)(**kwargs)
+    print(dumps(result) if args.json or bench.table is None else getattr(module, bench.table)(result))
     return 0
 
 

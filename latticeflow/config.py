@@ -144,6 +144,7 @@ class Config:
 
 
 _SECTIONS = {"train": TrainConfig, "output": OutputConfig}
+_FREE_SECTIONS = ("flow",)
 _TOP = {f.name for f in dataclasses.fields(Config)}
 
 
@@ -262,6 +263,21 @@ def _sampler_section(data: Any) -> SamplerConfig:
     return s
 
 
+def _check_sampler_fits(cfg: Config) -> None:
+    """A chain sampler that cannot take the theory (the cluster sampler on U(1), or at κ <= 0) is refused at
+    load time, before anything is written."""
+    from .samplers import SAMPLERS
+
+    entry = SAMPLERS[cfg.sampler.name]
+    if entry.make is None:
+        return
+    try:
+        entry.make(build_action(cfg.action), cfg.sampler, None)
+    except ValueError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith(("action.", "sampler.")) else f"sampler.name {cfg.sampler.name!r}: {msg}") from None
+
+
 def _validate(cfg: Config) -> None:
     if cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
@@ -337,6 +353,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr_min must be in [0, train.lr = {t.lr:g}], got {t.lr_min}")
     if t.scheduler == "cosine" and t.warmup_steps >= t.steps:
         raise ConfigError(f"train.warmup_steps must be < train.steps ({t.steps}), got {t.warmup_steps}")
+    _check_sampler_fits(cfg)
 
 
 def config_from_dict(data: Any) -> Config:
@@ -356,9 +373,9 @@ def config_from_dict(data: Any) -> Config:
             kwargs[key] = _sampler_section(value)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, key)
-        elif key == "flow":
+        elif key in _FREE_SECTIONS:  # validated by their owner (flow: the family table)
             if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"flow must be a mapping of keys, got {value!r}")
+                raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
             kwargs[key] = dict(value or {})
         else:
             typ = {f.name: f.type for f in dataclasses.fields(Config)}[key]

@@ -17,9 +17,11 @@ Forward KL(p‖q_θ) = E_{x~p}[−S(x) − log q_θ(x)] − log Z:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["reverse_kl", "forward_kl", "REVERSE_ESTIMATORS", "FORWARD_ESTIMATORS"]
+__all__ = ["reverse_kl", "forward_kl", "log_weights", "LogWeights", "REVERSE_ESTIMATORS", "FORWARD_ESTIMATORS"]
 
 REVERSE_ESTIMATORS = ("standard", "path_inverse", "fast_path")
 FORWARD_ESTIMATORS = ("standard", "gdreg", "fast_path")
@@ -94,3 +96,42 @@ def forward_kl(flow, action, x: torch.Tensor, estimator: str = "fast_path") -> t
         v = r - flow.base.score(z.detach())
         return _attach(_inner(v, z) + (-s - log_q).mean(), -(s + log_q))
     raise ValueError(f"forward_kl estimator must be one of {', '.join(FORWARD_ESTIMATORS)}, got {estimator!r}")
+
+
+class LogWeights(NamedTuple):
+    """Configurations ``x`` with log q_θ(x) and S(x), float64 ``(B,)``."""
+
+    x: torch.Tensor
+    log_q: torch.Tensor
+    action: torch.Tensor
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """log w = −S − log q = log p − log q + ln Z per configuration (mean of −log w: KL(q‖p) − ln Z)."""
+        return -self.action - self.log_q
+
+
+@torch.no_grad()
+def log_weights(flow, action, x_or_n, *, from_base: bool = False, chunk: int = 4096,
+                generator: torch.Generator | None = None) -> LogWeights:
+    """log q_θ and S on a batch, evaluated in chunks of ``chunk`` configurations, without a graph.
+
+    ``x_or_n``: target configurations x (log q through the inverse, ``flow.log_prob``); base samples z with
+    ``from_base=True`` (x = T_θ(z), log q = log q₀(z) − log|det ∂T/∂z|); or a number n of flow samples
+    (``flow.sample`` in chunks, drawn with ``generator``).
+    """
+    if isinstance(x_or_n, int):
+        parts = [flow.sample(min(chunk, x_or_n - i), generator=generator) for i in range(0, x_or_n, chunk)]
+        xs, log_qs = zip(*parts)
+    else:
+        xs, log_qs = [], []
+        for c in torch.split(x_or_n, chunk):
+            if from_base:
+                x, logdet = flow(c)
+                xs.append(x)
+                log_qs.append(flow.base.log_prob(c).double() - logdet.double())
+            else:
+                xs.append(c)
+                log_qs.append(flow.log_prob(c).double())
+    x = torch.cat(xs)
+    return LogWeights(x, torch.cat(log_qs).double(), action.action(x).double())

@@ -1,11 +1,12 @@
 """Strict JSON for benchmark results: NaN/inf → null, numpy scalars → Python, tuples → lists."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
-__all__ = ["strict"]
+__all__ = ["strict", "dumps", "strict_copy"]
 
 
 def strict(obj):
@@ -19,3 +20,13 @@ def strict(obj):
     if isinstance(obj, (np.floating, np.integer, np.bool_)):
         return strict(obj.item())
     return obj
+
+
+def dumps(obj, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj``."""
+    return json.dumps(strict(obj), indent=indent, allow_nan=False)
+
+
+def strict_copy(obj):
+    """``obj`` as it reads back from strict JSON (what a benchmark returns)."""
+    return json.loads(dumps(obj, indent=None))

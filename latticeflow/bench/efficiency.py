@@ -21,20 +21,12 @@ changes in any chain gives X = the chain length), configurations/s, χ_t = ⟨Q�
 and pulls against the exact finite-volume values, the trust verdict (R̂, τ_int coverage), and the time to
 10⁴ independent Q samples: t_train + 10⁴ · 2τ_int(Q) / (configurations/s).
 
-Returns strict JSON (NaN/inf → null)::
-
-    {"benchmark": "efficiency", "quick", "threads", "settings": {…}, "points": [
-       {"L", "beta", "exact": {"chi_t", "plaquette"},
-        "hmc":   {"seconds", "n_chains", "chain_length", "configs_per_s", "acceptance", "step_size", "n_leapfrog",
-                  "tau_int_q", "tau_int_q_err", "tau_int_plaquette", "tau_int_lower_bound", "q_changes",
-                  "chi_t", "chi_t_err", "chi_t_pull", "plaquette", "plaquette_err", "plaquette_pull",
-                  "verdict", "cost_1e4_seconds", "cost_is_lower_bound"},
-        "nmcmc": {… the same …, "train_seconds", "train_seconds_total", "reverse_ess", "acceptance"},
-        "tau_ratio", "cost_ratio"}, …], "plot"}
+Returns strict JSON: per point (L, β) the exact values and the figures of ``hmc`` and ``nmcmc`` (the
+latter with its training seconds, also accumulated over the β annealing, its reverse ESS and acceptance),
+``tau_ratio`` and ``cost_ratio`` (HMC / NMCMC).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any, Callable
@@ -44,14 +36,15 @@ import torch
 
 from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
-from ..analysis import gamma_method
+from ..analysis import gamma_method, reverse_ess
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..samplers.hmc import HMC
+from ..samplers.hmc import HMC, hmc_chains
 from ..samplers.nmcmc import nmcmc_chains
 from ..training import Trainer, transfer_state
-from ._json import strict as _strict
+from ._common import figure, header
+from ._json import strict_copy
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
 
@@ -63,58 +56,52 @@ SETTINGS = {"hmc_seconds": 60.0, "hmc_chains": 32, "hmc_thermalize": 300, "train
 QUICK_SETTINGS = {"hmc_seconds": 2.0, "hmc_chains": 8, "hmc_thermalize": 40, "train_seconds": 2.0,
                   "train_batch": 32, "nmcmc_chains": 8, "nmcmc_configs": 2048, "nmcmc_batch": 1024, "independent": 1e4}
 MIN_TAU_PER_CHAIN = 50.0
+SAMPLERS = (("hmc", "HMC", "tab:red"), ("nmcmc", "NMCMC (flow)", "tab:blue"))  # result key, label, colour
 
 
 def _series_stats(q: np.ndarray, plaq: np.ndarray, volume: int, beta: float, seconds: float) -> dict[str, Any]:
     """Statistics of per-chain series ``q``, ``plaq`` of shape (n_chains, n): τ_int, χ_t, ⟨cos P⟩, verdict."""
     n_chains, n = q.shape
-    exact_chi, exact_plaq = u1_topological_susceptibility(beta, volume), u1_mean_plaquette(beta, volume)
-    gq, gp = gamma_method(list(q)), gamma_method(list(plaq))
-    gchi = gamma_method(list(q ** 2 / volume))
+    gq, gp, gchi = gamma_method(list(q)), gamma_method(list(plaq)), gamma_method(list(q ** 2 / volume))
     changes = int(np.sum(np.abs(np.diff(q, axis=1)) > 0.5))
-    tau_q = gq.tau_int
-    lower = changes == 0 or n < MIN_TAU_PER_CHAIN * tau_q
-    if changes == 0:
-        tau_q = float(n)  # Q never changed: τ_int is at least the chain length
+    tau_q = gq.tau_int if changes else float(n)  # Q never changed: τ_int is at least the chain length
+    lower = bool(changes == 0 or n < MIN_TAU_PER_CHAIN * gq.tau_int)
     checks = markov_checks({"Q": list(q), "<cos P>": list(plaq), "chi_t": list(q ** 2 / volume)},
                            {"Q": tau_q, "<cos P>": gp.tau_int, "chi_t": gchi.tau_int})
+    pull = lambda g, exact: (g.mean - exact) / g.error if g.error > 0 else None  # noqa: E731
     configs_per_s = n_chains * n / seconds
-    out = {"n_chains": n_chains, "chain_length": n, "seconds": seconds, "configs_per_s": configs_per_s,
-           "tau_int_q": tau_q, "tau_int_q_err": gq.tau_int_error, "tau_int_plaquette": gp.tau_int,
-           "tau_int_lower_bound": bool(lower), "q_changes": changes,
-           "chi_t": gchi.mean, "chi_t_err": gchi.error, "chi_t_pull": _pull(gchi.mean, gchi.error, exact_chi),
-           "plaquette": gp.mean, "plaquette_err": gp.error, "plaquette_pull": _pull(gp.mean, gp.error, exact_plaq),
-           "verdict": verdict(checks)}
-    out["cost_1e4_seconds"] = 1e4 * 2 * max(tau_q, 0.5) / configs_per_s
-    out["cost_is_lower_bound"] = bool(lower)
-    return out
+    return {"n_chains": n_chains, "chain_length": n, "seconds": seconds, "configs_per_s": configs_per_s,
+            "tau_int_q": tau_q, "tau_int_q_err": gq.tau_int_error, "tau_int_plaquette": gp.tau_int,
+            "tau_int_lower_bound": lower, "q_changes": changes, "chi_t": gchi.mean, "chi_t_err": gchi.error,
+            "chi_t_pull": pull(gchi, u1_topological_susceptibility(beta, volume)), "plaquette": gp.mean,
+            "plaquette_err": gp.error, "plaquette_pull": pull(gp, u1_mean_plaquette(beta, volume)),
+            "verdict": verdict(checks), "cost_1e4_seconds": 1e4 * 2 * max(tau_q, 0.5) / configs_per_s,
+            "cost_is_lower_bound": lower}
 
 
-def _pull(value: float, error: float, exact: float) -> float | None:
-    return (value - exact) / error if error > 0 else None
+def _measure(action: U1Gauge, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q (rounded) and ⟨cos P⟩ of ``x``, as (rows, k) arrays of k chains."""
+    x = x.double()
+    return action.topological_charge(x).round().numpy().reshape(-1, k), action.mean_plaquette(x).numpy().reshape(-1, k)
 
 
 def _run_hmc(action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:
-    gen = torch.Generator().manual_seed(seed)
-    k = settings["hmc_chains"]
+    gen, k = torch.Generator().manual_seed(seed), settings["hmc_chains"]
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2, generator=gen)
     x = (torch.rand(k, *action.field_shape, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
     t0 = time.perf_counter()
     x = hmc.thermalize(x, settings["hmc_thermalize"])
     hmc.n_leapfrog = max(1, round(1.0 / hmc.step_size))  # trajectory length ≈ 1
     x = hmc.thermalize(x, max(20, settings["hmc_thermalize"] // 3))
-    t_therm = time.perf_counter() - t0
-    qs, ps, acc = [], [], []
-    t0 = time.perf_counter()
-    s = None
-    while time.perf_counter() - t0 < settings["hmc_seconds"] or len(qs) < 16:
-        step = hmc.step(x, s)
-        x, s = step.x, step.action
-        qs.append(action.topological_charge(x).round().numpy())
-        ps.append(action.mean_plaquette(x).numpy())
-        acc.append(float(step.accepted.double().mean()))
-    seconds = time.perf_counter() - t0
-    out = _series_stats(np.stack(qs, 1), np.stack(ps, 1), action.volume, action.beta, seconds)
+    t_therm, t0 = time.perf_counter() - t0, time.perf_counter()
+    series, acc = [], []
+    for sweep in hmc_chains(hmc, x):  # for the budget in seconds, at least 16 trajectories
+        series.append(_measure(action, sweep.x, k))
+        acc.append(float(sweep.accepted.double().mean()))
+        if len(series) >= 16 and time.perf_counter() - t0 >= settings["hmc_seconds"]:
+            break
+    q, p = (np.concatenate(v).T for v in zip(*series))
+    out = _series_stats(q, p, action.volume, action.beta, time.perf_counter() - t0)
     out.update(acceptance=float(np.mean(acc)), step_size=hmc.step_size, n_leapfrog=hmc.n_leapfrog,
                thermalize_seconds=t_therm)
     return out
@@ -126,69 +113,61 @@ def _anneal_from(flow, previous, lattice: tuple[int, ...]) -> None:
     transfer_state(flow, previous.state_dict(), lattice=lattice, keep=(PlaquetteMarginal,))
 
 
-def _train_flow(action: U1Gauge, previous, settings: dict, seed: int):
+def _train_flow(action: U1Gauge, previous, settings: dict, seed: int) -> Trainer:
     torch.manual_seed(seed)
     flow = build_flow({"family": "u1"}, action).to(torch.float32)
     if previous is not None:
         _anneal_from(flow, previous, tuple(action.shape))
     trainer = Trainer(flow, action, objective="reverse_kl", estimator="fast_path",
                       batch_size=settings["train_batch"], lr=1e-3, scheduler="cosine", warmup_steps=10, seed=seed)
-    t0 = time.perf_counter()
     trainer.train(10 ** 6, seconds=settings["train_seconds"], log_every=10 ** 6, progress=False)
-    return flow, time.perf_counter() - t0, trainer.step_count
+    return trainer
 
 
 def _run_nmcmc(flow, action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:
-    k = settings["nmcmc_chains"]
-    gen = torch.Generator().manual_seed(seed + 1)
-    n_sweeps = settings["nmcmc_configs"] // k
-    qs, ps, acc, lw = [], [], [], []
+    k, gen = settings["nmcmc_chains"], torch.Generator().manual_seed(seed + 1)
+    series, acc, lw = [], [], []
     t0 = time.perf_counter()
-    for batch, _ in nmcmc_chains(flow, action, n_sweeps, max(1, settings["nmcmc_batch"] // k), k, generator=gen):
-        x = batch.x.double()
-        qs.append(action.topological_charge(x).round().numpy().reshape(-1, k))
-        ps.append(action.mean_plaquette(x).numpy().reshape(-1, k))
+    for batch, _ in nmcmc_chains(flow, action, settings["nmcmc_configs"] // k, max(1, settings["nmcmc_batch"] // k),
+                                 k, generator=gen):
+        series.append(_measure(action, batch.x, k))  # rows are sweep-major: (sweeps, k)
         acc.append(batch.accepted)
         lw.append(batch.proposal_log_weight)
-    seconds = time.perf_counter() - t0
-    q, p = np.concatenate(qs).T, np.concatenate(ps).T  # rows are sweep-major: (sweeps, k) → (k, sweeps)
-    out = _series_stats(q, p, action.volume, action.beta, seconds)
-    w = np.exp(np.concatenate(lw) - np.max(np.concatenate(lw)))
-    out.update(acceptance=float(np.mean(np.concatenate(acc))), reverse_ess=float(w.sum() ** 2 / (w.size * (w ** 2).sum())))
+    q, p = (np.concatenate(v).T for v in zip(*series))
+    out = _series_stats(q, p, action.volume, action.beta, time.perf_counter() - t0)
+    out.update(acceptance=float(np.mean(np.concatenate(acc))), reverse_ess=reverse_ess(np.concatenate(lw)))
     return out
 
 
 def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | None = None, seed: int = 0,
-                         progress: Callable[[dict], None] | None = None, plot: str | None = None) -> dict[str, Any]:
-    """Run the HMC / NMCMC comparison over ``points`` (default `POINTS`, or `QUICK_POINTS` with ``quick``)."""
-    st = {**(QUICK_SETTINGS if quick else SETTINGS), **(settings or {})}
-    pts = list(points or (QUICK_POINTS if quick else POINTS))
-    out: dict[str, Any] = {"benchmark": "efficiency", "quick": quick, "threads": torch.get_num_threads(),
-                           "settings": st, "points": []}
+                         seconds: float | None = None, progress: Callable[[dict], None] | None = None,
+                         plot: str | None = "bench_efficiency.png") -> dict[str, Any]:
+    """Run the HMC / NMCMC comparison over ``points`` (default `POINTS`, or `QUICK_POINTS` with ``quick``);
+    ``seconds`` overrides the HMC seconds per point (``settings["hmc_seconds"]``)."""
+    st = {**(QUICK_SETTINGS if quick else SETTINGS), **(settings or {}),
+          **({} if seconds is None else {"hmc_seconds": seconds})}
+    out = header("efficiency", quick=quick, settings=st, points=[])
     previous, trained, last_l = None, 0.0, None
-    for L, beta in pts:
+    for L, beta in points or (QUICK_POINTS if quick else POINTS):
         action = U1Gauge((L, L), beta=beta)
         if L != last_l:
             previous, trained, last_l = None, 0.0, L
         hmc = _run_hmc(action, st, seed)
-        flow, t_train, steps = _train_flow(action, previous, st, seed)
-        trained += t_train
-        nm = _run_nmcmc(flow, action, st, seed)
-        nm.update(train_seconds=t_train, train_seconds_total=trained, train_steps=steps)
-        nm["cost_1e4_seconds"] += trained
-        previous = flow
-        point = {"L": L, "beta": beta,
-                 "exact": {"chi_t": u1_topological_susceptibility(beta, L * L),
-                           "plaquette": u1_mean_plaquette(beta, L * L)},
-                 "hmc": hmc, "nmcmc": nm,
-                 "tau_ratio": hmc["tau_int_q"] / nm["tau_int_q"],
-                 "cost_ratio": hmc["cost_1e4_seconds"] / nm["cost_1e4_seconds"]}
-        out["points"].append(point)
+        trainer = _train_flow(action, previous, st, seed)
+        previous, trained = trainer.flow, trained + trainer.wall_time
+        nm = _run_nmcmc(trainer.flow, action, st, seed)
+        nm.update(train_seconds=trainer.wall_time, train_seconds_total=trained, train_steps=trainer.step_count,
+                  cost_1e4_seconds=nm["cost_1e4_seconds"] + trained)
+        out["points"].append({"L": L, "beta": beta, "hmc": hmc, "nmcmc": nm,
+                              "exact": {"chi_t": u1_topological_susceptibility(beta, L * L),
+                                        "plaquette": u1_mean_plaquette(beta, L * L)},
+                              "tau_ratio": hmc["tau_int_q"] / nm["tau_int_q"],
+                              "cost_ratio": hmc["cost_1e4_seconds"] / nm["cost_1e4_seconds"]})
         if progress:
-            progress(point)
+            progress(out["points"][-1])
     if plot:
         out["plot"] = plot_efficiency(out, plot)
-    return json.loads(json.dumps(_strict(out), allow_nan=False))
+    return strict_copy(out)
 
 
 def _tau_text(r: dict) -> str:
@@ -201,7 +180,7 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
     lines = [f"{'L':>3} {'beta':>4} {'sampler':<7} {'tau_int(Q)':>12} {'tau(cosP)':>9} {'chi_t':>16} {'exact':>9} "
              f"{'pull':>6} {'cfg/s':>7} {'acc':>5} {'t(1e4 indep. Q)':>16}  verdict", "-" * 118]
     for p in result["points"]:
-        for name in ("hmc", "nmcmc"):
+        for name, _, _ in SAMPLERS:
             r = p[name]
             chi = f"{r['chi_t']:.5f}({1e5 * r['chi_t_err']:.0f})" if r["chi_t_err"] is not None else "—"
             pull = "—" if r["chi_t_pull"] is None else f"{r['chi_t_pull']:+.1f}"
@@ -219,31 +198,25 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
 
 def plot_efficiency(result: dict[str, Any], path: str) -> str:
     """τ_int(Q) against β (log scale; open markers: HMC lower bounds) and the cost to 10⁴ independent Q."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for L, ls in zip(sorted({p["L"] for p in result["points"]}), ("-", "--")):
-        pts = [p for p in result["points"] if p["L"] == L]
-        b = [p["beta"] for p in pts]
-        for name, colour in (("hmc", "tab:red"), ("nmcmc", "tab:blue")):
-            tau = [p[name]["tau_int_q"] for p in pts]
-            cost = [p[name]["cost_1e4_seconds"] for p in pts]
-            label = f"{'HMC' if name == 'hmc' else 'NMCMC (flow)'} {L}x{L}"
-            ax1.plot(b, tau, ls, color=colour, label=label)
-            ax2.plot(b, cost, ls, color=colour, label=label)
-            for bi, ti, ci, p in zip(b, tau, cost, pts):
-                face = "none" if p[name]["tau_int_lower_bound"] else colour
-                ax1.plot([bi], [ti], "o", color=colour, mfc=face)
-                ax2.plot([bi], [ci], "o", color=colour, mfc=face)
-    ax1.set(yscale="log", xlabel="β", ylabel="τ_int(Q)", title="autocorrelation of Q (open: lower bound)")
-    ax2.set(yscale="log", xlabel="β", ylabel="seconds", title="time to 10⁴ independent Q (training included)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(10, 4)) as (fig, axes):
+        ax1, ax2 = axes[0]
+        for L, ls in zip(sorted({p["L"] for p in result["points"]}), ("-", "--")):
+            pts = [p for p in result["points"] if p["L"] == L]
+            b = [p["beta"] for p in pts]
+            for name, label, colour in SAMPLERS:
+                for ax, key in ((ax1, "tau_int_q"), (ax2, "cost_1e4_seconds")):
+                    ax.plot(b, [p[name][key] for p in pts], ls, color=colour, label=f"{label} {L}x{L}")
+                    for p in pts:
+                        ax.plot([p["beta"]], [p[name][key]], "o", color=colour,
+                                mfc="none" if p[name]["tau_int_lower_bound"] else colour)
+        ax1.set(yscale="log", xlabel="β", ylabel="τ_int(Q)", title="autocorrelation of Q (open: lower bound)")
+        ax2.set(yscale="log", xlabel="β", ylabel="seconds", title="time to 10⁴ independent Q (training included)")
+        for ax in (ax1, ax2):
+            ax.legend(fontsize=8)
     return path
+
+
+def progress_line(p: dict) -> str:
+    return (f"{p['L']}x{p['L']} beta={p['beta']:g}: tau_int(Q) HMC {p['hmc']['tau_int_q']:.3g}"
+            f"{' (lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}, NMCMC {p['nmcmc']['tau_int_q']:.3g}; "
+            f"acceptance {p['nmcmc']['acceptance']:.2f}")

@@ -8,6 +8,7 @@ tensors saved for backward, deduplicated by storage; on CUDA the allocator's pea
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from typing import Any
 
 import torch
 
-from actions import Phi4, U1Gauge
+from actions import build_theory
 from ..flows import build_flow
 from ..gradients import FORWARD_ESTIMATORS, REVERSE_ESTIMATORS, forward_kl, reverse_kl
+from ._common import header, torch_dtype
 
 __all__ = ["GradientCase", "default_cases", "bench_case", "run_gradient_bench", "format_gradient_table"]
 
@@ -34,7 +36,7 @@ class GradientCase:
     couplings: dict[str, float] = field(default_factory=dict)
 
     def build(self, dtype: torch.dtype, device: torch.device):
-        action = Phi4(self.shape, **self.couplings) if self.theory == "phi4" else U1Gauge(self.shape, **self.couplings)
+        action = build_theory(self.theory, self.shape, self.couplings)
         flow = build_flow(self.flow, action).to(device=device, dtype=dtype)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():  # leave the identity initialisation, as after some training
@@ -63,29 +65,18 @@ def default_cases(quick: bool = False) -> list[GradientCase]:
     return cases
 
 
-class _SavedBytes:
-    """Bytes of distinct storages saved for backward while active (a CPU proxy of the graph's memory)."""
+def _graph_mib(fn) -> float:
+    """MiB of the distinct storages that ``fn()`` saves for backward (a CPU proxy of the graph's memory)."""
+    seen: dict[int, int] = {}
 
-    def __init__(self) -> None:
-        self.seen: dict[int, int] = {}
-
-    def pack(self, t: torch.Tensor):
-        try:
-            ptr = t.untyped_storage().data_ptr()
-            self.seen[ptr] = t.untyped_storage().nbytes()
-        except RuntimeError:
-            pass
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        with contextlib.suppress(RuntimeError):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    @staticmethod
-    def unpack(t):
-        return t
-
-
-def _step(flow, action, data, objective: str, estimator: str) -> None:
-    flow.zero_grad(set_to_none=True)
-    loss = reverse_kl(flow, action, data, estimator) if objective == "reverse_kl" else forward_kl(flow, action, data, estimator)
-    loss.backward()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
 
 
 def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: int = 10, warmup: int = 2,
@@ -93,30 +84,30 @@ def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: in
     """Median step time, spread, ratio to ``standard`` and graph memory of every estimator of ``objective``."""
     device = torch.device(device)
     action, flow = case.build(dtype, device)
-    estimators = REVERSE_ESTIMATORS if objective == "reverse_kl" else FORWARD_ESTIMATORS
+    cuda = device.type == "cuda"
     if objective == "reverse_kl":
-        data = flow.base.sample((case.batch_size,))
+        estimators, surrogate, data = REVERSE_ESTIMATORS, reverse_kl, flow.base.sample((case.batch_size,))
     else:
         with torch.no_grad():
-            data = flow.sample(case.batch_size)[0]
-    times: dict[str, list[float]] = {e: [] for e in estimators}
-    memory: dict[str, float] = {}
+            estimators, surrogate, data = FORWARD_ESTIMATORS, forward_kl, flow.sample(case.batch_size)[0]
+
+    def step(e: str) -> None:
+        flow.zero_grad(set_to_none=True)
+        surrogate(flow, action, data, e).backward()
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    memory = {}
     for e in estimators:
-        saved = _SavedBytes()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            _step(flow, action, data, objective, e)
-        memory[e] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else sum(saved.seen.values())) / 2**20
+        memory[e] = _graph_mib(lambda: step(e))
+        memory[e] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else memory[e]
+    times: dict[str, list[float]] = {e: [] for e in estimators}
     for r in range(warmup + repeats):
-        order = estimators if r % 2 == 0 else tuple(reversed(estimators))
-        for e in order:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        for e in estimators if r % 2 == 0 else tuple(reversed(estimators)):
             t0 = time.perf_counter()
-            _step(flow, action, data, objective, e)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            step(e)
             if r >= warmup:
                 times[e].append(time.perf_counter() - t0)
     med = {e: statistics.median(v) for e, v in times.items()}
@@ -129,22 +120,33 @@ def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: in
     return out
 
 
-def run_gradient_bench(cases: list[GradientCase] | None = None, *, objectives=("reverse_kl", "forward_kl"),
-                       repeats: int = 10, dtype: torch.dtype = torch.float32, device: str = "cpu", progress=None) -> list[dict]:
+def run_gradient_bench(cases: list[GradientCase] | None = None, *, quick: bool = False, objective: str = "both",
+                       repeats: int = 10, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+                       progress=None) -> dict[str, Any]:
+    """Every case (default `default_cases(quick)`) for ``objective`` (``reverse_kl``, ``forward_kl`` or ``both``)."""
+    from ..pipeline import resolve_device
+
+    resolve_device(device)
+    objectives = ("reverse_kl", "forward_kl") if objective == "both" else (objective,)
     results = []
-    for case in cases or default_cases():
-        for objective in objectives:
-            results.append(bench_case(case, objective=objective, repeats=repeats, dtype=dtype, device=device))
+    for case in cases or default_cases(quick):
+        for obj in objectives:
+            results.append(bench_case(case, objective=obj, repeats=repeats, dtype=torch_dtype(dtype), device=device))
             if progress is not None:
                 progress(results[-1])
-    return results
+    return header("gradients", results=results)
 
 
-def format_gradient_table(results: list[dict]) -> str:
+def progress_line(r: dict) -> str:
+    return f"{r['case']} {r['objective']}: " + ", ".join(f"{e} {v['ratio_to_standard']:.2f}"
+                                                           for e, v in r["estimators"].items())
+
+
+def format_gradient_table(result: dict) -> str:
     """The paper's Table 2 layout: step-time factor of every estimator relative to ``standard``."""
     lines = [f"{'case':<24} {'objective':<11} {'standard ms':>11}  ratios to standard (median of interleaved repeats)",
              "-" * 100]
-    for r in results:
+    for r in result["results"]:
         est = r["estimators"]
         ratios = "  ".join(f"{e} {v['ratio_to_standard']:.2f}" for e, v in est.items() if e != "standard")
         extra = ""

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from actions.exact import free_field_log_z, u1_charge_distribution, u1_log_z, u1_mean_plaquette
-from ..samplers.hmc import HMC
+from actions.exact import u1_charge_distribution
+from ..samplers.hmc import HMC, hmc_chains
 
 if TYPE_CHECKING:
     from .quality_targets import Target
@@ -17,15 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["exact_log_z", "reference_ensemble"]
 
 
-# -- exact values and the HMC reference ----------------------------------------------------------------
 def exact_log_z(target: Target) -> float | None:
     """ln Z in the flows' measure (Lebesgue dφ / dθ), or None where no exact value is known."""
-    if target.theory == "phi4":
-        if target.couplings["lam"] == 0:
-            return free_field_log_z(target.shape, target.couplings["kappa"])
-        return None
-    volume = target.shape[0] * target.shape[1]
-    return u1_log_z(target.couplings["beta"], volume) + 2 * volume * math.log(2 * math.pi)
+    return target.action().log_z_exact()
 
 
 def _charge_configuration(shape: tuple[int, int], q: int) -> torch.Tensor:
@@ -56,73 +50,46 @@ def reference_ensemble(target: Target, *, n_chains: int = 16, n_thermalize: int 
 
     ``n_chains`` chains, ``n_thermalize`` trajectories with step-size tuning (`HMC.thermalize`), then one
     configuration per chain every ``every`` trajectories until ``n_configurations``. Each stored
-    configuration gets an exact symmetry move with probability ½ (φ ↦ −φ; U(1): θ ↦ −θ, i.e. Q ↦ −Q),
-    so the reference is symmetric even where HMC does not tunnel (φ⁴ broken phase). U(1) chains start
-    in topological sectors allocated by the exact P(Q) (`_charge_allocation`), because HMC barely
-    changes Q at large β. Returned: {"x", "chains", "record"} with record {"n_configurations",
-    "n_chains", "seconds", "acceptance", "step_size", "checks", "note"}.
+    configuration gets an exact symmetry move x ↦ −x with probability ½ (φ ↦ −φ; U(1): θ ↦ −θ, Q ↦ −Q),
+    so the reference is symmetric even where HMC does not tunnel (φ⁴ broken phase). With ``target.sectors``
+    the chains start in topological sectors allocated by the exact P(Q) (`_charge_allocation`). Returned:
+    {"x", "chains", "record"} with record {"n_configurations", "n_chains", "seconds", "acceptance",
+    "step_size", "checks", "note"}.
     """
     t0 = time.perf_counter()
-    action = target.action()
-    device = torch.device(device)
+    action, device = target.action(), torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
-    volume = target.shape[0] * target.shape[1]
-    if target.theory == "u1":
-        charges = _charge_allocation(target.couplings["beta"], volume, n_chains)
+    charges = _charge_allocation(target.couplings["beta"], action.volume, n_chains) if target.sectors else None
+    if charges is not None:
         x = torch.stack([_charge_configuration(target.shape, q) for q in charges]).to(device)
     else:
-        charges = None
-        x = torch.randn(n_chains, *action.field_shape, dtype=torch.float64, generator=gen, device=device)
+        x = action.hot_start(n_chains, generator=gen, dtype=torch.float64, device=device)
     x = hmc.thermalize(x, n_thermalize)
-    rounds = max(1, math.ceil(n_configurations / n_chains))
     stored, accepted = [], []
-    for _ in range(rounds):
-        for _ in range(every):
-            step = hmc.step(x)
-            x = step.x
-            accepted.append(float(step.accepted.double().mean()))
-        flip = torch.rand(n_chains, generator=gen, dtype=torch.float64, device=device) < 0.5
-        sign = torch.where(flip, -1.0, 1.0).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        y = sign * x
-        stored.append(action.project(y) if hasattr(action, "project") else y)
-    xs = torch.stack(stored, dim=1)  # (chains, rounds, …): chain-major after reshape
-    xs = xs.reshape(n_chains * rounds, *action.field_shape)
-    chains = n_chains
-    checks = _reference_checks(target, action, xs, chains)
+    for sweep in hmc_chains(hmc, x, every * max(1, math.ceil(n_configurations / n_chains))):
+        accepted.append(float(sweep.accepted.double().mean()))
+        if (sweep.index + 1) % every == 0:
+            flip = torch.rand(n_chains, generator=gen, dtype=torch.float64, device=device) < 0.5
+            sign = torch.where(flip, -1.0, 1.0).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            stored.append(action.project(sign * sweep.x))
+    xs = torch.stack(stored, dim=1).reshape(-1, *action.field_shape)  # (chains, rounds, …): chain-major
     record = {"n_configurations": int(xs.shape[0]), "n_chains": n_chains, "n_thermalize": n_thermalize,
               "every": every, "seconds": time.perf_counter() - t0, "acceptance": float(np.mean(accepted)),
-              "step_size": hmc.step_size, "checks": checks, "note": None}
-    if target.theory == "u1":
+              "step_size": hmc.step_size, "checks": _reference_checks(action, xs, n_chains), "note": target.note}
+    if charges is not None:
         record["initial_charges"] = charges
-        if target.couplings["beta"] >= 4:
-            record["note"] = ("approximate: HMC is frozen in topology at this beta, so the reference's charge "
-                              "distribution is the starting allocation (exact P(Q) rounded to whole chains, "
-                              "see checks.q2), not an equilibrium measurement; within a sector it is HMC")
-    return {"x": xs, "chains": chains, "record": record}
+    return {"x": xs, "chains": n_chains, "record": record}
 
 
-def _chain_mean_err(values: torch.Tensor, chains: int) -> tuple[float, float]:
-    """Mean and error from the spread of the per-chain means (includes autocorrelation)."""
-    per_chain = values.double().reshape(chains, -1).mean(1)
-    err = float(per_chain.std() / math.sqrt(chains)) if chains > 1 else float("nan")
-    return float(per_chain.mean()), err
-
-
-def _reference_checks(target: Target, action, xs: torch.Tensor, chains: int) -> dict[str, Any]:
-    """Observables of the reference with errors over chains, against exact values where known."""
-    volume = target.shape[0] * target.shape[1]
+def _reference_checks(action, xs: torch.Tensor, chains: int) -> dict[str, Any]:
+    """The main primary observables of the analysis table (`table_rows`) with errors from the spread of the
+    per-chain means (autocorrelation included), against their exact values where known."""
+    observables = action.observables(xs)
     checks: dict[str, Any] = {}
-    if target.theory == "phi4":
-        m, e = _chain_mean_err(action.action(xs) / volume, chains)
-        checks["action_density"] = {"value": m, "error": e, "exact": 0.5 if target.couplings["lam"] == 0 else None}
-        m, e = _chain_mean_err(action.magnetization(xs).abs(), chains)
-        checks["abs_magnetization"] = {"value": m, "error": e, "exact": None}
-    else:
-        beta = target.couplings["beta"]
-        m, e = _chain_mean_err(action.mean_plaquette(xs), chains)
-        checks["mean_plaquette"] = {"value": m, "error": e, "exact": u1_mean_plaquette(beta, volume)}
-        qs, p = u1_charge_distribution(beta, volume)
-        m, e = _chain_mean_err(action.topological_charge(xs) ** 2, chains)
-        checks["q2"] = {"value": m, "error": e, "exact": float(np.sum(np.asarray(qs) ** 2 * p))}
+    for row in action.table_rows():
+        if row.main and row.func is None:
+            per_chain = (row.factor * observables[row.inputs[0]]).double().reshape(chains, -1).mean(1)
+            checks[row.name] = {"value": float(per_chain.mean()), "exact": row.exact,
+                                "error": float(per_chain.std() / math.sqrt(chains)) if chains > 1 else float("nan")}
     return checks

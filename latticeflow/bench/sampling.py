@@ -23,9 +23,11 @@ from actions import Phi4, U1Gauge
 from ..analysis.diagnostics import longest_rejection_run
 from ..analysis.verdict import markov_checks, weight_checks
 from ..flows import build_flow
+from ..gradients import log_weights
 from ..io import EnsembleWriter
-from ..samplers.flow import sample_chunked
+from ..samplers.flow import SAMPLE_CHUNK
 from ..samplers.nmcmc import metropolize
+from ._common import header, torch_dtype
 
 __all__ = ["run_sampling_bench", "format_sampling_table"]
 
@@ -49,13 +51,12 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
     try:
         for i in range(n_batches + 1):
             t0 = time.perf_counter()
-            x, log_q = sample_chunked(flow, batch_size, generator=gen)
-            s = action.action(x)
+            x, log_q, s = log_weights(flow, action, batch_size, chunk=SAMPLE_CHUNK, generator=gen)
             t1 = time.perf_counter()
             obs = {k: v.numpy() for k, v in action.observables(x).items()}
             t2 = time.perf_counter()
             # the Metropolis step alone (proposals already drawn)
-            lw = (-s - log_q).double().numpy()
+            lw = (-s - log_q).numpy()
             idx = metropolize(lw, np.log(np.random.default_rng(i).random(batch_size)), -np.inf)
             xs = x[torch.as_tensor(np.maximum(idx, 0))]
             t3 = time.perf_counter()
@@ -99,16 +100,17 @@ def _diagnostics_seconds(obs: list[dict], log_weight: list, accepted: list, n_ch
     return time.perf_counter() - t0
 
 
-def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> list[dict]:
-    """One result per case (see the module docstring)."""
+def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> dict:
+    """{"benchmark": "sampling", …, "results": one per case} (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return [_bench(n, a, f, batch_size, 3 if quick else n_batches, dtype, Path(tmp)) for n, a, f in _cases()]
+        return header("sampling", results=[_bench(n, a, f, batch_size, 3 if quick else n_batches, torch_dtype(dtype),
+                                                  Path(tmp)) for n, a, f in _cases()])
 
 
-def format_sampling_table(results: list[dict]) -> str:
+def format_sampling_table(result: dict) -> str:
     lines = [f"{'case':<18} {'flow cfg/s':>11} {'NMCMC cfg/s':>12} {'written cfg/s':>14} {'HDF5 cfg/s':>11} {'HDF5 share':>11} {'diagnostics':>12}",
              "-" * 95]
-    for r in results:
+    for r in result["results"]:
         c = r["configs_per_s"]
         lines.append(f"{r['case']:<18} {c['flow_sampling']:>11.0f} {c['nmcmc_with_observables']:>12.0f} "
                      f"{c['nmcmc_written']:>14.0f} {c['hdf5_write']:>11.0f} {100 * r['hdf5_share']:>10.1f}% {100 * r['diagnostics_share']:>11.2f}%")

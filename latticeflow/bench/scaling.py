@@ -6,10 +6,10 @@ training of a Z2Nice flow (8 CNN couplings [16, 16]) on φ⁴ 8×8 with ``batch`
 (global batch = ranks × batch), and ``latticeflow sample`` with the flow sampler and with HMC, ``samples``
 configurations per rank (HMC: 4 × ``samples``) into shard files plus the master file. Each timed phase
 starts and ends with a barrier, so the time is that of the slowest rank; the sizes alternate for
-``rounds`` rounds of ``repeats`` runs per phase and the median run counts (robust to other processes). Efficiency = per-rank throughput at
-2 ranks / at 1 rank (1 is perfect weak scaling; on a 2-core machine anything else running on the cores
-lowers it; the ``cpu_efficiency`` beside it, from CPU seconds, tells such contention apart from MPI
-overhead).
+``rounds`` rounds of ``repeats`` runs per phase and the median run counts (robust to other processes).
+Efficiency = per-rank throughput at 2 ranks / at 1 rank (1 is perfect weak scaling; on a 2-core machine
+anything else running on the cores lowers it; the ``cpu_efficiency`` beside it, from CPU seconds, tells
+such contention apart from MPI overhead).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ._json import dumps
 
 __all__ = ["find_mpiexec", "run_scaling_bench", "format_scaling_table"]
 
@@ -145,12 +147,12 @@ def _worker(params: dict[str, Any]) -> None:
             "sampler": {"name": "flow", "n_samples": params["samples"], "batch_size": 1024, "n_chains": 16,
                         "n_thermalize": 20}})
         _, flow, trainer = build_trainer(cfg, world)
-        for _ in range(3):  # warm-up
-            trainer.step()
+        trainer.train(3, progress=False)  # warm-up
         wall: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
-        reps = params["repeats"]
-        wall["train"], cpu["train"] = _timed(world, lambda i: [trainer.step() for _ in range(params["steps"])], reps)
+        reps, steps = params["repeats"], params["steps"]
+        wall["train"], cpu["train"] = _timed(
+            world, lambda i: trainer.train(trainer.step_count + steps, log_every=steps, progress=False), reps)
         if world.is_main:
             (tmp / "checkpoints").mkdir()
             save_checkpoint(tmp / "checkpoints" / "latest.pt", {"flow": flow.state_dict()})
@@ -165,7 +167,7 @@ def _worker(params: dict[str, Any]) -> None:
                   "work": {"train_steps": params["steps"], "train_batch": params["batch"], "flow": params["samples"],
                            "hmc": n_hmc}}
         if world.is_main:
-            print(_TAG + json.dumps(result), flush=True)
+            print(_TAG + dumps(result, indent=None), flush=True)
     finally:
         world.barrier()
         if world.is_main:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from typing import Any
 
 import numpy as np
@@ -25,25 +24,26 @@ import torch
 
 from actions import Phi4
 from ..flows import build_flow
-from ..samplers.hmc import HMC
-from ..training import Trainer
+from ..samplers.hmc import HMC, hmc_chains
+from ..training import Trainer, held_out_metrics
+from ._common import torch_dtype
 
 __all__ = ["run_snf_bench", "format_snf_table", "hmc_ensemble"]
 
 
-def _trainer(layer: str, gradient: str, L: int, batch: int, dtype, data: torch.Tensor) -> Trainer:
-    action = Phi4((L, L), kappa=0.2, lam=0.022)
+def _trainer(layer: str, gradient: str, action, batch: int, dtype, data: torch.Tensor, lr: float = 1e-4) -> Trainer:
+    """Maximum likelihood (forward KL, standard estimator) of an SNF flow or its exact-gradient twin."""
     torch.manual_seed(0)
     flow = build_flow({"family": "snf", "layer": layer, "gradient": gradient, "direction": "inverse"}, action).to(dtype=dtype)
-    return Trainer(flow, action, objective="forward_kl", estimator="standard", batch_size=batch, lr=1e-4, data=data,
+    return Trainer(flow, action, objective="forward_kl", estimator="standard", batch_size=batch, lr=lr, data=data,
                    seed=0)
 
 
 def _block(trainer: Trainer, n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        trainer.step()
-    return (time.perf_counter() - t0) / n
+    """Seconds per step of ``n`` more steps of the training loop."""
+    t0 = trainer.wall_time
+    trainer.train(trainer.step_count + n, log_every=n, progress=False)
+    return (trainer.wall_time - t0) / n
 
 
 def _slope(d: list[int], t: list[float]) -> float:
@@ -57,7 +57,8 @@ def step_times(sizes=(8, 16, 32, 64), layers=("dense", "conv"), batch: int = 64,
     for layer in layers:
         for L in sizes:
             data = torch.randn(4 * batch, L, L, dtype=dtype, generator=torch.Generator().manual_seed(0))
-            tr = {g: _trainer(layer, g, L, batch, dtype, data) for g in ("self_normalized", "exact")}
+            tr = {g: _trainer(layer, g, Phi4((L, L), kappa=0.2, lam=0.022), batch, dtype, data)
+                  for g in ("self_normalized", "exact")}
             refresh = next(m.refresh for m in tr["self_normalized"].flow.modules() if hasattr(m, "refresh"))
             n_steps = {"self_normalized": refresh if layer == "dense" else 5, "exact": 3 if L >= 64 else 5}
             for g in tr:
@@ -91,13 +92,8 @@ def hmc_ensemble(action, n_chains: int = 512, rounds: int = 40, dtype=torch.floa
     """``n_chains × rounds`` HMC configurations (200 tuned thermalisation trajectories, every 3rd kept), seed 1."""
     gen = torch.Generator().manual_seed(1)
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
-    x = hmc.thermalize(torch.randn(n_chains, *action.shape, dtype=torch.float64, generator=gen), 200)
-    out = []
-    for _ in range(rounds):
-        for _ in range(3):
-            x = hmc.step(x).x
-        out.append(x.clone())
-    return torch.cat(out).to(dtype)
+    x = hmc.thermalize(action.hot_start(n_chains, generator=gen), 200)
+    return torch.cat([sweep.x for sweep in hmc_chains(hmc, x, rounds, save_every=3)]).to(dtype)
 
 
 def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64, progress=None) -> list[dict[str, Any]]:
@@ -109,14 +105,10 @@ def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64,
     for layer in layers:
         row: dict[str, Any] = {"layer": layer, "L": 8, "steps": steps, "n_train": len(train), "n_test": len(test)}
         for g in ("self_normalized", "exact"):
-            torch.manual_seed(0)
-            flow = build_flow({"family": "snf", "layer": layer, "gradient": g, "direction": "inverse"}, action).to(dtype=dtype)
-            t0 = time.perf_counter()
-            Trainer(flow, action, objective="forward_kl", estimator="standard", batch_size=256, lr=3e-3, data=train,
-                    seed=0).train(steps, progress=False)
-            row[f"{g}_seconds"] = time.perf_counter() - t0
-            with torch.no_grad():
-                row[f"{g}_nll"] = -float(flow.log_prob(test).mean())
+            trainer = _trainer(layer, g, action, 256, dtype, train, lr=3e-3)
+            trainer.train(steps, progress=False)
+            row[f"{g}_seconds"] = trainer.wall_time
+            row[f"{g}_nll"] = held_out_metrics(trainer.flow, action, test)["val_nll"]
         row["relative_difference"] = (row["self_normalized_nll"] - row["exact_nll"]) / abs(row["exact_nll"])
         rows.append(row)
         if progress:
@@ -125,6 +117,7 @@ def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64,
 
 
 def run_snf_bench(quick: bool = False, repeats: int = 3, dtype=torch.float32, progress=None) -> dict[str, Any]:
+    dtype = torch_dtype(dtype)
     sizes = (8, 16, 32) if quick else (8, 16, 32, 48, 64)
     rows = step_times(sizes=sizes, repeats=1 if quick else repeats, dtype=dtype, progress=progress)
     by = {(r["layer"], r["D"]): r["ratio"] for r in rows}
@@ -151,3 +144,7 @@ def format_snf_table(result: dict[str, Any]) -> str:
     if any(not math.isfinite(v) for e in result["exponents"].values() for v in e.values()):
         lines.append("(exponents need at least two sizes with D >= 1024)")
     return "\n".join(lines)
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())

@@ -6,71 +6,49 @@ effective sample size *at equal wall time*, because the path gradient drops the 
 E_q[∂_θ log q_θ] = 0 whose per-sample noise does not vanish at the optimum: near convergence the path
 gradient's variance goes to zero ("sticking the landing") while the standard gradient's does not.
 
-Protocol, per theory:
-- φ⁴ 8×8 (κ = 0.25, λ = 0.5) and U(1) 8×8 (β = 6), each with the package's default flow
-  (``{"family": "spline"}``: Fourier layer + Z2-mirrored spline couplings; ``{"family": "u1"}``:
-  plaquette-marginal layer + circular-spline couplings). (Until issue 11 the cases were φ⁴ κ = 0.3,
-  λ = 0.022 with Z2Nice FC [64, 64] and U(1) β = 2 with u1_ncp.) One flow is built from ``seed``; every
-  estimator trains a deep copy of it (identical initial parameters) with ``Trainer(objective="reverse_kl",
-  estimator=e, seed=seed)`` — same optimiser, learning rate, batch size and base-sample stream — for the
-  same budget of ``seconds`` of wall time spent in ``Trainer.step``, one run after the other (or, with
-  ``interleave=True``, alternating slices of ``eval_every`` seconds), after one untimed warm-up step on a
-  throwaway copy.
-- Every ``eval_every`` seconds of training time (and at the start and end) the clock is paused and the
-  flow is evaluated on one fixed evaluation batch of ``eval_batch`` base samples (the same for every
-  estimator): ``loss`` = mean(log q + S) = KL(q‖p) − log Z and the reverse ESS of the log-weights −S − log q.
-  ``train_loss`` is the mean training-batch loss since the previous row.
-- Every ``variance_every`` seconds (and at the start and end), also off the clock: at the current
-  parameters, ``variance_batches`` independent batches of ``variance_batch_size`` base samples (the same
-  batches for both estimators and for every run at the same evaluation index) give one flattened gradient
-  each of ``standard`` and of ``fast_path``; ``var_<estimator>`` is the trace of the covariance of the
-  estimator over batches (sum of the unbiased per-component variances), i.e. the expected squared distance
-  of one mini-batch gradient from the full gradient; ``var_median_<estimator>`` is the same with the median
-  over batches instead of the mean (insensitive to one heavy-tailed batch); ``gradsq_<estimator>`` is the
-  squared norm of the mean gradient (its scale, for reading the variance as a signal-to-noise ratio).
+Protocol, per theory of `CASES` (φ⁴ 8×8, κ = 0.25, λ = 0.5, family ``spline``; U(1) 8×8, β = 6, family
+``u1``): every estimator trains a deep copy of one flow built from ``seed`` with ``Trainer(objective=
+"reverse_kl", estimator=e, seed=seed)`` (same optimiser, lr, batch and base-sample stream) for ``seconds``
+of training time on its own clock, one run after the other (or, with ``interleave``, in alternating slices
+of ``eval_every`` seconds), after an untimed warm-up step. Off the clock (`EvaluateEvery`):
 
-`run_training_bench` returns (strict-JSON serialisable)::
+- every ``eval_every`` seconds, at the start and the end, on a fixed batch of ``eval_batch`` base samples:
+  ``loss`` = mean(log q + S) = KL(q‖p) − log Z and the reverse ESS of log w = −S − log q; ``train_loss``
+  is the mean training-batch loss since the previous row;
+- every ``variance_every`` seconds, at the start and the end: ``variance_batches`` batches of
+  ``variance_batch_size`` base samples (the same for both estimators and every run at the same index) give
+  one gradient each of ``standard`` and ``fast_path``; ``var_<e>`` is the trace of their covariance over
+  batches (null in rows without it), ``var_median_<e>`` the same with the median over batches,
+  ``gradsq_<e>`` the squared norm of the mean gradient.
 
-    {"benchmark": "training", "seconds", "dtype", "device", "threads", "torch", "load_avg": {"start", "end"},
-     "eval_batch", "variance_batches", "variance_every", "eval_every", "interleave", "seed",
-     "theories": {theory: {"case", "shape", "couplings", "flow", "batch_size", "lr", "variance_batch_size",
-                           "n_parameters",
-                           "runs": {estimator: {"history": [{"wall_time", "step", "loss", "ess", "train_loss",
-                                                             "var_standard", "var_fast_path", …}, …],
-                                                "final": {"ess", "ess_tail_mean", "loss", "steps",
-                                                          "train_seconds", "steps_per_s", "var_standard",
-                                                          "var_fast_path", "eval_seconds", "n_skipped", …}}},
-                           "comparison": {"steps_per_s_ratio", "final_ess", "ess_tail_mean",
-                                          "ess_at_equal_steps", "final_loss", "winner_at_equal_time"}}},
-     "plot": path (with ``plot_path``)}
-
-``wall_time`` is training seconds (evaluation excluded); ``var_*`` are ``None`` in history rows without a
-variance evaluation. The ESS of one evaluation fluctuates with the optimiser's noise, so ``ess_tail_mean``
-(mean ESS over the last quarter of the budget) decides ``winner_at_equal_time``; ``steps_per_s_ratio`` is
-fast_path/standard and ``ess_at_equal_steps`` compares both at the smaller step count (interpolated in
-the histories), which separates "better per step" from "better per second".
+Per run the result has the ``history`` of these rows and the ``final`` figures (with steps/s and
+``ess_tail_mean``, the mean ESS over the last quarter of the budget, which decides
+``winner_at_equal_time``: one evaluation fluctuates); per theory a ``comparison`` (steps/s ratio
+fast_path/standard, and the ESS of both at the smaller step count, interpolated, which separates "better
+per step" from "better per second").
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import itertools
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from actions import Phi4, U1Gauge
+from actions import build_theory
 from ..analysis import reverse_ess
 from ..flows import build_flow
-from ..gradients import reverse_kl
-from ..training import Trainer
+from ..gradients import log_weights, reverse_kl
+from ..training import Callback, EvaluateEvery, Trainer
+from ._common import fmt, figure, header, median, seeds as parse_seeds, threads as torch_threads, torch_dtype, warm_up
+from ._json import strict_copy
 
-__all__ = ["TrainingCase", "training_cases", "run_training_bench", "format_training_table", "plot_training_bench",
-           "training_seed_summary", "format_training_seed_summary",
+__all__ = ["TrainingCase", "CASES", "training_cases", "run_training_bench", "run_training_seeds",
+           "format_training_table", "plot_training_bench", "training_seed_summary", "format_training_seed_summary",
            "VARIANCE_ESTIMATORS"]
 
 VARIANCE_ESTIMATORS = ("standard", "fast_path")
@@ -88,44 +66,25 @@ class TrainingCase:
     lr: float
     variance_batch_size: int = 64
     name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def action(self):
-        return Phi4(self.shape, **self.couplings) if self.theory == "phi4" else U1Gauge(self.shape, **self.couplings)
+        return build_theory(self.theory, self.shape, self.couplings)
+
+
+# sized so that a minute of CPU training moves the ESS well away from its start
+CASES = {"phi4": TrainingCase("phi4", (8, 8), {"kappa": 0.25, "lam": 0.5}, {"family": "spline"}, 256, 1e-3,
+                              name="phi4 8x8 spline"),
+         "u1": TrainingCase("u1", (8, 8), {"beta": 6.0}, {"family": "u1"}, 64, 1e-3, name="u1 8x8 b6 u1")}
 
 
 def training_cases(theories=("phi4", "u1")) -> list[TrainingCase]:
-    """The default cases: sized so that a minute of CPU training moves the ESS well away from its start."""
-    cases = []
-    for theory in theories:
-        if theory == "phi4":
-            cases.append(TrainingCase("phi4", (8, 8), {"kappa": 0.25, "lam": 0.5}, {"family": "spline"},
-                                      batch_size=256, lr=1e-3, variance_batch_size=64, name="phi4 8x8 spline"))
-        elif theory == "u1":
-            cases.append(TrainingCase("u1", (8, 8), {"beta": 6.0}, {"family": "u1"},
-                                      batch_size=64, lr=1e-3, variance_batch_size=64, name="u1 8x8 b6 u1"))
-        else:
-            raise ValueError(f"bench training: theory must be 'phi4' or 'u1', got {theory!r}")
-    return cases
+    unknown = [t for t in theories if t not in CASES]
+    if unknown:
+        raise ValueError(f"bench training: theory must be one of {', '.join(CASES)}, got {unknown[0]!r}")
+    return [CASES[t] for t in theories]
 
 
 # -- measurements (all off the training clock) --------------------------------------------------------
-@torch.no_grad()
-def _evaluate(flow, action, z_eval: torch.Tensor) -> tuple[float, float]:
-    """(mean(log q + S), reverse ESS) on the fixed evaluation batch."""
-    x, logdet = flow(z_eval)
-    log_q = flow.base.log_prob(z_eval) - logdet
-    s = action.action(x)
-    log_w = -(s + log_q)
-    return float((log_q + s).mean()), reverse_ess(log_w)
-
-
-def _flat_grad(flow, action, z: torch.Tensor, estimator: str, params: list[torch.Tensor]) -> torch.Tensor:
-    loss = reverse_kl(flow, action, z, estimator)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
-
-
 def _gradient_variance(flow, action, *, n_batches: int, batch_size: int, seed: int) -> dict[str, float]:
     """Trace of the covariance over ``n_batches`` mini-batch gradients of each of `VARIANCE_ESTIMATORS`,
     with the same batches for all of them, and the squared norm of their mean."""
@@ -135,173 +94,132 @@ def _gradient_variance(flow, action, *, n_batches: int, batch_size: int, seed: i
     for _ in range(n_batches):
         z = flow.base.sample((batch_size,), generator=gen)
         for e in VARIANCE_ESTIMATORS:
-            grads[e].append(_flat_grad(flow, action, z, e, params).double())
+            g = torch.autograd.grad(reverse_kl(flow, action, z, e), params, allow_unused=True)
+            grads[e].append(torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1)
+                                       for p, d in zip(params, g)]).double())
     out = {}
     for e, gs in grads.items():
         g = torch.stack(gs)
-        if n_batches > 1:
-            dev = (g - g.mean(0)).pow(2).sum(1) * (n_batches / (n_batches - 1))
-            out[f"var_{e}"] = float(dev.mean())  # = tr of the unbiased covariance
-            out[f"var_median_{e}"] = float(dev.median())
-        else:
-            out[f"var_{e}"] = out[f"var_median_{e}"] = float("nan")
+        dev = (g - g.mean(0)).pow(2).sum(1) * (n_batches / max(n_batches - 1, 1))
+        out[f"var_{e}"] = float(dev.mean()) if n_batches > 1 else float("nan")  # = tr of the unbiased covariance
+        out[f"var_median_{e}"] = float(dev.median()) if n_batches > 1 else float("nan")
         out[f"gradsq_{e}"] = float(g.mean(0).pow(2).sum())
     return out
 
 
 def _interp(history: list[dict], step: float, key: str = "ess") -> float:
-    """``key`` linearly interpolated in ``step`` along the history."""
+    """``key`` linearly interpolated in ``step`` along the history (held at the ends)."""
     pts = [(r["step"], r[key]) for r in history if r.get(key) is not None]
-    if not pts:
-        return float("nan")
-    if step <= pts[0][0]:
-        return pts[0][1]
-    for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
-        if s0 <= step <= s1:
-            return v0 if s1 == s0 else v0 + (v1 - v0) * (step - s0) / (s1 - s0)
-    return pts[-1][1]
+    return float(np.interp(step, *zip(*pts))) if pts else float("nan")
 
 
-# -- one run -------------------------------------------------------------------------------------------
-class _Run:
-    """Training of one estimator on its own clock (time inside `Trainer.step` only)."""
+class _Run(Callback):
+    """One estimator's training on its own clock; `advance` trains on to a time, evaluating off the clock.
+    As a callback of its trainer it collects the training losses and, at the step that exhausts the
+    budget, records the final row (with variances) and stops."""
 
     def __init__(self, flow0, action, case: TrainingCase, estimator: str, *, seconds: float, batch_size: int,
-                 z_eval: torch.Tensor, eval_every: float, variance_every: float, variance_batches: int,
-                 seed: int, progress) -> None:
-        # warm-up (lazy initialisations, allocator) on a throwaway copy, untimed
-        Trainer(copy.deepcopy(flow0), action, objective="reverse_kl", estimator=estimator, batch_size=batch_size,
-                lr=case.lr, seed=seed + 12345).step()
-        self.flow = copy.deepcopy(flow0)
-        self.trainer = Trainer(self.flow, action, objective="reverse_kl", estimator=estimator,
-                               batch_size=batch_size, lr=case.lr, seed=seed)
-        self.action, self.case, self.estimator = action, case, estimator
-        self.seconds, self.z_eval, self.seed, self.progress = seconds, z_eval, seed, progress
-        self.eval_every, self.variance_every, self.variance_batches = eval_every, variance_every, variance_batches
-        self.history: list[dict[str, Any]] = []
-        self.eval_seconds = 0.0
-        self.train_time = 0.0
-        self.n_var = 0
-        self.recent: list[float] = []
-        self.next_eval, self.next_var = eval_every, variance_every
-        self._record(True)
+                 z_eval, eval_every: float, variance_every: float, variance_batches: int, seed: int, progress):
+        settings = dict(objective="reverse_kl", estimator=estimator, batch_size=batch_size, lr=case.lr)
+        warm_up(flow0, action, seed=seed + 12345, **settings)
+        self.flow, self.estimator, self.seconds = copy.deepcopy(flow0), estimator, seconds
+        self.trainer = Trainer(self.flow, action, seed=seed, **settings)
+        self.losses: list[float] = []
+        n_var = itertools.count()
+
+        def record(with_variance: bool):
+            def row(wall_time: float, step: int) -> dict[str, Any] | None:
+                if self.variance.history and self.variance.history[-1]["step"] == step:
+                    return None  # this step has its row (with the variances) already
+                weights = log_weights(self.flow, action, z_eval, from_base=True)
+                out = {"wall_time": wall_time, "step": step, "loss": float(-weights.log_weight.mean()),
+                       "ess": reverse_ess(weights.log_weight), **{f"var_{e}": None for e in VARIANCE_ESTIMATORS}}
+                if with_variance:  # the n-th variance evaluation of every run uses the same batches
+                    out.update(_gradient_variance(self.flow, action, n_batches=variance_batches, seed=seed + 1000
+                                                  + next(n_var), batch_size=case.variance_batch_size))
+                losses, self.losses = self.losses, []
+                out["train_loss"] = sum(losses) / len(losses) if losses else None
+                if progress is not None:
+                    progress({"theory": case.theory, "estimator": estimator, **out})
+                return out
+            return row
+
+        self.variance = EvaluateEvery(record(True), seconds=variance_every)
+        self.evaluation = EvaluateEvery(record(False), seconds=eval_every, history=self.variance.history)
+        self.variance.evaluate(self.trainer)
 
     @property
     def done(self) -> bool:
-        return self.train_time >= self.seconds
+        return self.trainer.wall_time >= self.seconds
 
-    def _record(self, with_variance: bool) -> None:
-        t0 = time.perf_counter()
-        loss, ess = _evaluate(self.flow, self.action, self.z_eval)
-        row: dict[str, Any] = {"wall_time": self.train_time, "step": self.trainer.step_count, "loss": loss, "ess": ess}
-        for e in VARIANCE_ESTIMATORS:
-            row[f"var_{e}"] = None
-        if with_variance:
-            # the n-th variance evaluation of every run uses the same batches
-            row.update(_gradient_variance(self.flow, self.action, n_batches=self.variance_batches,
-                                          batch_size=self.case.variance_batch_size, seed=self.seed + 1000 + self.n_var))
-            self.n_var += 1
-        row["train_loss"] = sum(self.recent) / len(self.recent) if self.recent else None
-        self.recent = []
-        self.history.append(row)
-        self.eval_seconds += time.perf_counter() - t0
-        if self.progress is not None:
-            self.progress({"theory": self.case.theory, "estimator": self.estimator, **row})
+    def on_step(self, loop, metrics) -> None:
+        if not metrics["skipped"]:
+            self.losses.append(metrics["loss"])
+        if self.done:
+            with loop.clock.paused():
+                self.variance.evaluate(self.trainer)  # the final row, with variances
+            loop.stop = "seconds"
 
     def advance(self, until: float) -> None:
-        """Train until ``until`` seconds on this run's clock (or the end of the budget), evaluating on the way."""
-        until = min(until, self.seconds)
-        while self.train_time < until:
-            t0 = time.perf_counter()
-            m = self.trainer.step()
-            self.train_time += time.perf_counter() - t0
-            if not m["skipped"]:
-                self.recent.append(m["loss"])
-            if self.done:
-                self._record(True)  # the final evaluation, with variances
-                return
-            do_var = self.train_time >= self.next_var
-            if self.train_time >= self.next_eval or do_var:
-                self._record(do_var)
-                while self.next_eval <= self.train_time:
-                    self.next_eval += self.eval_every
-                while do_var and self.next_var <= self.train_time:
-                    self.next_var += self.variance_every
+        """Train until ``until`` seconds on this run's clock (at most to the end of its budget)."""
+        if not self.done and self.trainer.wall_time < until:
+            self.trainer.train(None, seconds=min(until, self.seconds), log_every=10**9, progress=False,
+                               callbacks=[self, self.variance, self.evaluation])
 
     def result(self) -> dict[str, Any]:
-        last = self.history[-1]
-        tail = [r["ess"] for r in self.history if r["wall_time"] >= 0.75 * self.seconds]
-        final = {"ess": last["ess"], "ess_tail_mean": sum(tail) / len(tail), "loss": last["loss"],
-                 "steps": self.trainer.step_count, "train_seconds": self.train_time,
-                 "steps_per_s": self.trainer.step_count / self.train_time if self.train_time > 0 else float("nan"),
-                 "eval_seconds": self.eval_seconds, "n_skipped": self.trainer.n_skipped}
-        for e in VARIANCE_ESTIMATORS:
-            for key in (f"var_{e}", f"var_median_{e}", f"gradsq_{e}"):
-                final[key] = last[key]
-        return {"history": self.history, "final": final}
+        history, t = self.variance.history, self.trainer
+        tail = [r["ess"] for r in history if r["wall_time"] >= 0.75 * self.seconds]
+        final = {"ess": history[-1]["ess"], "ess_tail_mean": sum(tail) / len(tail), "loss": history[-1]["loss"],
+                 "steps": t.step_count, "train_seconds": t.wall_time, "steps_per_s": t.step_count / t.wall_time,
+                 "eval_seconds": self.variance.seconds + self.evaluation.seconds, "n_skipped": t.n_skipped,
+                 **{k: v for k, v in history[-1].items() if k.startswith(("var_", "gradsq_"))}}
+        return {"history": history, "final": final}
 
 
 def _comparison(runs: dict[str, dict]) -> dict[str, Any]:
     if not {"standard", "fast_path"} <= runs.keys():
         return {}
-    std, fp = runs["standard"], runs["fast_path"]
-    n = min(std["final"]["steps"], fp["final"]["steps"])
-    return {
-        "steps_per_s_ratio": fp["final"]["steps_per_s"] / std["final"]["steps_per_s"],
-        "final_ess": {"standard": std["final"]["ess"], "fast_path": fp["final"]["ess"]},
-        "ess_at_equal_steps": {"step": n, "standard": _interp(std["history"], n), "fast_path": _interp(fp["history"], n)},
-        "ess_tail_mean": {"standard": std["final"]["ess_tail_mean"], "fast_path": fp["final"]["ess_tail_mean"]},
-        "final_loss": {"standard": std["final"]["loss"], "fast_path": fp["final"]["loss"]},
-        "winner_at_equal_time": ("fast_path" if fp["final"]["ess_tail_mean"] > std["final"]["ess_tail_mean"]
-                                 else "standard"),
-    }
+    std, fp = runs["standard"]["final"], runs["fast_path"]["final"]
+    n = min(std["steps"], fp["steps"])
+    both = lambda key: {"standard": std[key], "fast_path": fp[key]}  # noqa: E731
+    return {"steps_per_s_ratio": fp["steps_per_s"] / std["steps_per_s"], "final_ess": both("ess"),
+            "ess_at_equal_steps": {"step": n, **{e: _interp(runs[e]["history"], n) for e in ("standard", "fast_path")}},
+            "ess_tail_mean": both("ess_tail_mean"), "final_loss": both("loss"),
+            "winner_at_equal_time": "fast_path" if fp["ess_tail_mean"] > std["ess_tail_mean"] else "standard"}
 
 
 def run_training_bench(*, seconds: float = 60.0, theories=("phi4", "u1"), estimators=("standard", "fast_path"),
                        batch_size: int | None = None, variance_every: float = 10.0, seed: int = 0,
-                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                       dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
                        plot_path: str | None = None, progress=None, eval_every: float | None = None,
                        eval_batch: int = 2048, variance_batches: int = 16, variance_batch_size: int | None = None,
                        threads: int | None = None, interleave: bool = False) -> dict[str, Any]:
-    """Train the same initial flow once per estimator for ``seconds`` of wall time each (see module doc).
+    """Train the same initial flow once per estimator for ``seconds`` of training time each (module doc).
 
-    ``batch_size`` / ``variance_batch_size`` override the per-theory training / variance batch sizes
-    (`training_cases`); ``eval_every`` defaults to ``seconds / 20``; ``progress(row)`` is called after every evaluation with ``{"theory", "estimator",
-    "wall_time", "step", "loss", "ess", …}``; ``threads`` sets ``torch.set_num_threads`` for the run (default:
-    leave it; on a loaded machine one thread avoids oversubscription). ``interleave=True`` alternates the
-    estimators' runs in slices of ``eval_every`` training seconds (in alternating order) instead of running
-    them one after the other, so that drifts in machine load hit all estimators alike; each still gets
-    ``seconds`` on its own clock. With ``plot_path`` a PNG with ESS and gradient variance vs training time
-    is written.
+    ``batch_size`` / ``variance_batch_size`` override the per-theory sizes (`CASES`); ``eval_every``
+    defaults to ``seconds / 20``; ``progress(row)`` after every evaluation; ``threads`` sets
+    ``torch.set_num_threads`` for the call; ``interleave`` alternates the estimators in slices of
+    ``eval_every`` training seconds (in alternating order), so that drifts in machine load hit all alike;
+    ``plot_path``: a PNG of ESS and gradient variance against training time.
     """
-    device = torch.device(device)
+    device, dtype = torch.device(device), torch_dtype(dtype)
     if seconds <= 0:
         raise ValueError(f"bench training: seconds must be > 0, got {seconds}")
-    if eval_every is None:
-        eval_every = seconds / 20
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        out: dict[str, Any] = {"benchmark": "training", "seconds": seconds, "dtype": str(dtype).replace("torch.", ""),
-                               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "load_avg": {"start": list(os.getloadavg())}, "eval_batch": eval_batch,
-                               "variance_batches": variance_batches, "variance_every": variance_every,
-                               "eval_every": eval_every, "interleave": interleave, "seed": seed, "theories": {}}
+    eval_every = seconds / 20 if eval_every is None else eval_every
+    with torch_threads(threads):
+        out = header("training", seconds=seconds, dtype=str(dtype).replace("torch.", ""), device=str(device),
+                     eval_batch=eval_batch, variance_batches=variance_batches, variance_every=variance_every,
+                     eval_every=eval_every, interleave=interleave, seed=seed, theories={})
         for case in training_cases(theories):
-            bs = batch_size or case.batch_size
-            if variance_batch_size:
-                case = dataclasses.replace(case, variance_batch_size=variance_batch_size)
+            case = dataclasses.replace(case, variance_batch_size=variance_batch_size or case.variance_batch_size)
             action = case.action()
             torch.manual_seed(seed)
             flow0 = build_flow(case.flow, action).to(device=device, dtype=dtype)
-            gen = torch.Generator(device=device).manual_seed(seed + 1)
-            z_eval = flow0.base.sample((eval_batch,), generator=gen)
-            kw = dict(seconds=seconds, batch_size=bs, z_eval=z_eval, eval_every=eval_every,
+            z_eval = flow0.base.sample((eval_batch,), generator=torch.Generator(device=device).manual_seed(seed + 1))
+            kw = dict(seconds=seconds, batch_size=batch_size or case.batch_size, z_eval=z_eval, eval_every=eval_every,
                       variance_every=variance_every, variance_batches=variance_batches, seed=seed, progress=progress)
             if interleave:
-                active = [_Run(flow0, action, case, e, **kw) for e in estimators]
-                k = 0
+                active, k = [_Run(flow0, action, case, e, **kw) for e in estimators], 0
                 while not all(r.done for r in active):
                     k += 1
                     for r in (active if k % 2 else active[::-1]):
@@ -314,79 +232,81 @@ def run_training_bench(*, seconds: float = 60.0, theories=("phi4", "u1"), estima
             runs = {r.estimator: r.result() for r in active}
             out["theories"][case.theory] = {
                 "case": case.name, "shape": list(case.shape), "couplings": case.couplings, "flow": case.flow,
-                "batch_size": bs, "lr": case.lr, "variance_batch_size": case.variance_batch_size,
+                "batch_size": kw["batch_size"], "lr": case.lr, "variance_batch_size": case.variance_batch_size,
                 "n_parameters": sum(p.numel() for p in flow0.parameters()), "runs": runs,
                 "comparison": _comparison(runs)}
         out["load_avg"]["end"] = list(os.getloadavg())
-    finally:
-        torch.set_num_threads(old_threads)
     if plot_path:
         plot_training_bench(out, plot_path)
         out["plot"] = str(plot_path)
-    return out
+    return strict_copy(out)
+
+
+def run_training_seeds(*, seeds: str = "0", plot: str | None = None, sequential: bool = False,
+                       seconds: float | None = None, **kwargs) -> dict[str, Any]:
+    """`run_training_bench` once per seed (``latticeflow bench training``): one result, or with several
+    seeds {"benchmark", "seeds", "runs", "summary"} (`training_seed_summary`); plots per seed."""
+    values, base = parse_seeds(seeds, "bench training"), plot or "bench_training.png"
+    results = [run_training_bench(seconds=60.0 if seconds is None else seconds, seed=s, interleave=not sequential,
+                                  plot_path=base if len(values) == 1 else base.replace(".png", f"_seed{s}.png"),
+                                  **kwargs) for s in values]
+    if len(results) == 1:
+        return results[0]
+    return {"benchmark": "training", "seeds": values, "runs": results, "summary": training_seed_summary(results)}
+
+
+def progress_line(r: dict) -> str:
+    return f"{r.get('theory')} {r.get('estimator')}: t={r.get('wall_time', 0):.0f}s step {r.get('step')} ESS {r.get('ess')}"
 
 
 def plot_training_bench(result: dict, path: str) -> None:
     """One PNG: per theory, ESS vs training time (left) and gradient variance vs training time (right, log)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     theories = list(result["theories"])
-    fig, axes = plt.subplots(len(theories), 2, figsize=(11, 3.6 * len(theories)), squeeze=False)
     colors = {"standard": "tab:blue", "fast_path": "tab:red", "path_inverse": "tab:green"}
-    styles = {"standard": "-", "fast_path": "--"}
-    for row, theory in zip(axes, theories):
-        t = result["theories"][theory]
-        for e, run in t["runs"].items():
-            h = run["history"]
-            c = colors.get(e)
-            row[0].plot([r["wall_time"] for r in h], [r["ess"] for r in h], marker=".", color=c, label=f"trained with {e}")
-            for v in VARIANCE_ESTIMATORS:
-                pts = [(r["wall_time"], r[f"var_{v}"]) for r in h if r.get(f"var_{v}") is not None and r[f"var_{v}"] > 0]
-                if pts:
-                    row[1].plot(*zip(*pts), styles[v], marker="o", ms=3, color=c,
-                                label=f"var {v} @ params of {e} run")
-        row[0].set(title=f"{t['case']}: reverse ESS", xlabel="training wall time [s]", ylabel="ESS (eval batch)",
-                   ylim=(0, 1.02))
-        row[1].set(title=f"{t['case']}: tr Cov[grad], batch {t['variance_batch_size']}",
-                   xlabel="training wall time [s]", ylabel="tr Cov[grad]", yscale="log")
-        row[0].legend(fontsize=8)
-        row[1].legend(fontsize=7)
-        for ax in row:
-            ax.grid(alpha=0.3)
-    fig.suptitle(f"reverse KL at equal wall time ({result['seconds']:g} s each, {result['threads']} threads)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _fmt(v, spec: str) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    with figure(path, len(theories), 2, figsize=(11, 3.6 * len(theories))) as (fig, axes):
+        for row, theory in zip(axes, theories):
+            t = result["theories"][theory]
+            for e, run in t["runs"].items():
+                h, c = run["history"], colors.get(e)
+                row[0].plot([r["wall_time"] for r in h], [r["ess"] for r in h], marker=".", color=c,
+                            label=f"trained with {e}")
+                for v, style in zip(VARIANCE_ESTIMATORS, ("-", "--")):
+                    pts = [(r["wall_time"], r[f"var_{v}"]) for r in h if (r.get(f"var_{v}") or 0) > 0]
+                    if pts:
+                        row[1].plot(*zip(*pts), style, marker="o", ms=3, color=c, label=f"var {v} @ params of {e} run")
+            row[0].set(title=f"{t['case']}: reverse ESS", xlabel="training wall time [s]", ylabel="ESS (eval batch)",
+                       ylim=(0, 1.02))
+            row[1].set(title=f"{t['case']}: tr Cov[grad], batch {t['variance_batch_size']}",
+                       xlabel="training wall time [s]", ylabel="tr Cov[grad]", yscale="log")
+            row[0].legend(fontsize=8)
+            row[1].legend(fontsize=7)
+        fig.suptitle(f"reverse KL at equal wall time ({result['seconds']:g} s each, {result['threads']} threads)")
 
 
 def format_training_table(result: dict) -> str:
-    """End values per theory and estimator, plus the equal-steps / equal-time comparison."""
+    """End values per theory and estimator, plus the equal-steps / equal-time comparison (or, for several
+    seeds, every seed's table and the summary)."""
+    if "runs" in result:
+        return "\n\n".join(map(format_training_table, result["runs"])) + "\n" + \
+            format_training_seed_summary(result["summary"])
     load = result["load_avg"]
     lines = [f"reverse KL at equal wall time: {result['seconds']:g} s per estimator"
              f"{' (interleaved)' if result.get('interleave') else ''}, {result['threads']} threads, "
              f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
              f"{load.get('end', [float('nan')])[0]:.2f}",
              f"{'case':<26} {'estimator':<10} {'steps':>6} {'steps/s':>8} {'loss':>9} {'ESS':>6} {'ESS q4':>6} "
-             f"{'var std':>9} {'var fast':>9}  (variance: tr Cov of the gradient at the final parameters)",
-             "-" * 100]
+             f"{'var std':>9} {'var fast':>9}  (variance: tr Cov of the gradient at the final parameters)", "-" * 100]
     for t in result["theories"].values():
         for e, run in t["runs"].items():
             f = run["final"]
-            lines.append(f"{t['case']:<26} {e:<10} {f['steps']:>6d} {_fmt(f['steps_per_s'], '8.1f')} "
-                         f"{_fmt(f['loss'], '9.3f')} {_fmt(f['ess'], '6.3f')} {_fmt(f.get('ess_tail_mean'), '6.3f')} "
-                         f"{_fmt(f['var_standard'], '9.3g')} {_fmt(f['var_fast_path'], '9.3g')}")
+            lines.append(f"{t['case']:<26} {e:<10} {f['steps']:>6d} {fmt(f['steps_per_s'], '8.1f')} "
+                         f"{fmt(f['loss'], '9.3f')} {fmt(f['ess'], '6.3f')} {fmt(f.get('ess_tail_mean'), '6.3f')} "
+                         f"{fmt(f['var_standard'], '9.3g')} {fmt(f['var_fast_path'], '9.3g')}")
         c = t.get("comparison")
         if c:
             eq = c["ess_at_equal_steps"]
             lines.append(f"{'':<26} fast_path/standard steps/s {c['steps_per_s_ratio']:.2f}; ESS at step {eq['step']}: "
-                         f"standard {_fmt(eq['standard'], '.3f')}, fast_path {_fmt(eq['fast_path'], '.3f')}; "
+                         f"standard {fmt(eq['standard'], '.3f')}, fast_path {fmt(eq['fast_path'], '.3f')}; "
                          f"equal time (ESS q4) -> {c['winner_at_equal_time']}")
     lines.append("ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)")
     return "\n".join(lines)
@@ -402,8 +322,7 @@ def training_seed_summary(results: list[dict]) -> dict[str, Any]:
             for e, run in t["runs"].items():
                 row["ess_q4"].setdefault(e, []).append(run["final"].get("ess_tail_mean"))
     for row in out.values():
-        row["median"] = {e: float(np.median([v for v in vals if v is not None])) if any(v is not None for v in vals)
-                         else None for e, vals in row["ess_q4"].items()}
+        row["median"] = {e: median(vals) for e, vals in row["ess_q4"].items()}
         fast, std = row["ess_q4"].get("fast_path"), row["ess_q4"].get("standard")
         if fast and std:
             row["fast_path_wins"] = sum(1 for a, b in zip(fast, std) if a is not None and b is not None and a > b)
@@ -413,8 +332,8 @@ def training_seed_summary(results: list[dict]) -> dict[str, Any]:
 def format_training_seed_summary(summary: dict[str, Any]) -> str:
     lines = ["medians over seeds (ESS q4 at equal wall time):"]
     for row in summary.values():
-        med = ", ".join(f"{e} {_fmt(v, '.3f')}" for e, v in row["median"].items())
-        per = "; ".join(f"{e} " + "/".join(_fmt(v, '.3f') for v in vals) for e, vals in row["ess_q4"].items())
+        med = ", ".join(f"{e} {fmt(v, '.3f')}" for e, v in row["median"].items())
+        per = "; ".join(f"{e} " + "/".join(fmt(v, '.3f') for v in vals) for e, vals in row["ess_q4"].items())
         lines.append(f"  {row['case']}: {med}  (seeds {row['seeds']}: {per}; fast_path ahead in "
                      f"{row.get('fast_path_wins', 0)} of {len(row['seeds'])})")
     return "\n".join(lines)

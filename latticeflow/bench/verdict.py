@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from ._json import strict as _strict
+from ._json import strict_copy
 
 __all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]
 
@@ -72,25 +71,24 @@ def _config(point: dict[str, Any], out: Path, n_samples: int) -> dict[str, Any]:
             "output": {"dir": str(out)}}
 
 
+def _theory(action: dict[str, Any]):
+    from actions import build_theory
+
+    return build_theory(action["theory"], action["shape"], {k: v for k, v in action.items() if k not in ("theory", "shape")})
+
+
 def _truth(action: dict[str, Any], main: tuple[str, ...], quick: bool) -> dict[str, tuple[float, float]]:
-    """{observable: (value, error)}: exact where known (error 0), else a long HMC run (cached)."""
+    """{observable: (value, error)}: the exact values of the analysis table where the theory is solved
+    exactly (free field, 2D U(1); error 0), else a long HMC run (cached)."""
     key = json.dumps(action, sort_keys=True) + str(quick)
     if key in _REFERENCE_CACHE:
         return _REFERENCE_CACHE[key]
     from ..config import config_from_dict
     from ..pipeline import analyze, sample
 
-    from actions import exact
-
-    volume = int(np.prod(action["shape"]))
-    if action["theory"] == "u1":
-        plaq = exact.u1_mean_plaquette(action["beta"], volume)
-        truth = {"<cos P>": (plaq, 0.0), "Q": (0.0, 0.0), "S/V": (-action["beta"] * plaq, 0.0),
-                 "chi_t = <Q^2>/V": (exact.u1_topological_susceptibility(action["beta"], volume), 0.0)}
-    elif action.get("lam", 1.0) == 0.0:
-        shape = tuple(action["shape"])
-        truth = {"m": (0.0, 0.0), "chi2 = V<m^2>": (exact.free_field_chi2(shape, action["kappa"]), 0.0),
-                 "S/V": (exact.free_field_action_density(), 0.0)}
+    theory = _theory(action)
+    if theory.log_z_exact() is not None:
+        truth = {row.name: (row.exact, 0.0) for row in theory.table_rows() if row.main and row.exact is not None}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = config_from_dict({"name": "reference", "seed": 99, "dtype": "float64", "action": action,
@@ -106,21 +104,15 @@ def _truth(action: dict[str, Any], main: tuple[str, ...], quick: bool) -> dict[s
 def _one(cfg_dict: dict[str, Any], quick: bool) -> dict[str, Any]:
     from ..config import config_from_dict
     from ..pipeline import analyze, run
-    from ..pipeline.analyze import MAIN_OBSERVABLES
 
     t0 = time.perf_counter()
-    cfg = config_from_dict(cfg_dict)
-    text = yaml.safe_dump(cfg_dict)
-    summary = run(cfg, text, progress=False)
+    summary = run(config_from_dict(cfg_dict), yaml.safe_dump(cfg_dict), progress=False)
     res = analyze(summary["ensemble"]["path"], thresholds={"pull_max": math.inf})
-    main = MAIN_OBSERVABLES[res.theory]
+    main = tuple(row.name for row in _theory(cfg_dict["action"]).table_rows() if row.main)
     truth = _truth(cfg_dict["action"], main, quick)
     pulls = {}
-    for name in main:
-        if name not in truth:
-            continue
-        r = res.row(name).result
-        value, err = truth[name]
+    for name in (n for n in main if n in truth):
+        r, (value, err) = res.row(name).result, truth[name]
         total = math.hypot(r.error, err)
         pulls[name] = (r.mean - value) / total if total > 0 else (0.0 if r.mean == value else math.inf)
     finite = [abs(p) for p in pulls.values() if not math.isnan(p)]
@@ -167,7 +159,7 @@ def run_verdict_bench(*, quick: bool = False, well_trained: bool = True, progres
                       "n_off": sum(r["off"] for r in runs), "silent_misses": sum(r["miss"] for r in runs),
                       "n_well_trained": len(good), "false_alarms": sum(not r["verdict"]["reliable"] for r in good),
                       "seconds": time.perf_counter() - t0}
-    return json.loads(json.dumps(_strict(out), allow_nan=False))
+    return strict_copy(out)
 
 
 def format_verdict_bench(result: dict[str, Any]) -> str:
@@ -188,3 +180,8 @@ def format_verdict_bench(result: dict[str, Any]) -> str:
                  f"{s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false alarms of "
                  f"{s['n_well_trained']}")
     return "\n".join(lines)
+
+
+def progress_line(r: dict[str, Any]) -> str:
+    return (f"{r['theory']} {r.get('couplings', r.get('name'))} {r['family']} {r['steps']} steps: "
+            f"max|pull| {r['max_abs_pull']}, reliable {r['verdict']['reliable']}")

@@ -89,7 +89,7 @@ def test_kl_of_uniform_u1_flow_is_u1_log_z():
 
 
 def test_hmc_reference_reproduces_exact_values():
-    for name, observable in (("free8", "action_density"), ("u1_b2", "mean_plaquette"), ("u1_b6", "mean_plaquette")):
+    for name, observable in (("free8", "S/V"), ("u1_b2", "<cos P>"), ("u1_b6", "<cos P>")):
         ref = reference_ensemble(TARGETS[name], n_chains=8, n_thermalize=60, n_configurations=256, every=2)
         check = ref["record"]["checks"][observable]
         assert abs(check["value"] - check["exact"]) < 5 * check["error"] + 1e-3, (name, check)
@@ -118,7 +118,7 @@ def test_annealed_family_counts_every_stage(monkeypatch, tmp_path):
 ])
 def test_bad_family_entry_fails_before_training(monkeypatch, entry, needle):
     monkeypatch.setitem(FAMILIES, "u1_b6", {"future": entry})
-    monkeypatch.setattr(quality, "_train_one", lambda *a, **k: pytest.fail("trained despite a bad entry"))
+    monkeypatch.setattr(quality, "_train_and_measure", lambda *a, **k: pytest.fail("trained despite a bad entry"))
     with pytest.raises(ValueError, match=needle) as err:
         run_quality_bench(targets="u1_b6", quick=True, plot_dir=None)
     assert "'future'" in str(err.value) and "'u1_b6'" in str(err.value)

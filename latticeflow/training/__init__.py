@@ -1,0 +1,41 @@
+"""Training of flows: a step and a loop with callbacks (as netket's drivers).
+
+- `Trainer` (`.trainer`): the step — reverse KL (self-sampling), forward KL (maximum likelihood on target
+  samples, e.g. an HMC ensemble) or a mixture, with any estimator of `latticeflow.gradients`; Adam, an
+  optional learning-rate schedule (`.schedules`: plateau decay, or linear warm-up then cosine decay,
+  :func:`cosine_lr`), grad-norm clipping and a non-finite guard (a step whose loss or gradient is NaN/inf is
+  skipped and counted; ``max_bad_steps`` in a row stop training with a clear message).
+- `Driver.run` (`.loop`): the loop, which calls `Callback` objects (`.callbacks`): `WallTimeBudget`,
+  `Validation` (held-out NLL and forward ESS, early stopping, ``best.pt``), `MetricsCSV`, `Progress`,
+  `OnRow`, `Checkpoint` (atomic, everything for an exact resume: flow, optimiser, scheduler, random-number
+  generator, step, wall time) and `EvaluateEvery` (evaluation off the clock). `Trainer.train` is the loop
+  with the standard callbacks; benchmarks add their own (``callbacks=[EvaluateEvery(...)]``).
+
+Metrics per logged row: KL up to log Z, reverse ESS, forward ESS when data are given, grad norm, lr,
+steps/s, wall time (`METRIC_FIELDS`).
+
+Budgets: training stops after ``n_steps`` steps in total or, with ``seconds``, once the accumulated
+training wall time (this process and every one before a resume) reaches ``seconds``, whichever comes
+first; the last row and checkpoint are written at that step, so a resumed run does not redo it.
+
+Data parallel under MPI (``world`` of :mod:`latticeflow.distributed` with N ranks): ``batch_size`` is the
+global batch B. Every rank draws the same B base samples (or data indices) from the shared generator and
+keeps its contiguous slice of B/N, so the all-reduced mean of the per-rank gradients is the gradient of
+the one-process loss on the same B samples; loss values and log-weights are gathered, so every metric
+(KL, reverse and forward ESS) is that of the global batch, and every rank takes the same decisions
+(skipped steps, clipping, learning rate). Only rank 0 writes metrics, checkpoints and progress.
+
+Transfer: :func:`transfer_state` (`latticeflow.transfer`) loads the weights of a flow trained on another
+lattice (size, coupling or β) into a flow of the same architecture.
+"""
+from ..transfer import ArchitectureMismatch, transfer_state
+from .callbacks import (Checkpoint, EvaluateEvery, MetricsCSV, OnRow, Progress, Validation, WallTimeBudget,
+                        best_checkpoint_path, held_out_metrics)
+from .loop import METRIC_FIELDS, Callback, Clock, Driver, Loop
+from .schedules import CosineSchedule, cosine_lr, make_scheduler
+from .trainer import Trainer, TrainingError, check_settings
+
+__all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosine_lr", "transfer_state",
+           "ArchitectureMismatch", "held_out_metrics", "best_checkpoint_path", "check_settings", "make_scheduler",
+           "Driver", "Loop", "Clock", "Callback", "WallTimeBudget", "Validation", "MetricsCSV", "Progress", "OnRow",
+           "Checkpoint", "EvaluateEvery"]
