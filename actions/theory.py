@@ -69,9 +69,17 @@ class Theory:
 
     @classmethod
     def from_couplings(cls, shape: Sequence[int], couplings: Mapping[str, Any]) -> "Theory":
-        """Build from a lattice shape and the couplings of an ``action:`` section."""
+        """Build from a lattice shape and the couplings of an ``action:`` section (``None`` = not given);
+        a missing coupling is a ``ValueError`` naming it."""
+        import inspect
+
         check_coupling_keys(couplings, cls.coupling_keys, cls.theory)
-        return cls(shape, **couplings)
+        given = {k: v for k, v in couplings.items() if v is not None}
+        for name, p in list(inspect.signature(cls.__init__).parameters.items())[2:]:
+            if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
+                    and name not in given:
+                raise ValueError(f"{name} is required for theory {cls.theory}")
+        return cls(shape, **given)
 
     @property
     def field_shape(self) -> tuple[int, ...]:

@@ -108,8 +108,8 @@ def _theory(result: EnsembleAnalysis):
     return build_theory(result.theory, result.shape, result.couplings)
 
 
-def _charge_histories(ens, n_chains: int = 4) -> list[tuple[int, np.ndarray]]:
-    q = ens["observables/topological_charge"]
+def _charge_histories(ens, key: str, n_chains: int = 4) -> list[tuple[int, np.ndarray]]:
+    q = ens[f"observables/{key}"]
     if "chain" not in ens.keys():
         return [(0, q)]
     chain, step = ens["chain"], ens["mc_index"]
@@ -120,17 +120,20 @@ def _charge_histories(ens, n_chains: int = 4) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def _plot_charge_histories(ens, reference: EnsembleAnalysis, plots: Path) -> Path:
-    """Q against Monte Carlo time: the HMC reference above, the flow ensemble below (same axes)."""
+def _plot_charge_histories(ens, reference: EnsembleAnalysis, plots: Path, key: str, label: str) -> Path:
+    """The theory's slowest observable (U(1): Q) against Monte Carlo time: the HMC reference above, the run's
+    ensemble below (same axes); ``plots/topology_history.png``."""
     import matplotlib.pyplot as plt
 
     with open_ensemble(reference.path) as ref:
-        panels = [("HMC", _charge_histories(ref)), (str(ens.attrs.get("sampler", "flow")), _charge_histories(ens))]
+        panels = [("HMC", _charge_histories(ref, key)),
+                  (str(ens.attrs.get("sampler", "flow")), _charge_histories(ens, key))]
     fig, axes = plt.subplots(2, 1, figsize=(9, 4.5), sharex=True, sharey=True)
+    name = label
     for ax, (label, series) in zip(axes, panels):
         for c, q in series:
             ax.plot(np.arange(len(q)), q, lw=0.6, label=f"chain {c}")
-        ax.set_ylabel(f"Q ({label})")
+        ax.set_ylabel(f"{name} ({label})")
         ax.legend(fontsize=7, loc="upper right", ncol=len(series))
     axes[-1].set_xlabel("Monte Carlo time (trajectories / Metropolis steps)")
     fig.tight_layout(); path = plots / "topology_history.png"; fig.savefig(path, dpi=110); plt.close(fig)
@@ -158,6 +161,7 @@ def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path, refere
         if "two_point_G_t0" in result.extra:
             pngs += _plot_correlator(result, str(ens.attrs.get("sampler", "")), plots)
         pngs += _plot_history(result, ens, plots)
-        if reference is not None and theory.cost_observable is not None and "observables/topological_charge" in ens.keys():
-            pngs.append(_plot_charge_histories(ens, reference, plots))
+        cost = next((r for r in theory.table_rows() if r.name == theory.cost_observable and r.func is None), None)
+        if reference is not None and cost is not None:
+            pngs.append(_plot_charge_histories(ens, reference, plots, cost.inputs[0], cost.name))
     return [path, *pngs]

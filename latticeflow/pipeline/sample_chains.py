@@ -77,9 +77,9 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
         n_sweeps = max((n_target - n_rows) // n_chains, 0)
         batch: list = []
         for sw in hmc_chains(sampler, x, n_sweeps, save_every=s.save_every, first_sweep=sweep):
-            sums[0] += sw.accepted.to(torch.float64).sum()
-            sums[1] += torch.exp(-sw.delta_h.to(torch.float64)).nan_to_num(0.0).sum()
-            n_traj += n_chains
+            sums[0] += sw.n_accepted  # every trajectory counts, also those between stored configurations
+            sums[1] += sw.sum_exp_minus_delta_h
+            n_traj += n_chains * sw.n_updates
             obs = _measure(action, sw.x)
             obs["delta_h"] = sw.delta_h.detach().cpu().numpy()
             batch.append((sw.x.detach().cpu().numpy(), sw.action.detach().cpu().numpy(),
@@ -91,7 +91,8 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
                           accepted=np.concatenate([b[2] for b in batch]), chain=np.tile(chain_ids, len(batch)),
                           mc_index=np.concatenate([np.full(n_chains, b[3], dtype=np.int64) for b in batch]),
                           observables=observables)
-            writer.set_attrs(rng_state=generator.get_state().cpu().numpy(), rng_state_rows=writer.n_rows)
+            writer.set_attrs(rng_state=generator.get_state().cpu().numpy(), rng_state_rows=writer.n_rows,
+                             **sampler.state_attrs())
             bar.update(len(batch) * n_chains)
             batch = []
             acc_sum, edh_sum = sums.tolist()  # one sync per written batch
@@ -118,7 +119,10 @@ def _resume_state(path: Path, n_rows: int, n_chains: int, sampler, generator: to
         raise
     x = torch.as_tensor(last["samples"], dtype=dtype, device=device)
     sweep = int(last["mc_index"].max()) + 1
-    sampler.load_state_attrs(attrs)
+    try:
+        sampler.load_state_attrs(attrs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if int(attrs.get("rng_state_rows", -1)) == n_rows and "rng_state" in attrs:
         generator.set_state(torch.as_tensor(np.asarray(attrs["rng_state"], dtype=np.uint8)))
     else:  # the batch was committed but its RNG state was not: continue with a fresh, reproducible stream

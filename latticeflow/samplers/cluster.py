@@ -139,12 +139,19 @@ class Cluster:
 
     # -- resumable state ----------------------------------------------------------------------------
     def state_attrs(self) -> dict[str, float | int]:
-        """What a resumed chain needs besides the fields and the RNG state: the frozen HMC step size (and
-        ``cluster_every``, for the record; any phase of the SW schedule is a valid chain)."""
-        return {**self.hmc.state_attrs(), "cluster_every": self.cluster_every}
+        """What a resumed chain needs besides the fields and the RNG state: the frozen HMC step size,
+        ``cluster_every`` and the phase of the SW schedule (so that a resumed run is bit-identical)."""
+        return {**self.hmc.state_attrs(), "cluster_every": self.cluster_every,
+                "cluster_phase": self.n_steps % self.cluster_every}
 
     def load_state_attrs(self, attrs) -> None:
+        """Restore `state_attrs`; a file written with another ``cluster_every`` is refused (``ValueError``)."""
+        stored = int(attrs.get("cluster_every", self.cluster_every))
+        if stored != self.cluster_every:
+            raise ValueError(f"sampler.cluster_every is {self.cluster_every} but the ensemble was written with "
+                             f"cluster_every={stored}")
         self.hmc.load_state_attrs(attrs)
+        self.n_steps = int(attrs.get("cluster_phase", 0))
 
     # -- updates ------------------------------------------------------------------------------------
     def cluster_update(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,13 +150,18 @@ class HMC:
 @dataclass
 class Sweep:
     """What a chain iterator yields every ``save_every`` updates: the fields ``x``, their ``action``, whether
-    each chain accepted any update since the last sweep, the last ``delta_h`` and the sweep number."""
+    each chain accepted any update since the last sweep, the last ``delta_h``, the sweep number, and over
+    every update since the last sweep the number of acceptances and Σ e^{−ΔH} (0-d float64 tensors on the
+    fields' device: no host sync) and the number of updates per chain ``n_updates``."""
 
     x: torch.Tensor
     action: torch.Tensor
     accepted: torch.Tensor
     delta_h: torch.Tensor
     index: int
+    n_accepted: torch.Tensor | None = None
+    sum_exp_minus_delta_h: torch.Tensor | None = None
+    n_updates: int = 1
 
 
 def hmc_chains(sampler, x: torch.Tensor, n_sweeps: int | None = None, *, save_every: int = 1,
@@ -178,11 +183,15 @@ def hmc_chains(sampler, x: torch.Tensor, n_sweeps: int | None = None, *, save_ev
     sweep = first_sweep
     while n_sweeps is None or sweep - first_sweep < n_sweeps:
         accepted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        n_acc = torch.zeros((), dtype=torch.float64, device=x.device)
+        edh = torch.zeros((), dtype=torch.float64, device=x.device)
         for _ in range(save_every):
             step = sampler.step(x, action_x)
             x, action_x = step.x, step.action
             accepted |= step.accepted
-        yield Sweep(x, action_x, accepted, step.delta_h, sweep)
+            n_acc += step.accepted.to(torch.float64).sum()
+            edh += torch.exp(-step.delta_h.to(torch.float64)).nan_to_num(0.0).sum()
+        yield Sweep(x, action_x, accepted, step.delta_h, sweep, n_acc, edh, save_every)
         sweep += 1
         if seconds is not None and time.perf_counter() - t0 >= seconds:
             return
