@@ -43,6 +43,7 @@ __all__ = [
     "u1_wilson_loop",
     "u1_topological_susceptibility",
     "u1_charge_distribution",
+    "u1_charge_allocation",
     "u1_infinite_volume_susceptibility",
 ]
 
@@ -269,3 +270,21 @@ def u1_charge_distribution(beta: float, volume: int,
     prob = np.where(np.abs(q) <= support, coeff[q % n_theta], 0.0)
     prob = np.maximum(prob, 0.0) / coeff.sum()  # clip round-off (≲ V·1e-16) negatives in far tails
     return q, prob
+
+
+def u1_charge_allocation(beta: float, volume: int, n_chains: int) -> list[int]:
+    """Topological charge of each of ``n_chains`` chains from the exact P(Q): n_Q = round(n_chains · P(Q)) chains
+    at Q and as many at −Q for Q > 0 (the largest |Q| reduced until they fit), the rest at Q = 0; ordered
+    [0, …, 0, the positive charges, their negatives]. A start for chains frozen in topology.
+
+    Example:
+        >>> u1_charge_allocation(2.0, 64, 16)
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, -1, -1, -1, -1, -2]
+    """
+    qs, p = u1_charge_distribution(beta, volume)
+    counts = {int(q): int(round(n_chains * pq)) for q, pq in zip(qs, p) if q > 0}
+    while 2 * sum(counts.values()) > n_chains:
+        counts[max(q for q, c in counts.items() if c)] -= 1
+    out = [q for q, c in counts.items() for _ in range(c)]
+    out = out + [-q for q in out]
+    return [0] * (n_chains - len(out)) + out

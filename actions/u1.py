@@ -19,12 +19,31 @@ from . import exact
 from .lattice import shift, validate_shape
 from .theory import TableRow, Theory
 
-__all__ = ["U1Gauge", "wrap"]
+__all__ = ["U1Gauge", "wrap", "charge_configuration"]
 
 
 def wrap(angle: torch.Tensor) -> torch.Tensor:
     """Map angles to (−π, π]: wrap(x) = π − ((π − x) mod 2π)."""
     return math.pi - torch.remainder(math.pi - angle, 2 * math.pi)
+
+
+def charge_configuration(shape: Sequence[int], q: int) -> torch.Tensor:
+    """A configuration ``theta: (2, L0, L1)`` (float64, angles in [−π, π)) in the topological sector Q = ``q``:
+    every plaquette angle is 2πQ/V. θ₁(x) = 2πQ x₀/V, and θ₀ = −2πQ x₁/L1 on the last row x₀ = L0 − 1 (the
+    twist that closes the torus); a start for chains that HMC does not move between sectors.
+
+    Example:
+        >>> u1 = U1Gauge((4, 4), beta=1.0)
+        >>> u1.topological_charge(charge_configuration((4, 4), 2)[None])
+        tensor([2.], dtype=torch.float64)
+    """
+    l0, l1 = shape
+    volume = l0 * l1
+    x0 = torch.arange(l0, dtype=torch.float64).view(-1, 1).expand(l0, l1)
+    x1 = torch.arange(l1, dtype=torch.float64).view(1, -1).expand(l0, l1)
+    theta1 = 2 * math.pi * q * x0 / volume
+    theta0 = torch.where(x0 == l0 - 1, -2 * math.pi * q * x1 / l1, torch.zeros_like(x0))
+    return torch.remainder(torch.stack([theta0, theta1]) + math.pi, 2 * math.pi) - math.pi
 
 
 class U1Gauge(Theory):

@@ -166,26 +166,39 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    """``latticeflow bench NAME``: the entry of `latticeflow.bench.BENCHES` called with its flags."""
+    """``latticeflow bench NAME``: the entry of `latticeflow.bench.BENCHES` called with its flags, each flag
+    validated here, once, for every benchmark (``--seeds`` becomes a list of integers)."""
     import importlib
 
     import torch
 
     from .bench import BENCHES
-    from .bench._json import dumps
+    from .io import dumps_json
 
+    where = f"bench {args.name}"
+    if args.seconds is not None and not args.seconds > 0:
+        raise ValueError(f"{where}: seconds must be > 0, got {args.seconds}")
+    if args.lr is not None and not 0 < args.lr < 1:
+        raise ValueError(f"{where}: lr must be a number in (0, 1), got {args.lr!r}")
+    if args.seeds is not None:
+        try:
+            args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"{where}: seeds must be integers, got {args.seeds!r}") from None
+        if not args.seeds:
+            raise ValueError(f"{where}: no seeds given (--seeds)")
     if args.threads:
         torch.set_num_threads(args.threads)
     bench = BENCHES[args.name]
     module = importlib.import_module(f"{__package__}.bench.{bench.module}")
     kwargs = {}
-    for flag, _, keyword in (f.partition(":") for f in bench.flags):
+    for flag, _, keyword in (f.partition(":") for f in bench.flags.split()):
         if getattr(args, flag) is not None:
             kwargs[keyword or flag] = getattr(args, flag)
     if hasattr(module, "progress_line") and not args.json:
         kwargs["progress"] = lambda row: print("  " + module.progress_line(row), file=sys.stderr, flush=True)
     result = getattr(module, bench.run)(**kwargs)
-    print(dumps(result) if args.json or bench.table is None else getattr(module, bench.table)(result))
+    print(dumps_json(result) if args.json or bench.table is None else getattr(module, bench.table)(result))
     return 0
 
 

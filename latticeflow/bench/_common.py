@@ -1,27 +1,30 @@
-"""What the benchmarks share: the result header, dtype and thread settings, the untimed warm-up step, seeds,
-medians, text cells and the figure boilerplate."""
+"""What the benchmarks share: the result header and its strict-JSON copy, dtype and thread settings, the
+untimed warm-up step, the tuned and timed HMC protocol, name lists, text tables and the figure boilerplate."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import datetime
+import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["torch_dtype", "header", "threads", "warm_up", "seeds", "median", "fmt", "figure"]
+from ..io import dumps_json
+
+__all__ = ["torch_dtype", "header", "strict_result", "threads", "warm_up", "names", "tuned_run", "fmt", "table",
+           "figure"]
 
 
 def torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return getattr(torch, dtype)
+    """``torch.float32`` for ``"float32"`` (the CLI offers float32 and float64); a torch dtype as it is."""
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
 
 
 def header(name: str, **fields: Any) -> dict[str, Any]:
@@ -29,6 +32,12 @@ def header(name: str, **fields: Any) -> dict[str, Any]:
     return {"benchmark": name, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_avg": {"start": list(os.getloadavg())}, **fields}
+
+
+def strict_result(result: Any) -> Any:
+    """``result`` as it reads back from strict JSON (`latticeflow.io.dumps_json`: NaN/inf → null), which is
+    what every benchmark returns."""
+    return json.loads(dumps_json(result, indent=None))
 
 
 @contextlib.contextmanager
@@ -50,29 +59,61 @@ def warm_up(flow, action, **settings: Any) -> None:
     Trainer(copy.deepcopy(flow), action, **settings).step()
 
 
-def seeds(values: str | Iterable, what: str = "bench") -> list[int]:
-    """Integers from a comma-separated string or an iterable; a one-line error naming the input."""
-    items = [s.strip() for s in (values.split(",") if isinstance(values, str) else map(str, values)) if s.strip()]
-    try:
-        out = [int(s) for s in items]
-    except ValueError:
-        raise ValueError(f"{what}: seeds must be integers, got {values!r}") from None
-    if not out:
-        raise ValueError(f"{what}: no seeds given ({values!r})")
+def names(values: str | Iterable[str] | None) -> list[str] | None:
+    """A list of names from a comma-separated string or an iterable (blanks dropped); None for none."""
+    if values is None:
+        return None
+    out = [v.strip() for v in (values.split(",") if isinstance(values, str) else values) if v.strip()]
+    return out or None
+
+
+def tuned_run(sampler, x: torch.Tensor, *, n_thermalize: int, seconds: float, measure: Callable[[torch.Tensor], Any],
+              trajectory_length: float = 1.0, min_sweeps: int = 16) -> dict[str, Any]:
+    """The benchmarks' fair HMC protocol for ``sampler`` (`HMC` or one with its ``step``/``thermalize``): the
+    step size tuned to the target acceptance (``n_thermalize`` trajectories, `HMC.thermalize`), then the
+    number of leapfrog steps set so that ε·n_lf ≈ ``trajectory_length`` and the step size re-tuned
+    (max(20, n_thermalize // 3) trajectories); then the chains run (`hmc_chains`) for ``seconds`` of wall
+    time, at least ``min_sweeps`` sweeps, ``measure(x)`` after every one. Returns {"measurements",
+    "acceptance" (per sweep, mean over chains), "thermalize_seconds", "wall_seconds", "cpu_seconds"}."""
+    from ..samplers.hmc import hmc_chains
+
+    t0 = time.perf_counter()
+    x = sampler.thermalize(x, n_thermalize)
+    sampler.n_leapfrog = max(1, round(trajectory_length / sampler.step_size))
+    x = sampler.thermalize(x, max(20, n_thermalize // 3))
+    out: dict[str, Any] = {"measurements": [], "acceptance": [], "thermalize_seconds": time.perf_counter() - t0}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for sweep in hmc_chains(sampler, x):
+        out["measurements"].append(measure(sweep.x))
+        out["acceptance"].append(float(sweep.accepted.double().mean()))
+        if len(out["measurements"]) >= min_sweeps and time.perf_counter() - wall0 >= seconds:
+            break
+    out.update(wall_seconds=time.perf_counter() - wall0, cpu_seconds=time.process_time() - cpu0)
     return out
-
-
-def median(values: Iterable) -> float | None:
-    """Median of the finite values (None if there are none)."""
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(np.median(vals)) if vals else None
 
 
 def fmt(value, spec: str) -> str:
     """``format(value, spec)``, or an em dash (right-aligned to the spec's width) for None and NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return format("—", f">{spec.split('.')[0]}") if spec[:1].isdigit() else "—"
+        width = re.match(r"[<>^]?[+\- ]?(\d*)", spec).group(1)
+        return format("—", f">{width}") if width else "—"
     return format(value, spec)
+
+
+def table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence | str], *, title: str | Sequence[str] = (),
+          notes: Sequence[str] = ()) -> str:
+    """A text table: the ``title`` line(s), a header of ``columns`` ((name, format spec) pairs; each name
+    aligned and padded as its spec), a rule, one line per row (a sequence of cells, ``fmt(cell, spec)``
+    joined by blanks; a string row is printed as it is), then the ``notes`` lines."""
+    def aligned(name: str, spec: str) -> str:
+        align, width = re.match(r"([<>^]?)[+\- ]?(\d*)", spec).groups()
+        return format(name, (align or (">" if re.search(r"[defgn%]$", spec) else "<")) + width)
+
+    head = " ".join(aligned(name, spec) for name, spec in columns)
+    lines = [title] if isinstance(title, str) else list(title)
+    lines += [head, "-" * len(head)]
+    lines += [row if isinstance(row, str) else " ".join(fmt(c, s) for c, (_, s) in zip(row, columns)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines + list(notes))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ step = one HMC trajectory; for the cluster sampler one SW update plus one trajec
 
 Returns strict JSON (NaN/inf → null)::
 
-    {"benchmark": "cluster", "quick", "threads", "shape", "kappa", "lam", "seconds", "n_chains", "seed",
+    {"benchmark", "date", "torch", "threads", "load_avg", "quick", "shape", "kappa", "lam", "seconds", "n_chains", "seed",
      "hmc":     {"n_leapfrog", "step_size", "acceptance", "chain_length", "configurations", "cpu_seconds",
                  "wall_seconds", "cpu_seconds_per_configuration", "wall_seconds_per_configuration",
                  "chi2", "chi2_err", "tau_int_chi2", "tau_int_chi2_err", "chi2_lower_bound",
@@ -34,9 +34,7 @@ Returns strict JSON (NaN/inf → null)::
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,10 +43,10 @@ import numpy as np
 import torch
 
 from actions import Phi4
-from ..analysis import gamma_method
+from ..analysis.summary import pull, tau_int_summary
 from ..samplers.cluster import Cluster
 from ..samplers.hmc import HMC
-from ._json import strict as _strict
+from ._common import header, strict_result, table, tuned_run
 
 __all__ = ["run_cluster_bench", "format_cluster_table", "MIN_TAU_PER_CHAIN", "TARGET_COST_RATIO"]
 
@@ -67,54 +65,40 @@ def _second_moment_xi(chi2: float, f: float, length: int) -> float | None:
 
 def _run(sampler_class: Callable[..., Any], action: Phi4, *, seconds: float, n_chains: int, n_thermalize: int,
          seed: int, trajectory_length: float, **extra: Any) -> dict[str, Any]:
-    """Tune and run ``sampler_class(action, …)`` (`HMC` or `Cluster`; ``extra`` goes to it) for ``seconds``."""
+    """Tune and run ``sampler_class(action, …)`` (`HMC` or `Cluster`; ``extra`` goes to it) for ``seconds``
+    (`_common.tuned_run`), measuring m and F (module docstring) after every step."""
     gen = torch.Generator().manual_seed(seed)
     sampler = sampler_class(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2,
                             generator=gen, **extra)
     x = torch.randn(n_chains, *action.shape, generator=gen, dtype=torch.float64)
-    t0 = time.perf_counter()
-    x = sampler.thermalize(x, n_thermalize)
-    sampler.n_leapfrog = max(1, round(trajectory_length / sampler.step_size))
-    x = sampler.thermalize(x, max(20, n_thermalize // 3))
-    t_therm = time.perf_counter() - t0
-
     dims = tuple(range(1, action.ndim + 1))
-    long_axes = [mu for mu, n in enumerate(action.shape) if n == action.shape[0]]
-    ms, fs, acc = [], [], []
-    s = None
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    while time.perf_counter() - wall0 < seconds or len(ms) < 16:
-        step = sampler.step(x, s)
-        x, s = step.x, step.action
-        ms.append(x.flatten(1).mean(1))
-        ft = torch.fft.fftn(x, dim=dims)
-        fs.append(sum(ft[(slice(None),) + tuple(1 if nu == mu else 0 for nu in range(action.ndim))].abs() ** 2
-                      for mu in long_axes) / (len(long_axes) * action.volume))
-        acc.append(step.accepted.to(torch.float64).mean())
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    p_min = [tuple(1 if nu == mu else 0 for nu in range(action.ndim))  # smallest momenta along the long axes
+             for mu, n in enumerate(action.shape) if n == action.shape[0]]
 
-    v = action.volume
-    m = torch.stack(ms, 1).cpu().numpy()  # (n_chains, chain_length)
-    f = torch.stack(fs, 1).cpu().numpy()
+    def measure(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ft = torch.fft.fftn(x, dim=dims)
+        return x.flatten(1).mean(1), sum(ft[(slice(None),) + p].abs() ** 2 for p in p_min) / (len(p_min) * action.volume)
+
+    run = tuned_run(sampler, x, n_thermalize=n_thermalize, seconds=seconds, measure=measure,
+                    trajectory_length=trajectory_length)
+    m, f = (torch.stack(v, 1).cpu().numpy() for v in zip(*run["measurements"]))  # (n_chains, chain_length)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        chi2, abs_m, fmom = gamma_method(list(v * m * m)), gamma_method(list(np.abs(m))), gamma_method(list(f))
-    n = m.shape[1]
-    configurations = m.size
-    cpu_per_config = cpu / configurations
-    chi2_lower = n < MIN_TAU_PER_CHAIN * chi2.tau_int
-    out = {"n_leapfrog": sampler.n_leapfrog, "step_size": sampler.step_size,
-           "acceptance": float(torch.stack(acc).mean()), "chain_length": n, "configurations": configurations,
-           "cpu_seconds": cpu, "wall_seconds": wall, "thermalize_seconds": t_therm,
-           "cpu_seconds_per_configuration": cpu_per_config, "wall_seconds_per_configuration": wall / configurations,
-           "chi2": chi2.mean, "chi2_err": chi2.error, "tau_int_chi2": chi2.tau_int,
-           "tau_int_chi2_err": chi2.tau_int_error, "chi2_lower_bound": bool(chi2_lower),
-           "abs_m": abs_m.mean, "abs_m_err": abs_m.error, "tau_int_abs_m": abs_m.tau_int,
-           "abs_m_lower_bound": bool(n < MIN_TAU_PER_CHAIN * abs_m.tau_int),
-           "xi_second_moment": _second_moment_xi(chi2.mean, fmom.mean, action.shape[0]),
-           "cost_per_independent_chi2": 2 * max(chi2.tau_int, 0.5) * cpu_per_config,
-           "cost_is_lower_bound": bool(chi2_lower),
-           "warnings": sorted({str(w.message).split(";")[0] for w in caught})}
+        chi2, abs_m, fmom = [tau_int_summary(s, min_tau_per_chain=MIN_TAU_PER_CHAIN)
+                             for s in (action.volume * m * m, np.abs(m), f)]
+    configurations, cpu_per_config = m.size, run["cpu_seconds"] / m.size
+    out = {"n_leapfrog": sampler.n_leapfrog, "step_size": sampler.step_size, "acceptance": float(np.mean(run["acceptance"])),
+           "chain_length": m.shape[1], "configurations": configurations, "cpu_seconds": run["cpu_seconds"],
+           "wall_seconds": run["wall_seconds"], "thermalize_seconds": run["thermalize_seconds"],
+           "cpu_seconds_per_configuration": cpu_per_config,
+           "wall_seconds_per_configuration": run["wall_seconds"] / configurations,
+           "chi2": chi2["mean"], "chi2_err": chi2["error"], "tau_int_chi2": chi2["tau_int"],
+           "tau_int_chi2_err": chi2["tau_int_error"], "chi2_lower_bound": chi2["lower_bound"],
+           "abs_m": abs_m["mean"], "abs_m_err": abs_m["error"], "tau_int_abs_m": abs_m["tau_int"],
+           "abs_m_lower_bound": abs_m["lower_bound"],
+           "xi_second_moment": _second_moment_xi(chi2["mean"], fmom["mean"], action.shape[0]),
+           "cost_per_independent_chi2": 2 * max(chi2["tau_int"], 0.5) * cpu_per_config,
+           "cost_is_lower_bound": chi2["lower_bound"], "warnings": sorted({str(w.message).split(";")[0] for w in caught})}
     return {**out, **extra}
 
 
@@ -133,52 +117,36 @@ def run_cluster_bench(*, shape: Sequence[int] | None = None, kappa: float = 0.33
     seconds = float(base["seconds"] if seconds is None else seconds)
     n_chains = int(base["n_chains"] if n_chains is None else n_chains)
     n_thermalize = int(base["n_thermalize"] if n_thermalize is None else n_thermalize)
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
     if n_chains < 2:
         raise ValueError(f"n_chains must be >= 2 (the chains are the Gamma method's replicas), got {n_chains}")
     action = Phi4(shape, kappa=kappa, lam=lam)
     common = dict(seconds=seconds, n_chains=n_chains, n_thermalize=n_thermalize, seed=seed,
                   trajectory_length=trajectory_length)
-    hmc = _run(HMC, action, **common)
-    cluster = _run(Cluster, action, cluster_every=cluster_every, **common)
-    error = math.hypot(hmc["chi2_err"], cluster["chi2_err"])
+    hmc, cluster = _run(HMC, action, **common), _run(Cluster, action, cluster_every=cluster_every, **common)
     ratio = hmc["cost_per_independent_chi2"] / cluster["cost_per_independent_chi2"]
-    if hmc["cost_is_lower_bound"] and not cluster["cost_is_lower_bound"]:
-        bound = "lower"  # HMC's cost is at least this: the ratio too
-    elif cluster["cost_is_lower_bound"] and not hmc["cost_is_lower_bound"]:
-        bound = "upper"
-    elif hmc["cost_is_lower_bound"]:
-        bound = "unknown"
-    else:
-        bound = "estimate"
-    out = {"benchmark": "cluster", "quick": quick, "threads": torch.get_num_threads(), "shape": list(shape),
-           "kappa": kappa, "lam": lam, "seconds": seconds, "n_chains": n_chains, "seed": seed,
-           "n_thermalize": n_thermalize, "trajectory_length": trajectory_length,
-           "hmc": hmc, "cluster": cluster,
-           "chi2_pull": (hmc["chi2"] - cluster["chi2"]) / error if error > 0 else None,
-           "tau_ratio": hmc["tau_int_chi2"] / cluster["tau_int_chi2"],
-           "cost_ratio": ratio, "cost_ratio_bound": bound,
-           "target": {"cost_ratio": TARGET_COST_RATIO, "met": bool(ratio >= TARGET_COST_RATIO)}}
-    return json.loads(json.dumps(_strict(out), allow_nan=False))
+    # HMC's cost a lower bound: so is the ratio; the cluster's: an upper bound; both: unknown
+    bound = {(True, False): "lower", (False, True): "upper", (True, True): "unknown"}.get(
+        (hmc["cost_is_lower_bound"], cluster["cost_is_lower_bound"]), "estimate")
+    return strict_result(header(
+        "cluster", quick=quick, shape=list(shape), kappa=kappa, lam=lam, seconds=seconds, n_chains=n_chains, seed=seed,
+        n_thermalize=n_thermalize, trajectory_length=trajectory_length, hmc=hmc, cluster=cluster,
+        chi2_pull=pull(hmc["chi2"], hmc["chi2_err"], cluster["chi2"], cluster["chi2_err"]),
+        tau_ratio=hmc["tau_int_chi2"] / cluster["tau_int_chi2"], cost_ratio=ratio, cost_ratio_bound=bound,
+        target={"cost_ratio": TARGET_COST_RATIO, "met": bool(ratio >= TARGET_COST_RATIO)}))
 
 
 def format_cluster_table(result: dict[str, Any]) -> str:
     """One row per sampler: τ_int(χ₂), τ_int(|m|), χ₂, ξ, CPU s/configuration, cost per independent χ₂."""
-    lines = [f"phi4 {'x'.join(map(str, result['shape']))} kappa={result['kappa']:g} lam={result['lam']:g}, "
-             f"{result['n_chains']} chains, {result['threads']} thread(s)",
-             f"{'sampler':<8} {'tau(chi2)':>11} {'tau(|m|)':>9} {'chi2':>16} {'xi':>6} {'acc':>5} {'n_lf':>4} "
-             f"{'cpu s/cfg':>10} {'cost/indep chi2':>16}", "-" * 96]
-    for name in RESULT_KEYS:
-        r = result[name]
-        tau = ("> " if r["chi2_lower_bound"] else "") + f"{r['tau_int_chi2']:.3g}"
-        xi = "—" if r["xi_second_moment"] is None else f"{r['xi_second_moment']:.2f}"
-        cost = ("> " if r["cost_is_lower_bound"] else "") + f"{r['cost_per_independent_chi2']:.3g} s"
-        lines.append(f"{name:<8} {tau:>11} {r['tau_int_abs_m']:>9.3g} {r['chi2']:>9.4g} ± {r['chi2_err']:<4.2g} "
-                     f"{xi:>6} {r['acceptance']:>5.2f} {r['n_leapfrog']:>4} "
-                     f"{r['cpu_seconds_per_configuration']:>10.3g} {cost:>16}")
-    pull = "—" if result["chi2_pull"] is None else f"{result['chi2_pull']:+.2f}"
-    lines.append(f"HMC/cluster: tau_int(chi2) {result['tau_ratio']:.3g}, cost {result['cost_ratio']:.3g} "
-                 f"({result['cost_ratio_bound']}; target >= {result['target']['cost_ratio']:g}: "
-                 f"{'met' if result['target']['met'] else 'NOT met'}); chi2 pull between samplers {pull}")
-    return "\n".join(lines)
+    rows = [[name, ("> " if r["chi2_lower_bound"] else "") + f"{r['tau_int_chi2']:.3g}", r["tau_int_abs_m"],
+             f"{r['chi2']:>9.4g} ± {r['chi2_err']:<4.2g}", r["xi_second_moment"], r["acceptance"], r["n_leapfrog"],
+             r["cpu_seconds_per_configuration"],
+             ("> " if r["cost_is_lower_bound"] else "") + f"{r['cost_per_independent_chi2']:.3g} s"]
+            for name, r in ((k, result[k]) for k in RESULT_KEYS)]
+    t, pull = result["target"], result["chi2_pull"]
+    return table([("sampler", "<8"), ("tau(chi2)", ">11"), ("tau(|m|)", "9.3g"), ("chi2", ">16"), ("xi", "6.2f"),
+                  ("acc", "5.2f"), ("n_lf", "4d"), ("cpu s/cfg", "10.3g"), ("cost/indep chi2", ">16")], rows,
+                 title=f"phi4 {'x'.join(map(str, result['shape']))} kappa={result['kappa']:g} lam={result['lam']:g}, "
+                       f"{result['n_chains']} chains, {result['threads']} thread(s)",
+                 notes=[f"HMC/cluster: tau_int(chi2) {result['tau_ratio']:.3g}, cost {result['cost_ratio']:.3g} "
+                        f"({result['cost_ratio_bound']}; target >= {t['cost_ratio']:g}: {'met' if t['met'] else 'NOT met'}"
+                        f"); chi2 pull between samplers {'—' if pull is None else format(pull, '+.2f')}"])

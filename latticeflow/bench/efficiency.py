@@ -36,15 +36,15 @@ import torch
 
 from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
-from ..analysis import gamma_method, reverse_ess
+from ..analysis import reverse_ess
+from ..analysis.summary import tau_int_summary
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..samplers.hmc import HMC, hmc_chains
+from ..samplers.hmc import HMC
 from ..samplers.nmcmc import nmcmc_chains
 from ..training import Trainer, transfer_state
-from ._common import figure, header
-from ._json import strict_copy
+from ._common import figure, header, strict_result, table, tuned_run
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
 
@@ -60,23 +60,22 @@ SAMPLERS = (("hmc", "HMC", "tab:red"), ("nmcmc", "NMCMC (flow)", "tab:blue"))  #
 
 
 def _series_stats(q: np.ndarray, plaq: np.ndarray, volume: int, beta: float, seconds: float) -> dict[str, Any]:
-    """Statistics of per-chain series ``q``, ``plaq`` of shape (n_chains, n): τ_int, χ_t, ⟨cos P⟩, verdict."""
+    """Statistics of per-chain series ``q``, ``plaq`` of shape (n_chains, n): τ_int, χ_t, ⟨cos P⟩, verdict
+    (`analysis.summary.tau_int_summary`; a Q that never changes has τ_int ≥ the chain length)."""
     n_chains, n = q.shape
-    gq, gp, gchi = gamma_method(list(q)), gamma_method(list(plaq)), gamma_method(list(q ** 2 / volume))
-    changes = int(np.sum(np.abs(np.diff(q, axis=1)) > 0.5))
-    tau_q = gq.tau_int if changes else float(n)  # Q never changed: τ_int is at least the chain length
-    lower = bool(changes == 0 or n < MIN_TAU_PER_CHAIN * gq.tau_int)
-    checks = markov_checks({"Q": list(q), "<cos P>": list(plaq), "chi_t": list(q ** 2 / volume)},
-                           {"Q": tau_q, "<cos P>": gp.tau_int, "chi_t": gchi.tau_int})
-    pull = lambda g, exact: (g.mean - exact) / g.error if g.error > 0 else None  # noqa: E731
+    series = {"Q": q, "<cos P>": plaq, "chi_t": q ** 2 / volume}
+    sq = tau_int_summary(q, min_tau_per_chain=MIN_TAU_PER_CHAIN, frozen_is_lower_bound=True)
+    sp = tau_int_summary(plaq, exact=u1_mean_plaquette(beta, volume))
+    sc = tau_int_summary(series["chi_t"], exact=u1_topological_susceptibility(beta, volume))
+    checks = markov_checks({k: list(v) for k, v in series.items()},
+                           {"Q": sq["tau_int"], "<cos P>": sp["tau_int"], "chi_t": sc["tau_int"]})
     configs_per_s = n_chains * n / seconds
     return {"n_chains": n_chains, "chain_length": n, "seconds": seconds, "configs_per_s": configs_per_s,
-            "tau_int_q": tau_q, "tau_int_q_err": gq.tau_int_error, "tau_int_plaquette": gp.tau_int,
-            "tau_int_lower_bound": lower, "q_changes": changes, "chi_t": gchi.mean, "chi_t_err": gchi.error,
-            "chi_t_pull": pull(gchi, u1_topological_susceptibility(beta, volume)), "plaquette": gp.mean,
-            "plaquette_err": gp.error, "plaquette_pull": pull(gp, u1_mean_plaquette(beta, volume)),
-            "verdict": verdict(checks), "cost_1e4_seconds": 1e4 * 2 * max(tau_q, 0.5) / configs_per_s,
-            "cost_is_lower_bound": lower}
+            "tau_int_q": sq["tau_int"], "tau_int_q_err": sq["tau_int_error"], "tau_int_plaquette": sp["tau_int"],
+            "tau_int_lower_bound": sq["lower_bound"], "q_changes": sq["changes"], "chi_t": sc["mean"],
+            "chi_t_err": sc["error"], "chi_t_pull": sc["pull"], "plaquette": sp["mean"], "plaquette_err": sp["error"],
+            "plaquette_pull": sp["pull"], "verdict": verdict(checks),
+            "cost_1e4_seconds": 1e4 * 2 * max(sq["tau_int"], 0.5) / configs_per_s, "cost_is_lower_bound": sq["lower_bound"]}
 
 
 def _measure(action: U1Gauge, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,24 +85,16 @@ def _measure(action: U1Gauge, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.n
 
 
 def _run_hmc(action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:
+    """Tuned HMC (`_common.tuned_run`: trajectory length ≈ 1) from a random start for ``hmc_seconds``."""
     gen, k = torch.Generator().manual_seed(seed), settings["hmc_chains"]
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2, generator=gen)
     x = (torch.rand(k, *action.field_shape, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
-    t0 = time.perf_counter()
-    x = hmc.thermalize(x, settings["hmc_thermalize"])
-    hmc.n_leapfrog = max(1, round(1.0 / hmc.step_size))  # trajectory length ≈ 1
-    x = hmc.thermalize(x, max(20, settings["hmc_thermalize"] // 3))
-    t_therm, t0 = time.perf_counter() - t0, time.perf_counter()
-    series, acc = [], []
-    for sweep in hmc_chains(hmc, x):  # for the budget in seconds, at least 16 trajectories
-        series.append(_measure(action, sweep.x, k))
-        acc.append(float(sweep.accepted.double().mean()))
-        if len(series) >= 16 and time.perf_counter() - t0 >= settings["hmc_seconds"]:
-            break
-    q, p = (np.concatenate(v).T for v in zip(*series))
-    out = _series_stats(q, p, action.volume, action.beta, time.perf_counter() - t0)
-    out.update(acceptance=float(np.mean(acc)), step_size=hmc.step_size, n_leapfrog=hmc.n_leapfrog,
-               thermalize_seconds=t_therm)
+    run = tuned_run(hmc, x, n_thermalize=settings["hmc_thermalize"], seconds=settings["hmc_seconds"],
+                    measure=lambda x: _measure(action, x, k))
+    q, p = (np.concatenate(v).T for v in zip(*run["measurements"]))
+    out = _series_stats(q, p, action.volume, action.beta, run["wall_seconds"])
+    out.update(acceptance=float(np.mean(run["acceptance"])), step_size=hmc.step_size, n_leapfrog=hmc.n_leapfrog,
+               thermalize_seconds=run["thermalize_seconds"])
     return out
 
 
@@ -167,33 +158,29 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
             progress(out["points"][-1])
     if plot:
         out["plot"] = plot_efficiency(out, plot)
-    return strict_copy(out)
-
-
-def _tau_text(r: dict) -> str:
-    tau = f"{r['tau_int_q']:.3g}"
-    return f"> {tau}" if r["tau_int_lower_bound"] else f"{tau}({r['tau_int_q_err']:.2g})"
+    return strict_result(out)
 
 
 def format_efficiency_table(result: dict[str, Any]) -> str:
     """One row per (L, β, sampler): τ_int(Q), χ_t against exact, configurations/s, cost to 10⁴ independent Q."""
-    lines = [f"{'L':>3} {'beta':>4} {'sampler':<7} {'tau_int(Q)':>12} {'tau(cosP)':>9} {'chi_t':>16} {'exact':>9} "
-             f"{'pull':>6} {'cfg/s':>7} {'acc':>5} {'t(1e4 indep. Q)':>16}  verdict", "-" * 118]
+    rows = []
     for p in result["points"]:
         for name, _, _ in SAMPLERS:
-            r = p[name]
-            chi = f"{r['chi_t']:.5f}({1e5 * r['chi_t_err']:.0f})" if r["chi_t_err"] is not None else "—"
-            pull = "—" if r["chi_t_pull"] is None else f"{r['chi_t_pull']:+.1f}"
-            cost = ("> " if r["cost_is_lower_bound"] else "") + f"{r['cost_1e4_seconds']:.3g} s"
-            v = "reliable" if r["verdict"]["reliable"] else "unreliable: " + "; ".join(r["verdict"]["reasons"])[:60]
-            lines.append(f"{p['L']:>3} {p['beta']:>4g} {name:<7} {_tau_text(r):>12} {r['tau_int_plaquette']:>9.3g} "
-                         f"{chi:>16} {p['exact']['chi_t']:>9.5f} {pull:>6} {r['configs_per_s']:>7.0f} "
-                         f"{r['acceptance']:>5.2f} {cost:>16}  {v}")
-        ratio = p["cost_ratio"]
-        lines.append(f"{'':>3} {'':>4} {'ratio':<7} {'HMC/NMCMC':>12} τ_int(Q) {p['tau_ratio']:.3g}"
-                     f"{' (HMC a lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}; cost {ratio:.3g}"
-                     f" (NMCMC training {p['nmcmc']['train_seconds_total']:.0f} s counted)")
-    return "\n".join(lines)
+            r, v = p[name], p[name]["verdict"]
+            tau = f"{r['tau_int_q']:.3g}"
+            tau = f"> {tau}" if r["tau_int_lower_bound"] else f"{tau}({r['tau_int_q_err']:.2g})"
+            rows.append([p["L"], p["beta"], name, tau,
+                         r["tau_int_plaquette"],
+                         None if r["chi_t_err"] is None else f"{r['chi_t']:.5f}({1e5 * r['chi_t_err']:.0f})",
+                         p["exact"]["chi_t"], r["chi_t_pull"], r["configs_per_s"], r["acceptance"],
+                         ("> " if r["cost_is_lower_bound"] else "") + f"{r['cost_1e4_seconds']:.3g} s",
+                         " reliable" if v["reliable"] else " unreliable: " + "; ".join(v["reasons"])[:60]])
+        rows.append(f"{'':>3} {'':>4} {'ratio':<7} {'HMC/NMCMC':>12} τ_int(Q) {p['tau_ratio']:.3g}"
+                    f"{' (HMC a lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}; cost {p['cost_ratio']:.3g}"
+                    f" (NMCMC training {p['nmcmc']['train_seconds_total']:.0f} s counted)")
+    return table([("L", ">3"), ("beta", ">4g"), ("sampler", "<7"), ("tau_int(Q)", ">12"), ("tau(cosP)", "9.3g"),
+                  ("chi_t", ">16"), ("exact", "9.5f"), ("pull", "+6.1f"), ("cfg/s", "7.0f"), ("acc", "5.2f"),
+                  ("t(1e4 indep. Q)", ">16"), (" verdict", "")], rows)
 
 
 def plot_efficiency(result: dict[str, Any], path: str) -> str:

@@ -41,11 +41,11 @@ import torch
 
 from actions import Phi4, ProductMixture
 from ..analysis import forward_ess, reverse_ess
+from ..analysis.summary import median_over, overfits
 from ..flows import build_flow
 from ..gradients import log_weights
 from ..training import EvaluateEvery, Trainer
-from ._common import figure, header, seeds as parse_seeds, torch_dtype
-from ._json import strict_copy
+from ._common import figure, header, names, strict_result, table, torch_dtype
 
 __all__ = ["CASES", "ESTIMATORS", "run_forward_bench", "format_forward_table", "plot_forward_bench"]
 
@@ -63,10 +63,9 @@ def _mixture(n_train: int, n_test: int, seed: int, chains: int) -> tuple[Any, to
 
 def _phi4(n_train: int, n_test: int, seed: int, chains: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """φ⁴ 8×8 (κ = 0.25, λ = 0.5: target ``phi4_8`` of bench quality) and HMC configurations
-    (`quality_reference.reference_ensemble`): the training set depends on the seed, the test set is one
+    (`quality_targets.reference_ensemble`): the training set depends on the seed, the test set is one
     independent HMC run for all seeds."""
-    from .quality_reference import reference_ensemble
-    from .quality_targets import TARGETS
+    from .quality_targets import TARGETS, reference_ensemble
 
     def samples(n: int, s: int) -> torch.Tensor:
         return reference_ensemble(TARGETS["phi4_8"], n_chains=chains, n_configurations=n, seed=s)["x"][:n]
@@ -114,13 +113,8 @@ def _evaluate(flow, target, train_sub: torch.Tensor, test: torch.Tensor, n_rever
 
 
 def _overfit(curve: list[dict[str, float]], tol: float) -> bool:
-    """Test NLL ends > tol above its minimum (relative for φ⁴ via the caller's tol) while train NLL fell."""
-    test = np.array([c["test_nll"] for c in curve])
-    train = np.array([c["train_nll"] for c in curve])
-    if not np.isfinite(test).any():
-        return False
-    i = int(np.nanargmin(test))
-    return bool(test[-1] - test[i] > tol and train[-1] < train[i])
+    """Test NLL ends > tol above its minimum while the training NLL fell (`analysis.summary.overfits`)."""
+    return overfits([c["train_nll"] for c in curve], [c["test_nll"] for c in curve], tol)
 
 
 def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, data, dtype,
@@ -141,7 +135,7 @@ def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, 
     tol, relative = spec["overfit"]
     tail = [c for c in curve if c["seconds"] >= 0.8 * seconds] or curve[-1:]
     return {"seed": seed, "steps": trainer.step_count, "steps_per_s": trainer.step_count / max(trainer.wall_time, 1e-9),
-            "curve": curve, "final": curve[-1], "last_fifth": {k: float(np.median([c[k] for c in tail])) for k in MEASURES},
+            "curve": curve, "final": curve[-1], "last_fifth": median_over(tail, MEASURES),
             "best_test_nll": min(c["test_nll"] for c in curve),
             "overfit": _overfit(curve, tol * abs(curve[0]["test_nll"]) if relative else tol)}
 
@@ -150,18 +144,15 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
                       threads: int | None = None, dtype: str = "float32", plot: str | None = "bench_forward.png",
                       progress: Callable[[dict], None] | None = None, lr: float | None = None) -> dict[str, Any]:
     """Run the benchmark; returns strict JSON (see the module docstring). ``cases``: names of `CASES` (a list
-    or comma-separated); ``seeds``: a list or comma-separated; ``lr`` overrides every case's learning rate
+    or comma-separated); ``seeds``: integers (``quick``: 0 only); ``lr`` overrides every case's learning rate
     (the same for all three estimators); ``progress(run)`` after every run."""
-    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 1):
-        raise ValueError(f"bench forward: lr must be a number in (0, 1), got {lr!r}")
     if threads:
         torch.set_num_threads(int(threads))
-    chosen = [c.strip() for c in (cases.split(",") if isinstance(cases, str) else cases or
-                                  (QUICK["cases"] if quick else DEFAULT_CASES)) if c.strip()]
+    chosen = names(cases) or list(QUICK["cases"] if quick else DEFAULT_CASES)
     for c in chosen:
         if c not in CASES:
             raise ValueError(f"bench forward: unknown case {c!r} (known: {', '.join(CASES)})")
-    seeds = [0] if quick else parse_seeds(seeds, "bench forward")
+    seeds = [0] if quick else list(seeds)
     out = header("forward", quick=quick, dtype=dtype, seeds=seeds, cases={})
     for case in chosen:
         spec = CASES[case]
@@ -181,9 +172,9 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
                 if progress:
                     progress({"case": case, "estimator": est, **run})
         for est, e in entry["estimators"].items():
-            e["median"] = {k: float(np.median([r["final"][k] for r in e["runs"]])) for k in MEASURES}
-            e["median_last_fifth"] = {k: float(np.median([r["last_fifth"][k] for r in e["runs"]])) for k in MEASURES}
-            e["median"]["steps_per_s"] = float(np.median([r["steps_per_s"] for r in e["runs"]]))
+            e["median"] = median_over([r["final"] for r in e["runs"]], MEASURES)
+            e["median_last_fifth"] = median_over([r["last_fifth"] for r in e["runs"]], MEASURES)
+            e["median"].update(median_over(e["runs"], ["steps_per_s"]))
             e["n_overfit"] = int(sum(r["overfit"] for r in e["runs"]))
         fp, ml = entry["estimators"]["fast_path"]["runs"], entry["estimators"]["standard"]["runs"]
         wins = lambda part, key, sign: int(sum(sign * (a[part][key] - b[part][key]) > 0 for a, b in zip(fp, ml)))  # noqa: E731
@@ -195,7 +186,7 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
         out["cases"][case] = entry
     if plot:
         out["plot"] = plot_forward_bench(out, plot)
-    return strict_copy(out)
+    return strict_result(out)
 
 
 def progress_line(run: dict[str, Any]) -> str:
@@ -231,17 +222,16 @@ def plot_forward_bench(result: dict[str, Any], path: str) -> str:
 
 def format_forward_table(result: dict[str, Any]) -> str:
     """Median final figures per case and estimator, and the fast_path-vs-ML seed counts."""
-    lines = [f"bench forward ({result['threads']} threads, {result['dtype']}, seeds {result['seeds']})",
-             f"{'case':<10} {'estimator':<10} {'steps/s':>8} {'train NLL':>10} {'test NLL':>10} {'fwd ESS':>8} "
-             f"{'rev ESS':>8} {'overfit':>7}"]
+    rows = []
     for case, entry in result["cases"].items():
         for est, e in entry["estimators"].items():
             m = e["median"]
-            lines.append(f"{case:<10} {est:<10} {m['steps_per_s']:>8.1f} {m['train_nll']:>10.4f} {m['test_nll']:>10.4f} "
-                         f"{m['test_forward_ess']:>8.3f} {m['reverse_ess']:>8.3f} {e['n_overfit']:>4}/{len(e['runs'])}")
-        c = entry["fast_path_vs_standard"]
-        lines.append(f"{'':<10} fast_path vs ML: lower test NLL in {c['lower_test_nll']}/{c['n_seeds']} seeds, "
-                     f"higher test forward ESS in {c['higher_test_forward_ess']}/{c['n_seeds']} (last fifth: "
-                     f"{c['lower_test_nll_last_fifth']}/{c['n_seeds']}, {c['higher_test_forward_ess_last_fifth']}/"
-                     f"{c['n_seeds']})")
-    return "\n".join(lines)
+            rows.append([case, est, m["steps_per_s"], m["train_nll"], m["test_nll"], m["test_forward_ess"],
+                         m["reverse_ess"], f"{e['n_overfit']}/{len(e['runs'])}"])
+        c, n = entry["fast_path_vs_standard"], entry["fast_path_vs_standard"]["n_seeds"]
+        rows.append(f"{'':<10} fast_path vs ML: lower test NLL in {c['lower_test_nll']}/{n} seeds, higher test forward "
+                    f"ESS in {c['higher_test_forward_ess']}/{n} (last fifth: {c['lower_test_nll_last_fifth']}/{n}, "
+                    f"{c['higher_test_forward_ess_last_fifth']}/{n})")
+    return table([("case", "<10"), ("estimator", "<10"), ("steps/s", "8.1f"), ("train NLL", "10.4f"),
+                  ("test NLL", "10.4f"), ("fwd ESS", "8.3f"), ("rev ESS", "8.3f"), ("overfit", ">7")], rows,
+                 title=f"bench forward ({result['threads']} threads, {result['dtype']}, seeds {result['seeds']})")

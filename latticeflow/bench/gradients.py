@@ -8,8 +8,6 @@ tensors saved for backward, deduplicated by storage; on CUDA the allocator's pea
 """
 from __future__ import annotations
 
-import contextlib
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +16,10 @@ import torch
 
 from actions import build_theory
 from ..flows import build_flow
+from ..analysis.summary import median_iqr
 from ..gradients import FORWARD_ESTIMATORS, REVERSE_ESTIMATORS, forward_kl, reverse_kl
-from ._common import header, torch_dtype
+from ..training import saved_tensors_mib
+from ._common import header, table, torch_dtype
 
 __all__ = ["GradientCase", "default_cases", "bench_case", "run_gradient_bench", "format_gradient_table"]
 
@@ -65,20 +65,6 @@ def default_cases(quick: bool = False) -> list[GradientCase]:
     return cases
 
 
-def _graph_mib(fn) -> float:
-    """MiB of the distinct storages that ``fn()`` saves for backward (a CPU proxy of the graph's memory)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        with contextlib.suppress(RuntimeError):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values()) / 2**20
-
-
 def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: int = 10, warmup: int = 2,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Median step time, spread, ratio to ``standard`` and graph memory of every estimator of ``objective``."""
@@ -101,7 +87,7 @@ def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: in
     for e in estimators:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        memory[e] = _graph_mib(lambda: step(e))
+        memory[e] = saved_tensors_mib(lambda: step(e))
         memory[e] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else memory[e]
     times: dict[str, list[float]] = {e: [] for e in estimators}
     for r in range(warmup + repeats):
@@ -110,13 +96,12 @@ def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: in
             step(e)
             if r >= warmup:
                 times[e].append(time.perf_counter() - t0)
-    med = {e: statistics.median(v) for e, v in times.items()}
     out = {"case": case.name, "objective": objective, "batch_size": case.batch_size, "dtype": str(dtype).replace("torch.", ""),
            "device": str(device), "repeats": repeats, "estimators": {}}
-    for e in estimators:
-        q = statistics.quantiles(times[e], n=4) if len(times[e]) >= 2 else [med[e], med[e], med[e]]
-        out["estimators"][e] = {"median_ms": 1e3 * med[e], "iqr_ms": 1e3 * (q[2] - q[0]),
-                                "ratio_to_standard": med[e] / med["standard"], "graph_memory_mib": memory[e]}
+    spread = {e: median_iqr(times[e]) for e in estimators}
+    for e, (med, iqr) in spread.items():
+        out["estimators"][e] = {"median_ms": 1e3 * med, "iqr_ms": 1e3 * iqr,
+                                "ratio_to_standard": med / spread["standard"][0], "graph_memory_mib": memory[e]}
     return out
 
 
@@ -144,15 +129,14 @@ def progress_line(r: dict) -> str:
 
 def format_gradient_table(result: dict) -> str:
     """The paper's Table 2 layout: step-time factor of every estimator relative to ``standard``."""
-    lines = [f"{'case':<24} {'objective':<11} {'standard ms':>11}  ratios to standard (median of interleaved repeats)",
-             "-" * 100]
+    rows = []
     for r in result["results"]:
         est = r["estimators"]
         ratios = "  ".join(f"{e} {v['ratio_to_standard']:.2f}" for e, v in est.items() if e != "standard")
         extra = ""
-        if "fast_path" in est and "path_inverse" in est:
-            extra = f"  (path_inverse/fast_path {est['path_inverse']['median_ms'] / est['fast_path']['median_ms']:.2f})"
-        if "fast_path" in est and "gdreg" in est:
-            extra = f"  (gdreg/fast_path {est['gdreg']['median_ms'] / est['fast_path']['median_ms']:.2f})"
-        lines.append(f"{r['case']:<24} {r['objective']:<11} {est['standard']['median_ms']:>11.1f}  {ratios}{extra}")
-    return "\n".join(lines)
+        for other in ("path_inverse", "gdreg"):  # the step-time factor over fast_path
+            if "fast_path" in est and other in est:
+                extra = f"  ({other}/fast_path {est[other]['median_ms'] / est['fast_path']['median_ms']:.2f})"
+        rows.append([r["case"], r["objective"], est["standard"]["median_ms"], " " + ratios + extra])
+    return table([("case", "<24"), ("objective", "<11"), ("standard ms", "11.1f"),
+                  (" ratios to standard (median of interleaved repeats)", "")], rows)

@@ -1,21 +1,27 @@
-"""Targets and flow families of `latticeflow bench quality`, and their validation (all before any training).
+"""Targets and flow families of `latticeflow bench quality`, their validation (all before any training), and
+the HMC reference ensemble of a target (also the training data of `latticeflow bench forward`).
 
 `TARGETS` (theory, lattice, couplings, default budget and batch), `FAMILIES` per target (flow config,
 Trainer settings over `TRAIN_DEFAULTS`, optional β annealing), `select` (the --targets / --families
-selection), and the checks that turn a bad entry into one line naming the target and family.
+selection), the checks that turn a bad entry into one line naming the target and family, and
+`reference_ensemble` (`latticeflow.training.hmc_reference`, from topological sectors where HMC freezes).
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from actions import build_theory
-from ._common import seeds as _parse_seeds
+from actions.exact import u1_charge_allocation
+from actions.u1 import charge_configuration
+from ..training import Trainer, anneal_stages, hmc_reference
+from ._common import names
 
 __all__ = ["Target", "TARGETS", "FAMILIES", "QUICK_FAMILIES", "QUICK_SECONDS", "SIZES", "JACKKNIFE_BLOCKS",
-           "TRAIN_DEFAULTS", "select"]
+           "TRAIN_DEFAULTS", "select", "check_entry", "reference_ensemble"]
 
 
 @dataclass(frozen=True)
@@ -92,32 +98,16 @@ JACKKNIFE_BLOCKS = 32
 _ENTRY_KEYS = {"flow", "train", "anneal"}
 
 
-# -- selection and validation (all before any training) ------------------------------------------------
-def _split(values: str | Iterable[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = values.split(",")
-    out = [v.strip() for v in values if v.strip()]
-    return out or None
-
-
-def _seeds(seeds) -> list[int]:
-    return _parse_seeds(seeds, "bench quality")
-
-
 def select(targets=None, families=None, quick: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """{target: {label: entry}} for the given target names and family selectors (label, or flow family
-    name such as ``u1`` or ``z2nice``); defaults: all (``quick``: `QUICK_FAMILIES`). Raises ValueError
-    naming an unknown target or a selector that matches no family of the selected targets."""
-    names = _split(targets) or (list(QUICK_FAMILIES) if quick else list(TARGETS))
-    for name in names:
+    name such as ``u1`` or ``z2nice``; lists or comma-separated); defaults: all (``quick``: `QUICK_FAMILIES`).
+    Raises ValueError naming an unknown target or a selector that matches no family of the selected targets."""
+    chosen_names = names(targets) or (list(QUICK_FAMILIES) if quick else list(TARGETS))
+    for name in chosen_names:
         if name not in TARGETS:
             raise ValueError(f"bench quality: unknown target {name!r} (known: {', '.join(TARGETS)})")
-    selectors = _split(families)
-    chosen: dict[str, dict[str, dict[str, Any]]] = {}
-    used: set[str] = set()
-    for name in dict.fromkeys(names):
+    selectors, chosen, used = names(families), {}, set()
+    for name in dict.fromkeys(chosen_names):
         table = FAMILIES.get(name, {})
         if selectors is None:
             labels = list(QUICK_FAMILIES.get(name, ())) if quick and name in QUICK_FAMILIES else list(table)
@@ -131,57 +121,48 @@ def select(targets=None, families=None, quick: bool = False) -> dict[str, dict[s
         chosen[name] = {label: table[label] for label in labels}
     unknown = [s for s in (selectors or []) if s not in used]
     if unknown:
-        known = sorted({label for n in names for label in FAMILIES.get(n, {})})
-        raise ValueError(f"bench quality: family {unknown[0]!r} matches no family of target(s) {', '.join(names)} "
-                         f"(labels: {'; '.join(known)}; or a flow family name)")
+        known = sorted({label for n in chosen_names for label in FAMILIES.get(n, {})})
+        raise ValueError(f"bench quality: family {unknown[0]!r} matches no family of target(s) "
+                         f"{', '.join(chosen_names)} (labels: {'; '.join(known)}; or a flow family name)")
     return chosen
 
 
-def _train_settings(target: Target, label: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry's Trainer keywords over `TRAIN_DEFAULTS`; unknown keys are errors naming the family."""
-    from ..training import Trainer
+def check_entry(target: Target, label: str, entry: dict[str, Any], dtype=torch.float32, device="cpu", build=True):
+    """(Trainer settings over `TRAIN_DEFAULTS`, annealing stages [(β or None, fraction)], the built flow or
+    None) of a family entry; a bad key, train setting, anneal schedule or flow config is one ValueError naming
+    the target and family."""
+    from ..flows import build_flow
 
+    where = f"bench quality: family {label!r} of target {target.name!r}"
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
-        raise ValueError(f"bench quality: family {label!r} of target {target.name!r} has unknown key(s) "
-                         f"{sorted(unknown)} (allowed: {sorted(_ENTRY_KEYS)})")
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)} (allowed: {sorted(_ENTRY_KEYS)})")
     settings = {**TRAIN_DEFAULTS, **(entry.get("train") or {})}
-    if settings["batch_size"] is None:
-        settings["batch_size"] = target.batch_size
+    settings["batch_size"] = settings["batch_size"] or target.batch_size
     allowed = set(inspect.signature(Trainer).parameters) - {"flow", "action", "seed", "objective", "data", "world"}
     bad = sorted(set(settings) - allowed)
     if bad:
-        raise ValueError(f"bench quality: family {label!r} of target {target.name!r}: train key {bad[0]!r} is not a "
-                         f"Trainer setting here (objective is reverse_kl; allowed: {', '.join(sorted(allowed))})")
-    return settings
-
-
-def _anneal_stages(target: Target, label: str, entry: dict[str, Any]) -> list[tuple[float | None, float]]:
-    """[(β or None for the target's action, fraction of the budget)]."""
-    anneal = entry.get("anneal")
-    if not anneal:
-        return [(None, 1.0)]
-    where = f"bench quality: family {label!r} of target {target.name!r}: anneal"
-    if "beta" not in target.couplings:
-        raise ValueError(f"{where} is a schedule in beta, and target {target.name!r} has no coupling beta")
+        raise ValueError(f"{where}: train key {bad[0]!r} is not a Trainer setting here (objective is reverse_kl; "
+                         f"allowed: {', '.join(sorted(allowed))})")
     try:
-        stages = [(float(b), float(f)) for b, f in anneal]
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a list of [beta, fraction] pairs, got {anneal!r}") from None
-    if any(not (b > 0 and f > 0) for b, f in stages):
-        raise ValueError(f"{where}: every beta and fraction must be > 0, got {anneal!r}")
-    if abs(sum(f for _, f in stages) - 1) > 1e-6:
-        raise ValueError(f"{where}: the fractions must sum to 1, got {sum(f for _, f in stages):g}")
-    if stages[-1][0] != target.couplings["beta"]:
-        raise ValueError(f"{where}: the last stage must be the target's beta = {target.couplings['beta']:g}, "
-                         f"got {stages[-1][0]:g}")
-    return stages
+        stages = anneal_stages(entry.get("anneal"), target.couplings.get("beta"))
+        flow = build_flow(entry.get("flow") or {}, target.action()).to(device=device, dtype=dtype) if build else None
+        return settings, stages, flow
+    except ValueError as err:  # a bad schedule, or FlowError: unknown family or key
+        raise ValueError(f"{where}: {err}") from None
 
 
-def _build(target: Target, label: str, entry: dict[str, Any], action, dtype, device):
-    from ..flows import build_flow
-
-    try:
-        return build_flow(entry.get("flow") or {}, action).to(device=device, dtype=dtype)
-    except ValueError as err:  # FlowError: unknown family or key; say which benchmark entry
-        raise ValueError(f"bench quality: family {label!r} of target {target.name!r}: {err}") from None
+def reference_ensemble(target: Target, *, n_chains: int = 16, seed: int = 12345, device="cpu",
+                       **sizes: int) -> dict[str, Any]:
+    """HMC configurations of ``target`` (`latticeflow.training.hmc_reference`: chain-major, float64, each
+    with an exact symmetry move x ↦ −x with probability ½) and their record, with the target's ``note``.
+    With ``target.sectors`` the chains start in topological sectors allocated by the exact P(Q)
+    (`actions.exact.u1_charge_allocation`, recorded as ``initial_charges``). ``sizes``: n_thermalize (200),
+    n_configurations (4096), every (4)."""
+    charges = u1_charge_allocation(target.couplings["beta"], target.action().volume, n_chains) if target.sectors else None
+    start = None if charges is None else torch.stack([charge_configuration(target.shape, q) for q in charges])
+    ref = hmc_reference(target.action(), n_chains, start=start, seed=seed, device=device, **sizes)
+    ref["record"]["note"] = target.note
+    if charges is not None:
+        ref["record"]["initial_charges"] = charges
+    return ref

@@ -27,7 +27,7 @@ from ..gradients import log_weights
 from ..io import EnsembleWriter
 from ..samplers.flow import SAMPLE_CHUNK
 from ..samplers.nmcmc import metropolize
-from ._common import header, torch_dtype
+from ._common import header, table, torch_dtype
 
 __all__ = ["run_sampling_bench", "format_sampling_table"]
 
@@ -108,10 +108,8 @@ def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.f
 
 
 def format_sampling_table(result: dict) -> str:
-    lines = [f"{'case':<18} {'flow cfg/s':>11} {'NMCMC cfg/s':>12} {'written cfg/s':>14} {'HDF5 cfg/s':>11} {'HDF5 share':>11} {'diagnostics':>12}",
-             "-" * 95]
-    for r in result["results"]:
-        c = r["configs_per_s"]
-        lines.append(f"{r['case']:<18} {c['flow_sampling']:>11.0f} {c['nmcmc_with_observables']:>12.0f} "
-                     f"{c['nmcmc_written']:>14.0f} {c['hdf5_write']:>11.0f} {100 * r['hdf5_share']:>10.1f}% {100 * r['diagnostics_share']:>11.2f}%")
-    return "\n".join(lines)
+    return table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
+                  ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("diagnostics", "12.2%")],
+                 [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
+                                                                 "nmcmc_written", "hdf5_write")),
+                   r["hdf5_share"], r["diagnostics_share"]] for r in result["results"]])

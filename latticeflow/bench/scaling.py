@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._json import dumps
+from ..io import dumps_json
+from ._common import table
 
 __all__ = ["find_mpiexec", "run_scaling_bench", "format_scaling_table"]
 
@@ -102,15 +103,14 @@ def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch
 
 def format_scaling_table(result: dict[str, Any]) -> str:
     """One row per world size: throughputs, then the weak-scaling efficiencies."""
-    head = f"{'ranks':>5} {'train steps/s':>14} {'train cfg/s':>12} {'flow cfg/s':>11} {'hmc cfg/s':>10}"
-    lines = [f"weak scaling, 1 torch thread per rank, {result['per_rank_batch']} configurations per rank and step "
-             f"(load average {result['load_average'][0]:.2f})", head, "-" * len(head)]
-    for n, r in result["ranks"].items():
-        lines.append(f"{n:>5} {r['train_steps_per_s']:>14.2f} {r['train_configs_per_s']:>12.0f} "
-                     f"{r['flow_configs_per_s']:>11.0f} {r['hmc_configs_per_s']:>10.0f}")
-    for n, eff in result.get("efficiency", {}).items():
-        lines.append(f"efficiency at {n} ranks: " + ", ".join(f"{k.split('_')[0]} {v:.0%}" for k, v in eff.items()))
-    return "\n".join(lines)
+    return table([("ranks", ">5"), ("train steps/s", "14.2f"), ("train cfg/s", "12.0f"), ("flow cfg/s", "11.0f"),
+                  ("hmc cfg/s", "10.0f")],
+                 [[n, r["train_steps_per_s"], r["train_configs_per_s"], r["flow_configs_per_s"], r["hmc_configs_per_s"]]
+                  for n, r in result["ranks"].items()],
+                 title=f"weak scaling, 1 torch thread per rank, {result['per_rank_batch']} configurations per rank and "
+                       f"step (load average {result['load_average'][0]:.2f})",
+                 notes=[f"efficiency at {n} ranks: " + ", ".join(f"{k.split('_')[0]} {v:.0%}" for k, v in eff.items())
+                        for n, eff in result.get("efficiency", {}).items()])
 
 
 def _timed(world, fn, repeats: int) -> tuple[list[float], list[float]]:
@@ -167,7 +167,7 @@ def _worker(params: dict[str, Any]) -> None:
                   "work": {"train_steps": params["steps"], "train_batch": params["batch"], "flow": params["samples"],
                            "hmc": n_hmc}}
         if world.is_main:
-            print(_TAG + dumps(result, indent=None), flush=True)
+            print(_TAG + dumps_json(result, indent=None), flush=True)
     finally:
         world.barrier()
         if world.is_main:

@@ -19,14 +19,13 @@ import math
 import statistics
 from typing import Any
 
-import numpy as np
 import torch
 
 from actions import Phi4
+from ..analysis.summary import log_log_slope
 from ..flows import build_flow
-from ..samplers.hmc import HMC, hmc_chains
-from ..training import Trainer, held_out_metrics
-from ._common import torch_dtype
+from ..training import Trainer, held_out_metrics, hmc_ensemble
+from ._common import header, table, torch_dtype
 
 __all__ = ["run_snf_bench", "format_snf_table", "hmc_ensemble"]
 
@@ -44,11 +43,6 @@ def _block(trainer: Trainer, n: int) -> float:
     t0 = trainer.wall_time
     trainer.train(trainer.step_count + n, log_every=n, progress=False)
     return (trainer.wall_time - t0) / n
-
-
-def _slope(d: list[int], t: list[float]) -> float:
-    x, y = np.log(np.asarray(d, float)), np.log(np.asarray(t, float))
-    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
 
 
 def step_times(sizes=(8, 16, 32, 64), layers=("dense", "conv"), batch: int = 64, repeats: int = 3,
@@ -81,19 +75,9 @@ def exponents(rows: list[dict[str, Any]], d_min: int = 256) -> dict[str, dict[st
     for layer in sorted({r["layer"] for r in rows}):
         sel = [r for r in rows if r["layer"] == layer and r["D"] >= d_min]
         top = sorted(sel, key=lambda r: r["D"])[-2:]
-        out[layer] = {"snf": _slope([r["D"] for r in sel], [r["snf_s"] for r in sel]),
-                      "exact": _slope([r["D"] for r in sel], [r["exact_s"] for r in sel]),
-                      "snf_top": _slope([r["D"] for r in top], [r["snf_s"] for r in top]),
-                      "exact_top": _slope([r["D"] for r in top], [r["exact_s"] for r in top])}
+        out[layer] = {f"{key}{tail}": log_log_slope([r["D"] for r in rs], [r[f"{key}_s"] for r in rs])
+                      for tail, rs in (("", sel), ("_top", top)) for key in ("snf", "exact")}
     return out
-
-
-def hmc_ensemble(action, n_chains: int = 512, rounds: int = 40, dtype=torch.float64) -> torch.Tensor:
-    """``n_chains × rounds`` HMC configurations (200 tuned thermalisation trajectories, every 3rd kept), seed 1."""
-    gen = torch.Generator().manual_seed(1)
-    hmc = HMC(action, n_leapfrog=10, step_size=0.1, generator=gen)
-    x = hmc.thermalize(action.hot_start(n_chains, generator=gen), 200)
-    return torch.cat([sweep.x for sweep in hmc_chains(hmc, x, rounds, save_every=3)]).to(dtype)
 
 
 def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64, progress=None) -> list[dict[str, Any]]:
@@ -118,32 +102,28 @@ def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64,
 
 def run_snf_bench(quick: bool = False, repeats: int = 3, dtype=torch.float32, progress=None) -> dict[str, Any]:
     dtype = torch_dtype(dtype)
-    sizes = (8, 16, 32) if quick else (8, 16, 32, 48, 64)
-    rows = step_times(sizes=sizes, repeats=1 if quick else repeats, dtype=dtype, progress=progress)
-    by = {(r["layer"], r["D"]): r["ratio"] for r in rows}
-    return {"benchmark": "snf", "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": str(dtype),
-            "step_times": rows, "exponents": exponents(rows, d_min=64 if quick else 1024),
-            "dense_ratio_at_D1024": by.get(("dense", 1024)),
+    out = header("snf", dtype=str(dtype))
+    rows = step_times(sizes=(8, 16, 32) if quick else (8, 16, 32, 48, 64), repeats=1 if quick else repeats, dtype=dtype,
+                      progress=progress)
+    return {**out, "step_times": rows, "exponents": exponents(rows, d_min=64 if quick else 1024),
+            "dense_ratio_at_D1024": next((r["ratio"] for r in rows if (r["layer"], r["D"]) == ("dense", 1024)), None),
             "nll": heldout_nll(steps=100 if quick else 600, progress=progress)}
 
 
 def format_snf_table(result: dict[str, Any]) -> str:
-    lines = [f"SNF vs exact twin: maximum-likelihood step time (batch {result['step_times'][0]['batch']}, "
-             f"{result['dtype']}, {result['threads']} threads)",
-             f"{'layer':6} {'L':>4} {'D':>6} {'snf [ms]':>10} {'exact [ms]':>11} {'snf/exact':>10}"]
-    for r in result["step_times"]:
-        lines.append(f"{r['layer']:6} {r['L']:>4} {r['D']:>6} {1e3 * r['snf_s']:>10.2f} {1e3 * r['exact_s']:>11.2f} "
-                     f"{r['ratio']:>10.3f}")
-    for layer, e in result["exponents"].items():
-        lines.append(f"fitted exponent of D ({layer}): snf {e['snf']:.2f}, exact {e['exact']:.2f}; "
-                     f"between the two largest D: snf {e['snf_top']:.2f}, exact {e['exact_top']:.2f}")
-    lines.append("held-out NLL on φ⁴ 8×8 (κ = 0.2, λ = 0.022), same data and steps:")
-    for r in result["nll"]:
-        lines.append(f"  {r['layer']:6} snf {r['self_normalized_nll']:.4f}  exact {r['exact_nll']:.4f}  "
-                     f"difference {100 * r['relative_difference']:+.3f} %  ({r['steps']} steps)")
+    rows = [[r["layer"], r["L"], r["D"], 1e3 * r["snf_s"], 1e3 * r["exact_s"], r["ratio"]] for r in result["step_times"]]
+    notes = [f"fitted exponent of D ({layer}): snf {e['snf']:.2f}, exact {e['exact']:.2f}; "
+             f"between the two largest D: snf {e['snf_top']:.2f}, exact {e['exact_top']:.2f}"
+             for layer, e in result["exponents"].items()]
+    notes.append("held-out NLL on φ⁴ 8×8 (κ = 0.2, λ = 0.022), same data and steps:")
+    notes += [f"  {r['layer']:6} snf {r['self_normalized_nll']:.4f}  exact {r['exact_nll']:.4f}  "
+              f"difference {100 * r['relative_difference']:+.3f} %  ({r['steps']} steps)" for r in result["nll"]]
     if any(not math.isfinite(v) for e in result["exponents"].values() for v in e.values()):
-        lines.append("(exponents need at least two sizes with D >= 1024)")
-    return "\n".join(lines)
+        notes.append("(exponents need at least two sizes with D >= 1024)")
+    return table([("layer", "<6"), ("L", "4d"), ("D", "6d"), ("snf [ms]", "10.2f"), ("exact [ms]", "11.2f"),
+                  ("snf/exact", "10.3f")], rows, notes=notes,
+                 title=f"SNF vs exact twin: maximum-likelihood step time (batch {result['step_times'][0]['batch']}, "
+                       f"{result['dtype']}, {result['threads']} threads)")
 
 
 def progress_line(row: dict[str, Any]) -> str:

@@ -36,16 +36,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from actions import build_theory
 from ..analysis import reverse_ess
+from ..analysis.summary import interpolate_at, median_finite
 from ..flows import build_flow
-from ..gradients import log_weights, reverse_kl
-from ..training import Callback, EvaluateEvery, Trainer
-from ._common import fmt, figure, header, median, seeds as parse_seeds, threads as torch_threads, torch_dtype, warm_up
-from ._json import strict_copy
+from ..gradients import log_weights
+from ..training import Callback, EvaluateEvery, Trainer, gradient_variance
+from ._common import fmt, figure, header, strict_result, table, threads as torch_threads, torch_dtype, warm_up
 
 __all__ = ["TrainingCase", "CASES", "training_cases", "run_training_bench", "run_training_seeds",
            "format_training_table", "plot_training_bench", "training_seed_summary", "format_training_seed_summary",
@@ -84,33 +83,11 @@ def training_cases(theories=("phi4", "u1")) -> list[TrainingCase]:
     return [CASES[t] for t in theories]
 
 
-# -- measurements (all off the training clock) --------------------------------------------------------
-def _gradient_variance(flow, action, *, n_batches: int, batch_size: int, seed: int) -> dict[str, float]:
-    """Trace of the covariance over ``n_batches`` mini-batch gradients of each of `VARIANCE_ESTIMATORS`,
-    with the same batches for all of them, and the squared norm of their mean."""
-    params = [p for p in flow.parameters() if p.requires_grad]
-    gen = torch.Generator(device=flow.base._ref.device).manual_seed(seed)
-    grads: dict[str, list[torch.Tensor]] = {e: [] for e in VARIANCE_ESTIMATORS}
-    for _ in range(n_batches):
-        z = flow.base.sample((batch_size,), generator=gen)
-        for e in VARIANCE_ESTIMATORS:
-            g = torch.autograd.grad(reverse_kl(flow, action, z, e), params, allow_unused=True)
-            grads[e].append(torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1)
-                                       for p, d in zip(params, g)]).double())
-    out = {}
-    for e, gs in grads.items():
-        g = torch.stack(gs)
-        dev = (g - g.mean(0)).pow(2).sum(1) * (n_batches / max(n_batches - 1, 1))
-        out[f"var_{e}"] = float(dev.mean()) if n_batches > 1 else float("nan")  # = tr of the unbiased covariance
-        out[f"var_median_{e}"] = float(dev.median()) if n_batches > 1 else float("nan")
-        out[f"gradsq_{e}"] = float(g.mean(0).pow(2).sum())
-    return out
-
-
-def _interp(history: list[dict], step: float, key: str = "ess") -> float:
-    """``key`` linearly interpolated in ``step`` along the history (held at the ends)."""
-    pts = [(r["step"], r[key]) for r in history if r.get(key) is not None]
-    return float(np.interp(step, *zip(*pts))) if pts else float("nan")
+def _gradient_variance(flow, action, **kw) -> dict[str, float]:
+    """``var_<e>``, ``var_median_<e>``, ``gradsq_<e>`` of `VARIANCE_ESTIMATORS` (`training.gradient_variance`:
+    the same batches for all of them), off the training clock."""
+    return {f"{key}_{e}": v[stat] for e, v in gradient_variance(flow, action, estimators=VARIANCE_ESTIMATORS, **kw).items()
+            for key, stat in (("var", "trace"), ("var_median", "median"), ("gradsq", "mean_sq"))}
 
 
 class _Run(Callback):
@@ -183,7 +160,9 @@ def _comparison(runs: dict[str, dict]) -> dict[str, Any]:
     n = min(std["steps"], fp["steps"])
     both = lambda key: {"standard": std[key], "fast_path": fp[key]}  # noqa: E731
     return {"steps_per_s_ratio": fp["steps_per_s"] / std["steps_per_s"], "final_ess": both("ess"),
-            "ess_at_equal_steps": {"step": n, **{e: _interp(runs[e]["history"], n) for e in ("standard", "fast_path")}},
+            "ess_at_equal_steps": {"step": n, **{e: interpolate_at([r["step"] for r in runs[e]["history"]],
+                                                                   [r.get("ess") for r in runs[e]["history"]], n)
+                                                    for e in ("standard", "fast_path")}},
             "ess_tail_mean": both("ess_tail_mean"), "final_loss": both("loss"),
             "winner_at_equal_time": "fast_path" if fp["ess_tail_mean"] > std["ess_tail_mean"] else "standard"}
 
@@ -203,8 +182,6 @@ def run_training_bench(*, seconds: float = 60.0, theories=("phi4", "u1"), estima
     ``plot_path``: a PNG of ESS and gradient variance against training time.
     """
     device, dtype = torch.device(device), torch_dtype(dtype)
-    if seconds <= 0:
-        raise ValueError(f"bench training: seconds must be > 0, got {seconds}")
     eval_every = seconds / 20 if eval_every is None else eval_every
     with torch_threads(threads):
         out = header("training", seconds=seconds, dtype=str(dtype).replace("torch.", ""), device=str(device),
@@ -239,14 +216,14 @@ def run_training_bench(*, seconds: float = 60.0, theories=("phi4", "u1"), estima
     if plot_path:
         plot_training_bench(out, plot_path)
         out["plot"] = str(plot_path)
-    return strict_copy(out)
+    return strict_result(out)
 
 
-def run_training_seeds(*, seeds: str = "0", plot: str | None = None, sequential: bool = False,
+def run_training_seeds(*, seeds=(0,), plot: str | None = None, sequential: bool = False,
                        seconds: float | None = None, **kwargs) -> dict[str, Any]:
-    """`run_training_bench` once per seed (``latticeflow bench training``): one result, or with several
-    seeds {"benchmark", "seeds", "runs", "summary"} (`training_seed_summary`); plots per seed."""
-    values, base = parse_seeds(seeds, "bench training"), plot or "bench_training.png"
+    """`run_training_bench` once per seed of ``seeds`` (integers; ``latticeflow bench training``): one result, or
+    with several seeds {"benchmark", "seeds", "runs", "summary"} (`training_seed_summary`); plots per seed."""
+    values, base = list(seeds), plot or "bench_training.png"
     results = [run_training_bench(seconds=60.0 if seconds is None else seconds, seed=s, interleave=not sequential,
                                   plot_path=base if len(values) == 1 else base.replace(".png", f"_seed{s}.png"),
                                   **kwargs) for s in values]
@@ -289,27 +266,26 @@ def format_training_table(result: dict) -> str:
     if "runs" in result:
         return "\n\n".join(map(format_training_table, result["runs"])) + "\n" + \
             format_training_seed_summary(result["summary"])
-    load = result["load_avg"]
-    lines = [f"reverse KL at equal wall time: {result['seconds']:g} s per estimator"
-             f"{' (interleaved)' if result.get('interleave') else ''}, {result['threads']} threads, "
-             f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
-             f"{load.get('end', [float('nan')])[0]:.2f}",
-             f"{'case':<26} {'estimator':<10} {'steps':>6} {'steps/s':>8} {'loss':>9} {'ESS':>6} {'ESS q4':>6} "
-             f"{'var std':>9} {'var fast':>9}  (variance: tr Cov of the gradient at the final parameters)", "-" * 100]
+    load, rows = result["load_avg"], []
     for t in result["theories"].values():
         for e, run in t["runs"].items():
             f = run["final"]
-            lines.append(f"{t['case']:<26} {e:<10} {f['steps']:>6d} {fmt(f['steps_per_s'], '8.1f')} "
-                         f"{fmt(f['loss'], '9.3f')} {fmt(f['ess'], '6.3f')} {fmt(f.get('ess_tail_mean'), '6.3f')} "
-                         f"{fmt(f['var_standard'], '9.3g')} {fmt(f['var_fast_path'], '9.3g')}")
+            rows.append([t["case"], e, f["steps"], f["steps_per_s"], f["loss"], f["ess"], f.get("ess_tail_mean"),
+                         f["var_standard"], f["var_fast_path"]])
         c = t.get("comparison")
         if c:
             eq = c["ess_at_equal_steps"]
-            lines.append(f"{'':<26} fast_path/standard steps/s {c['steps_per_s_ratio']:.2f}; ESS at step {eq['step']}: "
-                         f"standard {fmt(eq['standard'], '.3f')}, fast_path {fmt(eq['fast_path'], '.3f')}; "
-                         f"equal time (ESS q4) -> {c['winner_at_equal_time']}")
-    lines.append("ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)")
-    return "\n".join(lines)
+            rows.append(f"{'':<26} fast_path/standard steps/s {c['steps_per_s_ratio']:.2f}; ESS at step {eq['step']}: "
+                        f"standard {fmt(eq['standard'], '.3f')}, fast_path {fmt(eq['fast_path'], '.3f')}; "
+                        f"equal time (ESS q4) -> {c['winner_at_equal_time']}")
+    return table([("case", "<26"), ("estimator", "<10"), ("steps", "6d"), ("steps/s", "8.1f"), ("loss", "9.3f"),
+                  ("ESS", "6.3f"), ("ESS q4", "6.3f"), ("var std", "9.3g"), ("var fast", "9.3g")], rows,
+                 title=f"reverse KL at equal wall time: {result['seconds']:g} s per estimator"
+                       f"{' (interleaved)' if result.get('interleave') else ''}, {result['threads']} threads, "
+                       f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
+                       f"{load.get('end', [float('nan')])[0]:.2f}",
+                 notes=["(variance: tr Cov of the gradient at the final parameters)",
+                        "ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)"])
 
 
 def training_seed_summary(results: list[dict]) -> dict[str, Any]:
@@ -322,7 +298,7 @@ def training_seed_summary(results: list[dict]) -> dict[str, Any]:
             for e, run in t["runs"].items():
                 row["ess_q4"].setdefault(e, []).append(run["final"].get("ess_tail_mean"))
     for row in out.values():
-        row["median"] = {e: median(vals) for e, vals in row["ess_q4"].items()}
+        row["median"] = {e: median_finite(vals) for e, vals in row["ess_q4"].items()}
         fast, std = row["ess_q4"].get("fast_path"), row["ess_q4"].get("standard")
         if fast and std:
             row["fast_path_wins"] = sum(1 for a, b in zip(fast, std) if a is not None and b is not None and a > b)

@@ -26,7 +26,9 @@ from typing import Any
 
 import yaml
 
-from ._json import strict_copy
+from actions import build_theory
+from ..analysis.summary import pull
+from ._common import strict_result, table
 
 __all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]
 
@@ -72,8 +74,6 @@ def _config(point: dict[str, Any], out: Path, n_samples: int) -> dict[str, Any]:
 
 
 def _theory(action: dict[str, Any]):
-    from actions import build_theory
-
     return build_theory(action["theory"], action["shape"], {k: v for k, v in action.items() if k not in ("theory", "shape")})
 
 
@@ -113,8 +113,8 @@ def _one(cfg_dict: dict[str, Any], quick: bool) -> dict[str, Any]:
     pulls = {}
     for name in (n for n in main if n in truth):
         r, (value, err) = res.row(name).result, truth[name]
-        total = math.hypot(r.error, err)
-        pulls[name] = (r.mean - value) / total if total > 0 else (0.0 if r.mean == value else math.inf)
+        p = pull(r.mean, r.error, value, err)
+        pulls[name] = p if p is not None else (0.0 if r.mean == value else math.inf)
     finite = [abs(p) for p in pulls.values() if not math.isnan(p)]
     max_pull = max(finite) if finite else math.nan
     v = res.extra["verdict"]
@@ -159,27 +159,20 @@ def run_verdict_bench(*, quick: bool = False, well_trained: bool = True, progres
                       "n_off": sum(r["off"] for r in runs), "silent_misses": sum(r["miss"] for r in runs),
                       "n_well_trained": len(good), "false_alarms": sum(not r["verdict"]["reliable"] for r in good),
                       "seconds": time.perf_counter() - t0}
-    return strict_copy(out)
+    return strict_result(out)
 
 
 def format_verdict_bench(result: dict[str, Any]) -> str:
-    lines = [f"{'theory':<6} {'couplings':<22} {'family':<8} {'steps':>5} {'sampler':<7} {'max|pull|':>9} "
-             f"{'k̂':>6} {'acc':>5}  verdict", "-" * 110]
-    for r in result["runs"] + result["well_trained"]:
-        coup = r.get("name") or ", ".join(f"{k}={v:g}" for k, v in r.get("couplings", {}).items())
-        pull = "—" if r["max_abs_pull"] is None else f"{r['max_abs_pull']:.1f}"
-        khat = "—" if r.get("khat") is None else f"{r['khat']:.2f}"
-        acc = "—" if r.get("acceptance") is None else f"{r['acceptance']:.2f}"
-        v = r["verdict"]
-        text = "reliable" if v["reliable"] else "unreliable: " + "; ".join(v["reasons"])[:80]
-        flag = "  SILENT MISS" if r["miss"] else ""
-        lines.append(f"{r['theory']:<6} {coup:<22} {str(r['family']):<8} {r['steps']:>5} {r['sampler']:<7} {pull:>9} "
-                     f"{khat:>6} {acc:>5}  {text}{flag}")
     s = result["summary"]
-    lines.append(f"{s['n_runs']} undertrained runs: {s['n_off']} off by > 4σ, {s['n_unreliable']} called unreliable, "
-                 f"{s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false alarms of "
-                 f"{s['n_well_trained']}")
-    return "\n".join(lines)
+    return table([("theory", "<6"), ("couplings", "<22"), ("family", "<8"), ("steps", "5d"), ("sampler", "<7"),
+                  ("max|pull|", "9.1f"), ("k̂", "6.2f"), ("acc", "5.2f"), (" verdict", "")],
+                 [[r["theory"], r.get("name") or ", ".join(f"{k}={v:g}" for k, v in r.get("couplings", {}).items()),
+                   str(r["family"]), r["steps"], r["sampler"], r["max_abs_pull"], r.get("khat"), r.get("acceptance"),
+                   (" reliable" if r["verdict"]["reliable"] else " unreliable: " + "; ".join(r["verdict"]["reasons"])[:80])
+                   + ("  SILENT MISS" if r["miss"] else "")] for r in result["runs"] + result["well_trained"]],
+                 notes=[f"{s['n_runs']} undertrained runs: {s['n_off']} off by > 4σ, {s['n_unreliable']} called "
+                        f"unreliable, {s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false "
+                        f"alarms of {s['n_well_trained']}"])
 
 
 def progress_line(r: dict[str, Any]) -> str:

@@ -25,12 +25,20 @@ the one-process loss on the same B samples; loss values and log-weights are gath
 (KL, reverse and forward ESS) is that of the global batch, and every rank takes the same decisions
 (skipped steps, clipping, learning rate). Only rank 0 writes metrics, checkpoints and progress.
 
+Helpers of benchmarks and studies: `hmc_ensemble` and `hmc_reference` (`.data`: HMC target samples to train
+on or judge against); `gradient_variance`, `saved_tensors_mib` and `flow_quality` (`.diagnostics`: tr Cov of
+each estimator's mini-batch gradients, the memory of a step's autograd graph, the figures of a trained flow);
+`anneal_stages` and `train_annealed` (`.anneal`: a checked β-annealing schedule, and training along it).
+
 Transfer: :func:`transfer_state` (`latticeflow.transfer`) loads the weights of a flow trained on another
 lattice (size, coupling or β) into a flow of the same architecture.
 """
 from ..transfer import ArchitectureMismatch, transfer_state
+from .anneal import anneal_stages, train_annealed
 from .callbacks import (Checkpoint, EvaluateEvery, MetricsCSV, OnRow, Progress, Validation, WallTimeBudget,
                         best_checkpoint_path, held_out_metrics)
+from .data import hmc_ensemble, hmc_reference
+from .diagnostics import flow_quality, gradient_variance, saved_tensors_mib
 from .loop import METRIC_FIELDS, Callback, Clock, Driver, Loop
 from .schedules import CosineSchedule, cosine_lr, make_scheduler
 from .trainer import Trainer, TrainingError, check_settings
@@ -38,4 +46,5 @@ from .trainer import Trainer, TrainingError, check_settings
 __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosine_lr", "transfer_state",
            "ArchitectureMismatch", "held_out_metrics", "best_checkpoint_path", "check_settings", "make_scheduler",
            "Driver", "Loop", "Clock", "Callback", "WallTimeBudget", "Validation", "MetricsCSV", "Progress", "OnRow",
-           "Checkpoint", "EvaluateEvery"]
+           "Checkpoint", "EvaluateEvery", "hmc_ensemble", "hmc_reference", "gradient_variance", "saved_tensors_mib",
+           "flow_quality", "anneal_stages", "train_annealed"]

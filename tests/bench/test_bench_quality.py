@@ -9,10 +9,11 @@ import torch
 
 import latticeflow.bench.quality as quality
 from actions.exact import u1_log_z
-from latticeflow.bench.quality import (FAMILIES, TARGETS, _log_q_plus_s, exact_log_z, format_quality_table,
-                                       reference_ensemble, run_quality_bench)
+from latticeflow.bench.quality import format_quality_table, run_quality_bench
+from latticeflow.bench.quality_targets import FAMILIES, TARGETS, reference_ensemble
 from latticeflow.cli import main
 from latticeflow.flows import build_flow
+from latticeflow.training.diagnostics import log_q_plus_s
 
 FINAL_KEYS = {"ess", "ess_err", "loss", "kl", "kl_err", "forward_ess", "forward_ess_err", "nmcmc_acceptance", "steps",
               "steps_per_s", "train_seconds", "n_parameters", "eval_seconds", "n_skipped", "error", "time_to_ess"}
@@ -35,7 +36,7 @@ def test_quick_structure_and_values(quick):
     assert set(result["targets"]) == {"free8", "u1_b2"}
     for name, t in result["targets"].items():
         assert t["seconds"] == 3.0 and len(t["families"]) == 2
-        assert t["log_z"] == pytest.approx(exact_log_z(TARGETS[name]))
+        assert t["log_z"] == pytest.approx(TARGETS[name].action().log_z_exact())
         assert t["reference"]["n_configurations"] > 0 and t["reference"]["seconds"] > 0
         for label, fam in t["families"].items():
             assert label in FAMILIES[name] and fam["n_parameters"] > 0 and set(fam["runs"]) == {"0"}
@@ -71,8 +72,8 @@ def test_kl_of_exact_free_field_flow_is_zero():
     action = target.action()
     flow = build_flow({"family": "spline"}, action).double()
     z = flow.base.sample((64,), generator=torch.Generator().manual_seed(0))
-    a = _log_q_plus_s(flow, action, z)  # log q + S = −ln Z for every sample of an exact flow
-    assert abs(a + exact_log_z(target)).max() < 1e-6
+    a = log_q_plus_s(flow, action, z)  # log q + S = −ln Z for every sample of an exact flow
+    assert abs(a + target.action().log_z_exact()).max() < 1e-6
 
 
 def test_kl_of_uniform_u1_flow_is_u1_log_z():
@@ -83,7 +84,7 @@ def test_kl_of_uniform_u1_flow_is_u1_log_z():
         flow = build_flow({"family": "u1"}, action).double()
         z = flow.base.sample((8192,), generator=torch.Generator().manual_seed(0))
         s = action.action(z).double()
-        kl = float((flow.base.log_prob(z).double() + s).mean()) + exact_log_z(target)
+        kl = float((flow.base.log_prob(z).double() + s).mean()) + target.action().log_z_exact()
         err = float(s.std()) / math.sqrt(len(s))
         assert abs(kl - u1_log_z(target.couplings["beta"], 64)) < 5 * err and kl > 0
 
