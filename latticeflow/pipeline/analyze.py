@@ -49,7 +49,11 @@ class EnsembleAnalysis:
 
     def judge(self, thresholds: dict[str, float] | None = None, reference: "EnsembleAnalysis | None" = None) -> dict:
         """(Re)compute the verdict with ``thresholds`` and, with a ``reference`` ensemble (HMC), the pulls
-        of the main observables against it; stored in ``extra["verdict"]`` and returned."""
+        of the main observables against it; stored in ``extra["verdict"]`` and returned.
+
+        A main observable with an exact value is judged against that value only; the reference judges the
+        others, and only if its own verdict is reliable (a frozen HMC reference cannot call a correct
+        ensemble wrong: ``checks["reference_ignored"]`` says why it was not used)."""
         checks = dict(self.extra.get("checks", {}))
         pulls, ref_name = {}, "exact value"
         for r in self.rows:
@@ -57,10 +61,14 @@ class EnsembleAnalysis:
                 p = r.pull()
                 if p is not None:
                     pulls[f"{r.name} (exact)"] = p
+        checks.pop("reference_ignored", None)
+        if reference is not None and not reference.extra.get("verdict", {}).get("reliable", True):
+            checks["reference_ignored"] = "the reference ensemble's own verdict is unreliable"
+            reference = None
         if reference is not None:
             ref_name = "reference / exact value"
             for r in self.rows:
-                if r.name not in self.main:
+                if r.name not in self.main or r.exact is not None:
                     continue
                 try:
                     o = reference.row(r.name).result
