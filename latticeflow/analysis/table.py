@@ -2,17 +2,19 @@
 
 Estimates are printed in the compact ``0.4471(23)`` notation (two significant digits of the
 error, in units of the last printed digit of the value); the pull is
-``(mean - exact) / error`` in units of the error sigma.
+``(mean - exact) / error`` in units of the error sigma. `text_table` lays out any table of
+(name, format spec) columns, as the benchmarks print them.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .gamma import GammaResult
 
-__all__ = ["ObservableRow", "format_table", "format_value_error"]
+__all__ = ["ObservableRow", "format_table", "format_value_error", "format_cell", "text_table"]
 
 _NONE = "—"
 
@@ -106,3 +108,42 @@ def format_table(rows: Sequence[ObservableRow], title: str = "") -> str:
     out.append("-+-".join("-" * w for w in widths))
     out.extend(line(cells) for cells in body)
     return "\n".join(out)
+
+
+def format_cell(value, spec: str) -> str:
+    """``format(value, spec)``, or an em dash (right-aligned to the spec's width) for None and NaN.
+
+    Example:
+        >>> format_cell(0.25, "6.3f"), format_cell(None, "6.3f"), format_cell(float("nan"), ".3f")
+        (' 0.250', '     —', '—')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        width = re.match(r"[<>^]?[+\- ]?(\d*)", spec).group(1)
+        return format(_NONE, f">{width}") if width else _NONE
+    return format(value, spec)
+
+
+def text_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence | str], *,
+               title: str | Sequence[str] = (), notes: Sequence[str] = ()) -> str:
+    """A text table: the ``title`` line(s), a header of ``columns`` ((name, format spec) pairs; each name
+    aligned and padded as its spec), a rule, one line per row (a sequence of cells, ``format_cell(cell, spec)``
+    joined by blanks; a string row is printed as it is), then the ``notes`` lines.
+
+    Example:
+        >>> print(text_table([("case", "<6"), ("ESS", "6.3f")], [["a", 0.5], ["b", None], "(a note row)"]))
+        case      ESS
+        -------------
+        a       0.500
+        b           —
+        (a note row)
+    """
+    def aligned(name: str, spec: str) -> str:
+        align, width = re.match(r"([<>^]?)[+\- ]?(\d*)", spec).groups()
+        return format(name, (align or (">" if re.search(r"[defgn%]$", spec) else "<")) + width)
+
+    head = " ".join(aligned(name, spec) for name, spec in columns)
+    lines = [title] if isinstance(title, str) else list(title)
+    lines += [head, "-" * len(head)]
+    lines += [row if isinstance(row, str) else " ".join(format_cell(c, s) for c, (_, s) in zip(row, columns))
+              for row in rows]
+    return "\n".join(line.rstrip() for line in lines + list(notes))

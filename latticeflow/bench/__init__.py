@@ -10,9 +10,9 @@ __all__ = ["Bench", "BENCHES"]
 
 class Bench(NamedTuple):
     """``latticeflow.bench.<module>.<run>(**flags)``: each flag of ``flags`` (space-separated) that is not None on
-    the command line (validated there) is passed by its name, or as ``"flag:keyword"`` by another; ``progress``
-    is passed unless --json when the module has ``progress_line(row) -> str``. Printed: ``table(result)`` (a
-    function of the module; None: JSON), or strict JSON with --json."""
+    the command line (validated there; ``--threads`` is set there for all) is passed by its name, or as
+    ``"flag:keyword"`` by another; ``progress`` is passed unless --json when the module has ``progress_line(row)
+    -> str``. Printed: ``table(result)`` (a function of the module; None: JSON), or strict JSON with --json."""
 
     module: str
     run: str
@@ -24,18 +24,18 @@ class Bench(NamedTuple):
 BENCHES: dict[str, Bench] = {b.module: b for b in (
     Bench("gradients", "run_gradient_bench", "quick objective repeats dtype device", "format_gradient_table",
           "estimator step-time ratios"),
-    Bench("training", "run_training_seeds", "seconds seeds plot sequential dtype device threads",
+    Bench("training", "run_training_seeds", "seconds seeds plot sequential dtype device",
           "format_training_table", "ESS against wall time"),
     Bench("sampling", "run_sampling_bench", "quick dtype", "format_sampling_table", "configurations/s and the HDF5 share"),
     Bench("snf", "run_snf_bench", "quick repeats dtype", "format_snf_table",
           "self-normalizing vs exact-gradient step time and NLL"),
     Bench("scaling", "run_scaling_bench", "quick dtype", "format_scaling_table", "MPI weak scaling at 1 and 2 ranks"),
-    Bench("quality", "run_quality_bench", "targets families seeds seconds quick dtype device threads plot_dir",
+    Bench("quality", "run_quality_bench", "targets families seeds seconds quick dtype device plot_dir",
           "format_quality_table", "flow families on a grid of targets: ESS, KL, acceptance against wall time"),
     Bench("verdict", "run_verdict_bench", "quick", "format_verdict_bench", "calibration of the trust verdict"),
     Bench("efficiency", "run_efficiency_bench", "quick seconds plot", "format_efficiency_table",
           "HMC vs neural MCMC for 2D U(1) against beta"),
-    Bench("forward", "run_forward_bench", "quick seconds seeds targets:cases threads dtype plot lr", "format_forward_table",
+    Bench("forward", "run_forward_bench", "quick seconds seeds targets:cases dtype plot lr", "format_forward_table",
           "forward-KL estimators on a finite training set: test NLL against wall time"),
     Bench("cluster", "run_cluster_bench", "seconds quick", "format_cluster_table",
           "HMC vs the Brower-Tamayo cluster sampler for phi4: CPU time per independent chi2 sample"),

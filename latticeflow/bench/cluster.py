@@ -1,37 +1,6 @@
-"""`bench cluster`: CPU time per independent χ₂ sample of HMC against the Brower–Tamayo cluster sampler for φ⁴.
-
-Brower & Tamayo, PRL 62, 1087 (1989): Swendsen–Wang clusters of the embedded Ising signs alternated with HMC
-for the magnitudes (`latticeflow.samplers.cluster.Cluster`). Near the critical point HMC's slowest mode, the
-magnetisation, decorrelates in τ_int ∝ ξ^z trajectories (z ≈ 2); the clusters flip it in O(1) updates.
-Default point: 32 × 32, κ = 0.331, λ = 0.5 (ξ ≈ 8 by the second-moment definition below). Target of the issue:
-the cluster sampler's cost per independent χ₂ sample at least 10× below HMC's.
-
-Both samplers are tuned alike, as `latticeflow.bench.efficiency` tunes HMC: ``n_chains`` chains from a
-Gaussian start, the step size tuned to acceptance 0.8 (`HMC.thermalize`), then the number of leapfrog steps
-set so that the trajectory length ε·n_lf ≈ ``trajectory_length`` (1) and the step size re-tuned; step-size
-jitter ±20 %. Then each runs for ``seconds`` of wall time, measuring m = V⁻¹ Σ_x φ_x after every step (one
-step = one HMC trajectory; for the cluster sampler one SW update plus one trajectory). Reported per sampler:
-
-- τ_int of χ₂ = V m² and of |m| by the Gamma method with the chains as replicas (Wolff 2004); a chain shorter
-  than 50 τ_int sets ``*_lower_bound`` (τ_int, and the cost, are then lower bounds);
-- χ₂ = V⟨m²⟩ and ⟨|m|⟩ with errors, and the pull of χ₂ between the two samplers (must be O(1));
-- the second-moment correlation length ξ = [χ₂/F − 1]^{1/2} / (2 sin(π/L₀)), F = V⁻¹⟨|Σ_x φ_x e^{ip·x}|²⟩ at the
-  smallest non-zero momenta (averaged over the directions of extent L₀);
-- CPU seconds (``time.process_time``) and wall seconds per configuration (one chain, one step), and the cost
-  per independent χ₂ sample 2 τ_int(χ₂) × CPU seconds per configuration;
-- ``cost_ratio`` = HMC cost / cluster cost (and ``tau_ratio``).
-
-Returns strict JSON (NaN/inf → null)::
-
-    {"benchmark", "date", "torch", "threads", "load_avg", "quick", "shape", "kappa", "lam", "seconds", "n_chains", "seed",
-     "hmc":     {"n_leapfrog", "step_size", "acceptance", "chain_length", "configurations", "cpu_seconds",
-                 "wall_seconds", "cpu_seconds_per_configuration", "wall_seconds_per_configuration",
-                 "chi2", "chi2_err", "tau_int_chi2", "tau_int_chi2_err", "chi2_lower_bound",
-                 "abs_m", "abs_m_err", "tau_int_abs_m", "abs_m_lower_bound", "xi_second_moment",
-                 "cost_per_independent_chi2", "cost_is_lower_bound", "thermalize_seconds", "warnings"},
-     "cluster": {… the same …, "cluster_every"},
-     "chi2_pull", "tau_ratio", "cost_ratio", "cost_ratio_bound", "target": {"cost_ratio", "met"}}
-"""
+"""`bench cluster`: CPU time per independent χ₂ sample of HMC against the Brower–Tamayo cluster sampler for φ⁴
+(Brower & Tamayo, PRL 62, 1087 (1989)); target: the cluster sampler ≥ 10× cheaper.
+Protocol: docs/benchmarks.md#cluster."""
 from __future__ import annotations
 
 import math
@@ -44,9 +13,11 @@ import torch
 
 from actions import Phi4
 from ..analysis.summary import pull, tau_int_summary
+from ..analysis.table import text_table
+from ..io import strict
+from ..io._provenance import result_header
 from ..samplers.cluster import Cluster
-from ..samplers.hmc import HMC
-from ._common import header, strict_result, table, tuned_run
+from ..samplers.hmc import HMC, tuned_run
 
 __all__ = ["run_cluster_bench", "format_cluster_table", "MIN_TAU_PER_CHAIN", "TARGET_COST_RATIO"]
 
@@ -66,7 +37,7 @@ def _second_moment_xi(chi2: float, f: float, length: int) -> float | None:
 def _run(sampler_class: Callable[..., Any], action: Phi4, *, seconds: float, n_chains: int, n_thermalize: int,
          seed: int, trajectory_length: float, **extra: Any) -> dict[str, Any]:
     """Tune and run ``sampler_class(action, …)`` (`HMC` or `Cluster`; ``extra`` goes to it) for ``seconds``
-    (`_common.tuned_run`), measuring m and F (module docstring) after every step."""
+    (`samplers.hmc.tuned_run`), measuring m and F (docs/benchmarks.md#cluster) after every step."""
     gen = torch.Generator().manual_seed(seed)
     sampler = sampler_class(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2,
                             generator=gen, **extra)
@@ -106,7 +77,7 @@ def run_cluster_bench(*, shape: Sequence[int] | None = None, kappa: float = 0.33
                       seconds: float | None = None, n_chains: int | None = None, seed: int = 0,
                       quick: bool = False, n_thermalize: int | None = None, trajectory_length: float = 1.0,
                       cluster_every: int = 1) -> dict[str, Any]:
-    """HMC against `Cluster` at (``shape``, κ, λ), ``seconds`` of wall time each (see the module docstring).
+    """HMC against `Cluster` at (``shape``, κ, λ), ``seconds`` of wall time each (docs/benchmarks.md#cluster).
 
     Defaults: 32 × 32, 60 s, 16 chains, 300 thermalisation steps; ``quick=True`` changes the defaults to 8 × 8,
     1 s, 8 chains, 40 steps (a CI smoke run; arguments given explicitly still win). Uses the current torch
@@ -127,7 +98,7 @@ def run_cluster_bench(*, shape: Sequence[int] | None = None, kappa: float = 0.33
     # HMC's cost a lower bound: so is the ratio; the cluster's: an upper bound; both: unknown
     bound = {(True, False): "lower", (False, True): "upper", (True, True): "unknown"}.get(
         (hmc["cost_is_lower_bound"], cluster["cost_is_lower_bound"]), "estimate")
-    return strict_result(header(
+    return strict(result_header(
         "cluster", quick=quick, shape=list(shape), kappa=kappa, lam=lam, seconds=seconds, n_chains=n_chains, seed=seed,
         n_thermalize=n_thermalize, trajectory_length=trajectory_length, hmc=hmc, cluster=cluster,
         chi2_pull=pull(hmc["chi2"], hmc["chi2_err"], cluster["chi2"], cluster["chi2_err"]),
@@ -143,10 +114,10 @@ def format_cluster_table(result: dict[str, Any]) -> str:
              ("> " if r["cost_is_lower_bound"] else "") + f"{r['cost_per_independent_chi2']:.3g} s"]
             for name, r in ((k, result[k]) for k in RESULT_KEYS)]
     t, pull = result["target"], result["chi2_pull"]
-    return table([("sampler", "<8"), ("tau(chi2)", ">11"), ("tau(|m|)", "9.3g"), ("chi2", ">16"), ("xi", "6.2f"),
-                  ("acc", "5.2f"), ("n_lf", "4d"), ("cpu s/cfg", "10.3g"), ("cost/indep chi2", ">16")], rows,
-                 title=f"phi4 {'x'.join(map(str, result['shape']))} kappa={result['kappa']:g} lam={result['lam']:g}, "
-                       f"{result['n_chains']} chains, {result['threads']} thread(s)",
-                 notes=[f"HMC/cluster: tau_int(chi2) {result['tau_ratio']:.3g}, cost {result['cost_ratio']:.3g} "
-                        f"({result['cost_ratio_bound']}; target >= {t['cost_ratio']:g}: {'met' if t['met'] else 'NOT met'}"
-                        f"); chi2 pull between samplers {'—' if pull is None else format(pull, '+.2f')}"])
+    return text_table([("sampler", "<8"), ("tau(chi2)", ">11"), ("tau(|m|)", "9.3g"), ("chi2", ">16"), ("xi", "6.2f"),
+                       ("acc", "5.2f"), ("n_lf", "4d"), ("cpu s/cfg", "10.3g"), ("cost/indep chi2", ">16")], rows,
+                      title=f"phi4 {'x'.join(map(str, result['shape']))} kappa={result['kappa']:g} lam={result['lam']:g}, "
+                            f"{result['n_chains']} chains, {result['threads']} thread(s)",
+                      notes=[f"HMC/cluster: tau_int(chi2) {result['tau_ratio']:.3g}, cost {result['cost_ratio']:.3g} "
+                             f"({result['cost_ratio_bound']}; target >= {t['cost_ratio']:g}: {'met' if t['met'] else 'NOT met'}"
+                             f"); chi2 pull between samplers {'—' if pull is None else format(pull, '+.2f')}"])

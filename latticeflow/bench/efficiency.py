@@ -1,30 +1,6 @@
-"""`latticeflow bench efficiency`: HMC against neural MCMC where HMC freezes (2D U(1), Kanwar et al. 2020).
-
-Kanwar, Albergo, Boyda, Cranmer, Hackett, Racanière, Rezende, Shanahan, "Equivariant flow-based sampling
-for lattice gauge theory", PRL 125, 121601 (2020), Fig. 3: τ_int of the topological charge Q grows
-exponentially with β for HMC and stays O(1) for flow-based MCMC.
-
-For each point (L, β) of `POINTS` (L × L, ascending β per L):
-
-- **HMC**, tuned and fair: ``n_chains`` chains, the step size tuned to acceptance 0.8 (`HMC.thermalize`),
-  then the number of leapfrog steps set so that the trajectory length ε·n_lf ≈ 1 and the step size
-  re-tuned; step-size jitter ±20 %; then trajectories for a wall-time budget, Q and ⟨cos P⟩ measured after
-  every trajectory.
-- **NMCMC** with the default U(1) flow (plaquette marginal + circular-spline couplings), trained by
-  reverse KL (fast path) for ``train_seconds`` at every β in turn, each β starting from the previous β's
-  flow (β-annealed transfer; the plaquette-marginal layer restarts from the new β's exact single-plaquette
-  marginal, the couplings carry over). The flow's cost counts *all* training up to its β.
-
-Reported for both: τ_int(Q) and τ_int(⟨cos P⟩) by the Gamma method with chains as replicas (a chain
-shorter than 50 τ_int gives ``"tau_int_lower_bound": true`` and the table prints "> X"; a Q that never
-changes in any chain gives X = the chain length), configurations/s, χ_t = ⟨Q²⟩/V and ⟨cos P⟩ with errors
-and pulls against the exact finite-volume values, the trust verdict (R̂, τ_int coverage), and the time to
-10⁴ independent Q samples: t_train + 10⁴ · 2τ_int(Q) / (configurations/s).
-
-Returns strict JSON: per point (L, β) the exact values and the figures of ``hmc`` and ``nmcmc`` (the
-latter with its training seconds, also accumulated over the β annealing, its reverse ESS and acceptance),
-``tau_ratio`` and ``cost_ratio`` (HMC / NMCMC).
-"""
+"""`latticeflow bench efficiency`: HMC against neural MCMC where HMC freezes: τ_int(Q) and the cost of 10⁴
+independent Q against β for 2D U(1) (Kanwar et al., PRL 125, 121601 (2020), Fig. 3).
+Protocol: docs/benchmarks.md#efficiency."""
 from __future__ import annotations
 
 import math
@@ -37,14 +13,17 @@ import torch
 from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
 from ..analysis import reverse_ess
+from ..analysis.plots import figure
 from ..analysis.summary import tau_int_summary
+from ..analysis.table import text_table
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..samplers.hmc import HMC
+from ..io import strict
+from ..io._provenance import result_header
+from ..samplers.hmc import HMC, tuned_run
 from ..samplers.nmcmc import nmcmc_chains
 from ..training import Trainer, transfer_state
-from ._common import figure, header, strict_result, table, tuned_run
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
 
@@ -85,7 +64,7 @@ def _measure(action: U1Gauge, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.n
 
 
 def _run_hmc(action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:
-    """Tuned HMC (`_common.tuned_run`: trajectory length ≈ 1) from a random start for ``hmc_seconds``."""
+    """Tuned HMC (`samplers.hmc.tuned_run`: trajectory length ≈ 1) from a random start for ``hmc_seconds``."""
     gen, k = torch.Generator().manual_seed(seed), settings["hmc_chains"]
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2, generator=gen)
     x = (torch.rand(k, *action.field_shape, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
@@ -137,7 +116,7 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
     ``seconds`` overrides the HMC seconds per point (``settings["hmc_seconds"]``)."""
     st = {**(QUICK_SETTINGS if quick else SETTINGS), **(settings or {}),
           **({} if seconds is None else {"hmc_seconds": seconds})}
-    out = header("efficiency", quick=quick, settings=st, points=[])
+    out = result_header("efficiency", quick=quick, settings=st, points=[])
     previous, trained, last_l = None, 0.0, None
     for L, beta in points or (QUICK_POINTS if quick else POINTS):
         action = U1Gauge((L, L), beta=beta)
@@ -158,7 +137,7 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
             progress(out["points"][-1])
     if plot:
         out["plot"] = plot_efficiency(out, plot)
-    return strict_result(out)
+    return strict(out)
 
 
 def format_efficiency_table(result: dict[str, Any]) -> str:
@@ -178,9 +157,9 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
         rows.append(f"{'':>3} {'':>4} {'ratio':<7} {'HMC/NMCMC':>12} τ_int(Q) {p['tau_ratio']:.3g}"
                     f"{' (HMC a lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}; cost {p['cost_ratio']:.3g}"
                     f" (NMCMC training {p['nmcmc']['train_seconds_total']:.0f} s counted)")
-    return table([("L", ">3"), ("beta", ">4g"), ("sampler", "<7"), ("tau_int(Q)", ">12"), ("tau(cosP)", "9.3g"),
-                  ("chi_t", ">16"), ("exact", "9.5f"), ("pull", "+6.1f"), ("cfg/s", "7.0f"), ("acc", "5.2f"),
-                  ("t(1e4 indep. Q)", ">16"), (" verdict", "")], rows)
+    return text_table([("L", ">3"), ("beta", ">4g"), ("sampler", "<7"), ("tau_int(Q)", ">12"), ("tau(cosP)", "9.3g"),
+                       ("chi_t", ">16"), ("exact", "9.5f"), ("pull", "+6.1f"), ("cfg/s", "7.0f"), ("acc", "5.2f"),
+                       ("t(1e4 indep. Q)", ">16"), (" verdict", "")], rows)
 
 
 def plot_efficiency(result: dict[str, Any], path: str) -> str:

@@ -1,37 +1,6 @@
-"""`latticeflow bench forward`: path-gradient maximum likelihood on a finite sample set.
-
-Vaitl, Winkler, Richter, Kessel (ICLR 2024, arXiv 2403.15881), Sec. 4 and Figs. 1, 9: the fast path
-gradient of the forward KL uses the target's force, ∇ log p, besides the samples, "has a regularizing
-effect as it can take the form of a given target energy function into account", and overfits less than
-plain maximum likelihood (``standard``) on a fixed training set. Here the three forward estimators
-(``standard`` = ML, ``gdreg``, ``fast_path``; `latticeflow.gradients.forward_kl`) train the same flow from
-the same initialisation on the same finite training set for the same wall time (evaluation excluded). Cases:
-
-- ``gmm``: the product mixture in d = 6 (`actions.ProductMixture`, two Gaussians per coordinate at ±1,
-  σ = 0.5, 2⁶ modes; ln Z = 0, so the NLL is exact; its entropy is 8.151 nats), 10 000 exact training and
-  10 000 exact test samples, the package's spline flow (4 Z2-equivariant RQ-spline couplings, fully
-  connected conditioners [256, 256], lr 1e-3): expressive enough to reach the 64 modes in seconds, and so
-  to memorise the training set, which is the regime of the paper's claim;
-- ``gmm_realnvp`` (not run by default): the same data with RealNVP 4 × fc [256]⁴, lr 3e-4. Affine couplings
-  of a Gaussian base reach the modes only slowly (test NLL 8.43–8.58 after 1–5 minutes, 0.3–0.4 nats above the
-  entropy): a capacity-limited flow that does not overfit on 2 cores;
-- ``gmm_paper`` (not run by default): the same data with the paper's conditioner depth and width, RealNVP
-  4 × fc [500]⁶, lr 1e-4, 300 s;
-- ``phi4_1000`` / ``phi4_4000``: φ⁴ 8×8, κ = 0.25, λ = 0.5, trained on 1000 / 4000 HMC configurations with
-  an independent HMC test set (another seed), the default spline flow.
-
-Recorded against training wall time: the training NLL (on ≤ 2000 training samples), the test NLL
-−⟨log q⟩_test, the forward ESS on the test set, and the reverse ESS. The φ⁴ NLL is up to the unknown
-ln Z (the same constant for every estimator). Returns strict JSON: per case and estimator the runs
-(one per seed: the ``curve`` of evaluations against training ``seconds``, ``final``, ``last_fifth``,
-``best_test_nll``, ``overfit``) and their medians, and per case the seeds where ``fast_path`` beats ML.
-``final`` is the last evaluation; ``last_fifth`` the medians over the evaluations in the last fifth of the
-budget (4 of the 20), since the forward ESS of a single evaluation is dominated by the few test samples
-with the largest p/q and jumps between evaluations.
-
-``overfit`` = the test NLL rose by more than a case's ``overfit`` tolerance (0.02 nats for d = 6, 0.1 % of
-the initial test NLL for φ⁴) from its minimum while the training NLL kept falling.
-"""
+"""`latticeflow bench forward`: path-gradient maximum likelihood on a finite sample set: test NLL and forward ESS
+against wall time of the three forward-KL estimators (Vaitl et al., ICLR 2024, Sec. 4, Figs. 1 and 9).
+Protocol: docs/benchmarks.md#forward."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -41,11 +10,15 @@ import torch
 
 from actions import Phi4, ProductMixture
 from ..analysis import forward_ess, reverse_ess
+from ..analysis.plots import figure
 from ..analysis.summary import median_over, overfits
+from ..analysis.table import text_table
 from ..flows import build_flow
 from ..gradients import log_weights
+from ..io import strict
+from ..io._provenance import result_header
 from ..training import EvaluateEvery, Trainer
-from ._common import figure, header, names, strict_result, table, torch_dtype
+from ._common import names, torch_dtype
 
 __all__ = ["CASES", "ESTIMATORS", "run_forward_bench", "format_forward_table", "plot_forward_bench"]
 
@@ -99,10 +72,6 @@ DEFAULT_CASES = ("gmm", "phi4_1000", "phi4_4000")
 QUICK = {"cases": ("gmm", "phi4_1000"), "seconds": 2.0, "n_train": 512, "n_test": 512, "hmc_chains": 8}
 
 
-def _flow_config(spec: dict[str, Any], quick: bool) -> dict[str, Any]:
-    return spec.get("quick_flow") or spec["flow"] if quick else spec["flow"]
-
-
 def _evaluate(flow, target, train_sub: torch.Tensor, test: torch.Tensor, n_reverse: int) -> dict[str, float]:
     dtype = next(flow.parameters()).dtype
     test_weights = log_weights(flow, target, test.to(dtype))
@@ -117,14 +86,15 @@ def _overfit(curve: list[dict[str, float]], tol: float) -> bool:
     return overfits([c["train_nll"] for c in curve], [c["test_nll"] for c in curve], tol)
 
 
-def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, data, dtype,
-             lr: float | None = None) -> dict[str, Any]:
-    """One estimator and seed: training for ``seconds``, ``N_EVAL`` evaluations off the clock (and one at 0)."""
-    (target, train, test), spec = data, CASES[case]
+def _run_one(spec: dict[str, Any], entry: dict[str, Any], estimator: str, seed: int, quick: bool, data,
+             dtype) -> dict[str, Any]:
+    """One estimator and seed: the ``entry``'s flow and Trainer settings trained for its ``seconds``, ``N_EVAL``
+    evaluations off the clock (and one at 0)."""
+    (target, train, test), seconds = data, entry["seconds"]
     torch.manual_seed(seed)
-    flow = build_flow(_flow_config(spec, quick), target).to(dtype)
+    flow = build_flow(entry["flow"], target).to(dtype)
     trainer = Trainer(flow, target, objective="forward_kl", estimator=estimator, data=train, seed=seed,
-                      grad_clip=1.0, **dict(spec["train"], **({} if lr is None else {"lr": float(lr)})))
+                      grad_clip=1.0, **entry["train"])
     train_sub, n_rev = train[: min(2000, train.shape[0])], 512 if quick else 4096
     evaluation = EvaluateEvery(lambda t, step: {"seconds": t, "step": step,
                                                 **_evaluate(flow, target, train_sub, test, n_rev)},
@@ -141,33 +111,32 @@ def _run_one(case: str, estimator: str, seed: int, seconds: float, quick: bool, 
 
 
 def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seeds=(0, 1, 2), cases=None,
-                      threads: int | None = None, dtype: str = "float32", plot: str | None = "bench_forward.png",
+                      dtype: str = "float32", plot: str | None = "bench_forward.png",
                       progress: Callable[[dict], None] | None = None, lr: float | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns strict JSON (see the module docstring). ``cases``: names of `CASES` (a list
-    or comma-separated); ``seeds``: integers (``quick``: 0 only); ``lr`` overrides every case's learning rate
-    (the same for all three estimators); ``progress(run)`` after every run."""
-    if threads:
-        torch.set_num_threads(int(threads))
+    """Run the benchmark; returns strict JSON. ``cases``: names of `CASES` (a list or comma-separated);
+    ``seeds``: integers (``quick``: 0 only); ``lr`` overrides every case's learning rate (the same for all
+    three estimators); ``progress(run)`` after every run."""
     chosen = names(cases) or list(QUICK["cases"] if quick else DEFAULT_CASES)
     for c in chosen:
         if c not in CASES:
             raise ValueError(f"bench forward: unknown case {c!r} (known: {', '.join(CASES)})")
     seeds = [0] if quick else list(seeds)
-    out = header("forward", quick=quick, dtype=dtype, seeds=seeds, cases={})
+    out = result_header("forward", quick=quick, dtype=dtype, seeds=seeds, cases={})
     for case in chosen:
         spec = CASES[case]
-        budget = seconds if seconds is not None else (QUICK["seconds"] if quick else spec["seconds"])
-        entry: dict[str, Any] = {"description": spec["description"], "seconds": budget, "flow": _flow_config(spec, quick),
+        sizes = QUICK if quick else {**spec, "hmc_chains": 16}
+        budget = seconds if seconds is not None else sizes["seconds"]
+        entry: dict[str, Any] = {"description": spec["description"], "seconds": budget,
+                                 "flow": (spec.get("quick_flow") or spec["flow"]) if quick else spec["flow"],
                                  "train": dict(spec["train"], **({} if lr is None else {"lr": float(lr)})),
                                  "estimators": {e: {"runs": []} for e in ESTIMATORS}}
         for seed in seeds:
-            data = spec["data"](QUICK["n_train"] if quick else spec["n_train"],
-                                QUICK["n_test"] if quick else spec["n_test"], seed, QUICK["hmc_chains"] if quick else 16)
+            data = spec["data"](sizes["n_train"], sizes["n_test"], seed, sizes["hmc_chains"])
             if hasattr(data[0], "entropy"):  # the exact NLL floor: test NLL − entropy is the flow's forward KL
                 entry["entropy"] = data[0].entropy
             entry["n_train"], entry["n_test"] = int(data[1].shape[0]), int(data[2].shape[0])
             for est in ESTIMATORS:
-                run = _run_one(case, est, seed, budget, quick, data, torch_dtype(dtype), lr)
+                run = _run_one(spec, entry, est, seed, quick, data, torch_dtype(dtype))
                 entry["estimators"][est]["runs"].append(run)
                 if progress:
                     progress({"case": case, "estimator": est, **run})
@@ -186,7 +155,7 @@ def run_forward_bench(*, quick: bool = False, seconds: float | None = None, seed
         out["cases"][case] = entry
     if plot:
         out["plot"] = plot_forward_bench(out, plot)
-    return strict_result(out)
+    return strict(out)
 
 
 def progress_line(run: dict[str, Any]) -> str:
@@ -232,6 +201,6 @@ def format_forward_table(result: dict[str, Any]) -> str:
         rows.append(f"{'':<10} fast_path vs ML: lower test NLL in {c['lower_test_nll']}/{n} seeds, higher test forward "
                     f"ESS in {c['higher_test_forward_ess']}/{n} (last fifth: {c['lower_test_nll_last_fifth']}/{n}, "
                     f"{c['higher_test_forward_ess_last_fifth']}/{n})")
-    return table([("case", "<10"), ("estimator", "<10"), ("steps/s", "8.1f"), ("train NLL", "10.4f"),
-                  ("test NLL", "10.4f"), ("fwd ESS", "8.3f"), ("rev ESS", "8.3f"), ("overfit", ">7")], rows,
-                 title=f"bench forward ({result['threads']} threads, {result['dtype']}, seeds {result['seeds']})")
+    return text_table([("case", "<10"), ("estimator", "<10"), ("steps/s", "8.1f"), ("train NLL", "10.4f"),
+                       ("test NLL", "10.4f"), ("fwd ESS", "8.3f"), ("rev ESS", "8.3f"), ("overfit", ">7")], rows,
+                      title=f"bench forward ({result['threads']} threads, {result['dtype']}, seeds {result['seeds']})")

@@ -1,11 +1,5 @@
-"""`latticeflow bench gradients`: step time of each gradient estimator relative to ``standard``.
-
-Protocol (path-gradients.md): the same flow and batch for every estimator, one process, warm-up, then
-``repeats`` rounds in which the estimators run interleaved (so drifts in machine speed hit all alike);
-the median step time (zero_grad + loss + backward) and its spread (interquartile range) are reported,
-with the ratio of medians to ``standard``, and the autograd-graph memory of one step (bytes of the
-tensors saved for backward, deduplicated by storage; on CUDA the allocator's peak).
-"""
+"""`latticeflow bench gradients`: step time and autograd-graph memory of every gradient estimator relative to
+``standard`` on the grid of Table 2 of Vaitl et al. (ICLR 2024). Protocol: docs/benchmarks.md#gradients."""
 from __future__ import annotations
 
 import time
@@ -15,11 +9,13 @@ from typing import Any
 import torch
 
 from actions import build_theory
-from ..flows import build_flow
 from ..analysis.summary import median_iqr
+from ..analysis.table import text_table
+from ..flows import build_flow
 from ..gradients import FORWARD_ESTIMATORS, REVERSE_ESTIMATORS, forward_kl, reverse_kl
+from ..io._provenance import result_header
 from ..training import saved_tensors_mib
-from ._common import header, table, torch_dtype
+from ._common import torch_dtype
 
 __all__ = ["GradientCase", "default_cases", "bench_case", "run_gradient_bench", "format_gradient_table"]
 
@@ -49,20 +45,13 @@ def default_cases(quick: bool = False) -> list[GradientCase]:
     """The paper's Table 2 grid: Z2Nice and RealNVP (FC, 4 hidden layers, widths 256 and 1000) on φ⁴
     8×8 and 16×8, and the U(1) NCP flow on 8×8 and 16×16 (batch 256). φ⁴ batches: the paper's 8000 for
     width 256; 1024 for width 1000, where a CPU step at 8000 would take seconds."""
-    phi = {"kappa": 0.3, "lam": 0.022}
-    cases = []
-    widths = (256,) if quick else (256, 1000)
-    shapes = ((8, 8),) if quick else ((8, 8), (16, 8))
-    for family in ("z2nice", "realnvp"):
-        for shape in shapes:
-            for width in widths:
-                cases.append(GradientCase(f"{family} fc{width} {shape[0]}x{shape[1]}", "phi4", shape,
-                                          {"family": family, "conditioner": "fc", "hidden": [width] * 4, "n_layers": 8},
-                                          batch_size=8000 if width <= 256 else 1024, couplings=phi))
-    for shape in ((8, 8),) if quick else ((8, 8), (16, 16)):
-        cases.append(GradientCase(f"u1_ncp {shape[0]}x{shape[1]}", "u1", shape, {"family": "u1_ncp"},
-                                  batch_size=256, couplings={"beta": 2.0}))
-    return cases
+    widths, shapes = ((256,), ((8, 8),)) if quick else ((256, 1000), ((8, 8), (16, 8)))
+    return [GradientCase(f"{family} fc{width} {shape[0]}x{shape[1]}", "phi4", shape,
+                         {"family": family, "conditioner": "fc", "hidden": [width] * 4, "n_layers": 8},
+                         batch_size=8000 if width <= 256 else 1024, couplings={"kappa": 0.3, "lam": 0.022})
+            for family in ("z2nice", "realnvp") for shape in shapes for width in widths] + \
+        [GradientCase(f"u1_ncp {L}x{L}", "u1", (L, L), {"family": "u1_ncp"}, batch_size=256, couplings={"beta": 2.0})
+         for L in ((8,) if quick else (8, 16))]
 
 
 def bench_case(case: GradientCase, *, objective: str = "reverse_kl", repeats: int = 10, warmup: int = 2,
@@ -119,7 +108,7 @@ def run_gradient_bench(cases: list[GradientCase] | None = None, *, quick: bool =
             results.append(bench_case(case, objective=obj, repeats=repeats, dtype=torch_dtype(dtype), device=device))
             if progress is not None:
                 progress(results[-1])
-    return header("gradients", results=results)
+    return result_header("gradients", results=results)
 
 
 def progress_line(r: dict) -> str:
@@ -138,5 +127,5 @@ def format_gradient_table(result: dict) -> str:
             if "fast_path" in est and other in est:
                 extra = f"  ({other}/fast_path {est[other]['median_ms'] / est['fast_path']['median_ms']:.2f})"
         rows.append([r["case"], r["objective"], est["standard"]["median_ms"], " " + ratios + extra])
-    return table([("case", "<24"), ("objective", "<11"), ("standard ms", "11.1f"),
-                  (" ratios to standard (median of interleaved repeats)", "")], rows)
+    return text_table([("case", "<24"), ("objective", "<11"), ("standard ms", "11.1f"),
+                       (" ratios to standard (median of interleaved repeats)", "")], rows)

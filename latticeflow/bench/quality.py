@@ -1,45 +1,5 @@
-"""`latticeflow bench quality`: flow quality against training wall time, per flow family and target.
-
-This benchmark decides the project's default flows. Every family of `FAMILIES` is trained on every target
-of `TARGETS` (both in `latticeflow.bench.quality_targets`) by reverse KL with ``Trainer(objective="reverse_kl",
-estimator="fast_path")`` for a budget of training wall time (`latticeflow.training`; one untimed warm-up step
-on a throwaway copy first), once per seed. The flow is built after ``torch.manual_seed(seed)``; the
-Trainer's base-sample stream is seeded by ``seed``. A cosine schedule decays over the budget's seconds, its
-warm-up counted in steps.
-
-Measured on the way, off the clock (`EvaluateEvery`): every ``eval_every`` = max(budget/30, 0.5) s of
-training time, and at t = 0 and at the end, on one fixed batch of ``eval_batch`` base samples (generator
-seeded by ``seed + 1``; the same batch for every family of a theory):
-
-    loss = mean(log q + S) = KL(q‖p) − ln Z,      ESS/N = (Σw)² / (N Σw²),  log w = −S − log q   (reverse).
-
-Measured at the end, also off the clock (`latticeflow.training.flow_quality`):
-
-- ``ess``, ``ess_err``: reverse ESS/N on a fresh batch of ``final_batch`` samples (generator ``seed + 2``);
-  the error is a delete-one-block jackknife over 32 blocks (heavy-tailed weights make any such error
-  an underestimate when the ESS is small).
-- ``kl``, ``kl_err``: KL(q‖p) = mean(log q + S) + ln Z in nats on the same batch, with the theory's exact
-  ln Z in the flows' Lebesgue measure dφ or dθ (``action.log_z_exact()``: the free field; 2D U(1), where the
-  uniform base has log q₀ = −D ln 2π, so the untrained uniform flow has KL = u1_log_z ≥ 0); ``kl_err`` =
-  std/√N; null where no exact ln Z exists.
-- ``forward_ess``, ``forward_ess_err``: forward ESS/N = 1/(mean_p w · mean_p 1/w) on an HMC reference
-  ensemble of the target (`quality_targets.reference_ensemble`, generated once per target, its time reported
-  apart); the error is a jackknife over the HMC chains (which also accounts for autocorrelation within a chain).
-- ``nmcmc_acceptance``: acceptance rate of an independence Metropolis chain
-  (`latticeflow.samplers.nmcmc.metropolize`) fed with the ``final_batch`` proposals.
-
-Annealing (optional key ``anneal`` of a family: ``[[β_1, f_1], [β_2, f_2], …]``, Σf = 1, the last β the
-target's): the same flow is trained at β_i for f_i of the budget, one stage after the other, each by a
-fresh ``Trainer`` (fresh Adam state, seed ``seed + i``; `latticeflow.training.train_annealed`). Every
-evaluation is against the *target* action, and every stage's training time counts in ``wall_time``.
-
-`run_quality_bench` returns strict JSON: per target its settings, exact ``log_z`` and HMC ``reference``
-record, per family and seed the ``history`` of evaluations and the ``final`` figures (with ``steps``,
-``steps_per_s``, ``train_seconds``, ``eval_seconds``, ``n_skipped``, ``error``: null unless training stopped
-on repeated non-finite steps), and a ``summary``: medians over seeds and ``time_to_ess[thr]``, the median
-over seeds of the first training ``wall_time`` with ESS ≥ thr (a seed that never got there counts as ∞;
-null if the median is ∞).
-"""
+"""`latticeflow bench quality`: flow quality (reverse and forward ESS, KL, NMCMC acceptance) against training wall
+time, per flow family and target; it decides the project's default flows. Protocol: docs/benchmarks.md#quality."""
 from __future__ import annotations
 
 import math
@@ -52,10 +12,14 @@ import numpy as np
 import torch
 
 from ..analysis import reverse_ess
+from ..analysis.plots import figure
 from ..analysis.summary import first_time_at_least, median_finite, median_time_to
+from ..analysis.table import format_cell, text_table
+from ..io import strict
+from ..io._provenance import result_header
 from ..training import EvaluateEvery, flow_quality, train_annealed
 from ..training.diagnostics import log_q_plus_s
-from ._common import figure, fmt, header, strict_result, table, threads as torch_threads, torch_dtype, warm_up
+from ._common import torch_dtype, warm_up
 from .quality_targets import (JACKKNIFE_BLOCKS, QUICK_SECONDS, SIZES, TARGETS, TRAIN_DEFAULTS, Target, check_entry,
                               reference_ensemble, select)
 
@@ -66,13 +30,9 @@ SUMMARY_KEYS = ("ess", "ess_err", "loss", "kl", "forward_ess", "nmcmc_acceptance
                 "train_seconds", "n_parameters")
 
 
-def _safe(fn, lw: np.ndarray) -> float:
-    return fn(lw) if np.all(np.isfinite(lw)) else float("nan")
-
-
 def _train_and_measure(target: Target, label: str, entry: dict[str, Any], seed: int, *, seconds: float,
                        eval_every: float, sizes: dict[str, int], reference: dict[str, Any], log_z: float | None,
-                       dtype, device, progress) -> tuple[dict[str, Any], int]:
+                       dtype, device, progress) -> dict[str, Any]:
     """One family and seed: training (stage by stage when annealed) with evaluations off the clock, then
     the final figures."""
     action = target.action()
@@ -84,7 +44,8 @@ def _train_and_measure(target: Target, label: str, entry: dict[str, Any], seed: 
 
     def evaluate(wall_time: float, step: int) -> dict[str, Any]:
         a = log_q_plus_s(flow, action, z_eval)
-        row = {"wall_time": wall_time, "step": step, "ess": _safe(reverse_ess, -a), "loss": float(a.mean()), **current}
+        row = {"wall_time": wall_time, "step": step, "ess": reverse_ess(-a) if np.isfinite(a).all() else math.nan,
+               "loss": float(a.mean()), **current}
         if progress is not None:
             progress({"target": target.name, "family": label, "seed": seed, **row})
         return row
@@ -112,7 +73,7 @@ def _train_and_measure(target: Target, label: str, entry: dict[str, Any], seed: 
                  n_parameters=n_parameters, eval_seconds=evaluation.seconds, final_eval_seconds=time.perf_counter() - t0,
                  n_skipped=trained["n_skipped"], error=trained["error"],
                  time_to_ess={str(thr): first_time_at_least(times, ess, thr) for thr in ESS_THRESHOLDS})
-    return {"history": history, "final": final}, n_parameters
+    return {"history": history, "final": final}
 
 
 def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -124,16 +85,16 @@ def _summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float | None = None, quick: bool = False,
                       dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
-                      threads: int | None = None, plot_dir: str | None = "bench_quality",
-                      progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train every selected family on every selected target for its budget, once per seed (module doc).
+                      plot_dir: str | None = "bench_quality", progress: Callable[[dict], None] | None = None,
+                      ) -> dict[str, Any]:
+    """Train every selected family on every selected target for its budget, once per seed.
 
     ``targets``: names of `TARGETS` (list or comma-separated; default all, ``quick``: free8 and u1_b2);
     ``families``: labels of `FAMILIES` or flow family names (default all; ``quick``: `QUICK_FAMILIES`);
     ``seeds``: integers, default (0, 1, 2), ``quick``: (0,); ``seconds`` overrides every target's budget
-    (``quick``: 3 s); ``threads`` sets ``torch.set_num_threads`` for the call; ``plot_dir``: one PNG per
-    target (None: no plots); ``progress(row)`` after every evaluation. Everything is validated (targets,
-    families, flows, train keys, anneal schedules) before the first training step.
+    (``quick``: 3 s); ``plot_dir``: one PNG per target (None: no plots); ``progress(row)`` after every
+    evaluation. Everything is validated (targets, families, flows, train keys, anneal schedules) before the
+    first training step.
     """
     dtype, device = torch_dtype(dtype), torch.device(device)
     chosen = select(targets, families, quick)
@@ -141,40 +102,37 @@ def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float
     seconds = QUICK_SECONDS if seconds is None and quick else seconds
     sizes = SIZES["quick" if quick else "full"]
     ref_sizes = {k: sizes[k] for k in ("n_chains", "n_thermalize", "n_configurations", "every")}
-    for name, entries in chosen.items():  # fail fast, before any training
-        for label, entry in entries.items():
-            check_entry(TARGETS[name], label, entry, dtype, device)
+    train = {(name, label): check_entry(TARGETS[name], label, entry, dtype, device)[0]  # fail fast, before training
+             for name, entries in chosen.items() for label, entry in entries.items()}
     t_start = time.perf_counter()
-    with torch_threads(threads):
-        out = header("quality", dtype=str(dtype).replace("torch.", ""), device=str(device), quick=quick, seeds=seeds,
-                     settings={"eval_batch": sizes["eval_batch"], "final_batch": sizes["final_batch"],
-                               "jackknife_blocks": JACKKNIFE_BLOCKS, "eval_every": "max(budget/30, 0.5) s",
-                               "reference": ref_sizes, "train_defaults": TRAIN_DEFAULTS},
-                     targets={}, skipped_targets=[])
-        for name, entries in chosen.items():
-            target = TARGETS[name]
-            if not entries:
-                out["skipped_targets"].append(name)
-                continue
-            budget = float(seconds if seconds is not None else target.seconds)
-            eval_every = max(budget / 30, 0.5)
-            reference, log_z = reference_ensemble(target, **ref_sizes, device=device), target.action().log_z_exact()
-            t_out: dict[str, Any] = {"theory": target.theory, "shape": list(target.shape), "couplings": target.couplings,
-                                     "seconds": budget, "eval_every": eval_every, "log_z": log_z,
-                                     "reference": reference["record"], "families": {}}
-            for label, entry in entries.items():
-                runs, n_par = {}, None
-                for seed in seeds:
-                    runs[str(seed)], n_par = _train_and_measure(
-                        target, label, entry, seed, seconds=budget, eval_every=eval_every, sizes=sizes,
-                        reference=reference, log_z=log_z, dtype=dtype, device=device, progress=progress)
-                t_out["families"][label] = {"flow": entry.get("flow") or {}, "anneal": entry.get("anneal"),
-                                            "train": check_entry(target, label, entry, build=False)[0],
-                                            "n_parameters": n_par, "runs": runs, "summary": _summary(runs)}
-            out["targets"][name] = t_out
-        out["load_avg"]["end"] = list(os.getloadavg())
-        out["total_seconds"] = time.perf_counter() - t_start
-    out = strict_result(out)
+    out = result_header("quality", dtype=str(dtype).replace("torch.", ""), device=str(device), quick=quick, seeds=seeds,
+                        settings={"eval_batch": sizes["eval_batch"], "final_batch": sizes["final_batch"],
+                                  "jackknife_blocks": JACKKNIFE_BLOCKS, "eval_every": "max(budget/30, 0.5) s",
+                                  "reference": ref_sizes, "train_defaults": TRAIN_DEFAULTS},
+                        targets={}, skipped_targets=[])
+    for name, entries in chosen.items():
+        target = TARGETS[name]
+        if not entries:
+            out["skipped_targets"].append(name)
+            continue
+        budget = float(seconds if seconds is not None else target.seconds)
+        eval_every = max(budget / 30, 0.5)
+        reference, log_z = reference_ensemble(target, **ref_sizes, device=device), target.action().log_z_exact()
+        t_out: dict[str, Any] = {"theory": target.theory, "shape": list(target.shape), "couplings": target.couplings,
+                                 "seconds": budget, "eval_every": eval_every, "log_z": log_z,
+                                 "reference": reference["record"], "families": {}}
+        for label, entry in entries.items():
+            runs = {str(seed): _train_and_measure(target, label, entry, seed, seconds=budget, eval_every=eval_every,
+                                                  sizes=sizes, reference=reference, log_z=log_z, dtype=dtype,
+                                                  device=device, progress=progress) for seed in seeds}
+            n_parameters = runs[str(seeds[-1])]["final"]["n_parameters"]
+            t_out["families"][label] = {"flow": entry.get("flow") or {}, "anneal": entry.get("anneal"),
+                                        "train": train[name, label], "n_parameters": n_parameters, "runs": runs,
+                                        "summary": _summary(runs)}
+        out["targets"][name] = t_out
+    out["load_avg"]["end"] = list(os.getloadavg())
+    out["total_seconds"] = time.perf_counter() - t_start
+    out = strict(out)
     if plot_dir:
         out["plots"] = plot_quality_bench(out, plot_dir)
     return out
@@ -222,7 +180,7 @@ def format_quality_table(result: dict[str, Any]) -> str:
     for name, t in result["targets"].items():
         for label, fam in t["families"].items():
             m, tt, n_errors = fam["summary"]["median"], fam["summary"]["time_to_ess"], fam["summary"]["n_errors"]
-            ess = fmt(m["ess"], ".3f") + ("" if m["ess_err"] is None else f"±{m['ess_err']:.3f}")
+            ess = format_cell(m["ess"], ".3f") + ("" if m["ess_err"] is None else f"±{m['ess_err']:.3f}")
             rows.append([name, f"{t['seconds']:g}s", label, ess, m["forward_ess"], m["kl"], m["nmcmc_acceptance"],
                          m["steps_per_s"], tt["0.5"], tt["0.8"], f"({n_errors} run(s) diverged)" if n_errors else ""])
         ref = t["reference"]
@@ -230,11 +188,11 @@ def format_quality_table(result: dict[str, Any]) -> str:
                     f"(not training time)" + (f"; {ref['note']}" if ref.get("note") else ""))
     if result.get("skipped_targets"):
         rows.append(f"no selected family for target(s): {', '.join(result['skipped_targets'])}")
-    return table([("target", "<10"), ("budget", ">7"), ("family", "<28"), ("ESS", ">14"), ("fwd ESS", "7.3f"),
-                  ("KL", "8.4f"), ("acc", "5.2f"), ("steps/s", "8.1f"), ("t(.5)", "7.1f"), ("t(.8)", "7.1f"), ("", "")],
-                 rows, title=f"flow quality at equal wall time: seeds {result['seeds']}, {result['threads']} threads, "
-                             f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
-                             f"{load['end'][0]:.2f}",
-                 notes=["medians over seeds; ESS: reverse ESS/N on a fresh batch ± jackknife; fwd ESS on the HMC "
-                        "reference; KL = KL(q‖p) in nats (exact ln Z; — where none); acc: independence-Metropolis "
-                        "acceptance; t(x): training seconds to ESS ≥ x on the eval batch (— never)"])
+    return text_table([("target", "<10"), ("budget", ">7"), ("family", "<28"), ("ESS", ">14"), ("fwd ESS", "7.3f"),
+                       ("KL", "8.4f"), ("acc", "5.2f"), ("steps/s", "8.1f"), ("t(.5)", "7.1f"), ("t(.8)", "7.1f"), ("", "")],
+                      rows, title=f"flow quality at equal wall time: seeds {result['seeds']}, {result['threads']} threads, "
+                                  f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
+                                  f"{load['end'][0]:.2f}",
+                      notes=["medians over seeds; ESS: reverse ESS/N on a fresh batch ± jackknife; fwd ESS on the HMC "
+                             "reference; KL = KL(q‖p) in nats (exact ln Z; — where none); acc: independence-Metropolis "
+                             "acceptance; t(x): training seconds to ESS ≥ x on the eval batch (— never)"])

@@ -1,11 +1,6 @@
 """Targets and flow families of `latticeflow bench quality`, their validation (all before any training), and
 the HMC reference ensemble of a target (also the training data of `latticeflow bench forward`).
-
-`TARGETS` (theory, lattice, couplings, default budget and batch), `FAMILIES` per target (flow config,
-Trainer settings over `TRAIN_DEFAULTS`, optional β annealing), `select` (the --targets / --families
-selection), the checks that turn a bad entry into one line naming the target and family, and
-`reference_ensemble` (`latticeflow.training.hmc_reference`, from topological sectors where HMC freezes).
-"""
+Contents: docs/benchmarks.md#targets-and-families-of-quality."""
 from __future__ import annotations
 
 import inspect

@@ -1,13 +1,6 @@
-"""`latticeflow bench sampling`: configurations per second of flow sampling, neural MCMC and the HDF5 write.
-
-For φ⁴ 16×8 (Z2Nice, CNN) and U(1) 8×8 (NCP) flows at their initialisation (the cost does not depend on
-training): the time per batch of (a) drawing flow samples with log q and the action, (b) measuring the
-observables, (c) the Metropolis step of NMCMC, (d) appending the batch to an HDF5 ensemble with flush.
-The HDF5 share is (d) / ((a) + (b) + (c) + (d)) of an NMCMC run; the design asks for ≤ 10 %.
-(e) The trust verdict's diagnostics (split-R̂ and τ_int coverage of 16 chains per main observable, Pareto
-k̂ of the proposal weights, the longest rejection run) on everything sampled, as a share of the total
-sampling time; issue 12 asks for < 5 %.
-"""
+"""`latticeflow bench sampling`: configurations per second of flow sampling, neural MCMC and the HDF5 write, and
+the shares of the HDF5 write (design: ≤ 10 %) and the trust verdict's diagnostics (issue 12: < 5 %).
+Protocol: docs/benchmarks.md#sampling."""
 from __future__ import annotations
 
 import statistics
@@ -21,13 +14,15 @@ import torch
 
 from actions import Phi4, U1Gauge
 from ..analysis.diagnostics import longest_rejection_run
+from ..analysis.table import text_table
 from ..analysis.verdict import markov_checks, weight_checks
 from ..flows import build_flow
 from ..gradients import log_weights
 from ..io import EnsembleWriter
+from ..io._provenance import result_header
 from ..samplers.flow import SAMPLE_CHUNK
 from ..samplers.nmcmc import metropolize
-from ._common import header, table, torch_dtype
+from ._common import torch_dtype
 
 __all__ = ["run_sampling_bench", "format_sampling_table"]
 
@@ -101,15 +96,15 @@ def _diagnostics_seconds(obs: list[dict], log_weight: list, accepted: list, n_ch
 
 
 def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> dict:
-    """{"benchmark": "sampling", …, "results": one per case} (see the module docstring)."""
+    """{"benchmark": "sampling", …, "results": one per case} (docs/benchmarks.md#sampling)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return header("sampling", results=[_bench(n, a, f, batch_size, 3 if quick else n_batches, torch_dtype(dtype),
-                                                  Path(tmp)) for n, a, f in _cases()])
+        return result_header("sampling", results=[_bench(n, a, f, batch_size, 3 if quick else n_batches, torch_dtype(dtype),
+                                                         Path(tmp)) for n, a, f in _cases()])
 
 
 def format_sampling_table(result: dict) -> str:
-    return table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
-                  ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("diagnostics", "12.2%")],
-                 [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
-                                                                 "nmcmc_written", "hdf5_write")),
-                   r["hdf5_share"], r["diagnostics_share"]] for r in result["results"]])
+    return text_table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
+                       ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("diagnostics", "12.2%")],
+                      [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
+                                                                      "nmcmc_written", "hdf5_write")),
+                        r["hdf5_share"], r["diagnostics_share"]] for r in result["results"]])

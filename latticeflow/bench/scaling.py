@@ -1,16 +1,5 @@
-"""`latticeflow bench scaling`: weak scaling of MPI runs, 1 and 2 ranks (one torch thread per rank).
-
-Launches ``mpiexec -n 1`` and ``mpiexec -n 2`` workers (the ``mpiexec`` next to the Python
-interpreter, else the one on PATH). Every rank keeps the same share of work at both sizes: data-parallel
-training of a Z2Nice flow (8 CNN couplings [16, 16]) on φ⁴ 8×8 with ``batch`` configurations per rank
-(global batch = ranks × batch), and ``latticeflow sample`` with the flow sampler and with HMC, ``samples``
-configurations per rank (HMC: 4 × ``samples``) into shard files plus the master file. Each timed phase
-starts and ends with a barrier, so the time is that of the slowest rank; the sizes alternate for
-``rounds`` rounds of ``repeats`` runs per phase and the median run counts (robust to other processes).
-Efficiency = per-rank throughput at 2 ranks / at 1 rank (1 is perfect weak scaling; on a 2-core machine
-anything else running on the cores lowers it; the ``cpu_efficiency`` beside it, from CPU seconds, tells
-such contention apart from MPI overhead).
-"""
+"""`latticeflow bench scaling`: weak scaling of MPI runs, 1 and 2 ranks (one torch thread per rank): training,
+flow sampling and HMC throughput per rank. Protocol: docs/benchmarks.md#scaling."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..analysis.table import text_table
 from ..io import dumps_json
-from ._common import table
 
 __all__ = ["find_mpiexec", "run_scaling_bench", "format_scaling_table"]
 
@@ -103,14 +92,14 @@ def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch
 
 def format_scaling_table(result: dict[str, Any]) -> str:
     """One row per world size: throughputs, then the weak-scaling efficiencies."""
-    return table([("ranks", ">5"), ("train steps/s", "14.2f"), ("train cfg/s", "12.0f"), ("flow cfg/s", "11.0f"),
-                  ("hmc cfg/s", "10.0f")],
-                 [[n, r["train_steps_per_s"], r["train_configs_per_s"], r["flow_configs_per_s"], r["hmc_configs_per_s"]]
-                  for n, r in result["ranks"].items()],
-                 title=f"weak scaling, 1 torch thread per rank, {result['per_rank_batch']} configurations per rank and "
-                       f"step (load average {result['load_average'][0]:.2f})",
-                 notes=[f"efficiency at {n} ranks: " + ", ".join(f"{k.split('_')[0]} {v:.0%}" for k, v in eff.items())
-                        for n, eff in result.get("efficiency", {}).items()])
+    return text_table([("ranks", ">5"), ("train steps/s", "14.2f"), ("train cfg/s", "12.0f"), ("flow cfg/s", "11.0f"),
+                       ("hmc cfg/s", "10.0f")],
+                      [[n, r["train_steps_per_s"], r["train_configs_per_s"], r["flow_configs_per_s"], r["hmc_configs_per_s"]]
+                       for n, r in result["ranks"].items()],
+                      title=f"weak scaling, 1 torch thread per rank, {result['per_rank_batch']} configurations per rank and "
+                            f"step (load average {result['load_average'][0]:.2f})",
+                      notes=[f"efficiency at {n} ranks: " + ", ".join(f"{k.split('_')[0]} {v:.0%}" for k, v in eff.items())
+                             for n, eff in result.get("efficiency", {}).items()])
 
 
 def _timed(world, fn, repeats: int) -> tuple[list[float], list[float]]:

@@ -1,18 +1,5 @@
-"""`latticeflow bench snf`: self-normalizing flows against their exact-gradient twins.
-
-1. Step time of maximum-likelihood training (forward KL, standard estimator, the `Trainer` step with
-   the reconstruction loss and Adam) for φ⁴ lattices 8×8 … 64×64 (D = 64 … 4096), dense and periodic-conv
-   SNF flows (family ``snf``, 2 linear layers + `OddPower`), ``gradient: self_normalized`` vs ``exact``.
-   Each timing is a block of consecutive steps (for the dense SNF a whole ``refresh`` cycle, so the
-   periodic exact log-det is included), blocks interleaved, median over repeats. The exponents are
-   least-squares slopes of log(time) against log D over the sizes with D ≥ 1024 (32², 48², 64²), and
-   the local slopes between the two largest sizes. LAPACK's LU runs at ~70 GFLOP/s at D = 1024 but
-   ~130 at D ≥ 2304 on 2 cores, which flattens the exact curve at the small end: its O(D³) shows in the
-   local slope.
-   Expectation (Keller et al. 2021): dense SNF O(D²) per step at fixed batch, exact O(D³) (LU and
-   inverse). A periodic convolution's exact log-det is an FFT (O(V C³)), so there both are ~O(D).
-2. Held-out NLL after the same step budget on the same HMC ensemble of φ⁴ 8×8 (κ = 0.2, λ = 0.022).
-"""
+"""`latticeflow bench snf`: self-normalizing flows against their exact-gradient twins: step time against the
+lattice volume D and held-out NLL (Keller et al. 2021). Protocol: docs/benchmarks.md#snf."""
 from __future__ import annotations
 
 import math
@@ -23,9 +10,11 @@ import torch
 
 from actions import Phi4
 from ..analysis.summary import log_log_slope
+from ..analysis.table import text_table
 from ..flows import build_flow
+from ..io._provenance import result_header
 from ..training import Trainer, held_out_metrics, hmc_ensemble
-from ._common import header, table, torch_dtype
+from ._common import torch_dtype
 
 __all__ = ["run_snf_bench", "format_snf_table", "hmc_ensemble"]
 
@@ -102,7 +91,7 @@ def heldout_nll(steps: int = 600, layers=("dense", "conv"), dtype=torch.float64,
 
 def run_snf_bench(quick: bool = False, repeats: int = 3, dtype=torch.float32, progress=None) -> dict[str, Any]:
     dtype = torch_dtype(dtype)
-    out = header("snf", dtype=str(dtype))
+    out = result_header("snf", dtype=str(dtype))
     rows = step_times(sizes=(8, 16, 32) if quick else (8, 16, 32, 48, 64), repeats=1 if quick else repeats, dtype=dtype,
                       progress=progress)
     return {**out, "step_times": rows, "exponents": exponents(rows, d_min=64 if quick else 1024),
@@ -120,10 +109,10 @@ def format_snf_table(result: dict[str, Any]) -> str:
               f"difference {100 * r['relative_difference']:+.3f} %  ({r['steps']} steps)" for r in result["nll"]]
     if any(not math.isfinite(v) for e in result["exponents"].values() for v in e.values()):
         notes.append("(exponents need at least two sizes with D >= 1024)")
-    return table([("layer", "<6"), ("L", "4d"), ("D", "6d"), ("snf [ms]", "10.2f"), ("exact [ms]", "11.2f"),
-                  ("snf/exact", "10.3f")], rows, notes=notes,
-                 title=f"SNF vs exact twin: maximum-likelihood step time (batch {result['step_times'][0]['batch']}, "
-                       f"{result['dtype']}, {result['threads']} threads)")
+    return text_table([("layer", "<6"), ("L", "4d"), ("D", "6d"), ("snf [ms]", "10.2f"), ("exact [ms]", "11.2f"),
+                       ("snf/exact", "10.3f")], rows, notes=notes,
+                      title=f"SNF vs exact twin: maximum-likelihood step time (batch {result['step_times'][0]['batch']}, "
+                            f"{result['dtype']}, {result['threads']} threads)")
 
 
 def progress_line(row: dict[str, Any]) -> str:

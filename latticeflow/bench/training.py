@@ -1,32 +1,6 @@
-"""`latticeflow bench training`: reverse-KL training at equal wall time, ``standard`` vs ``fast_path``.
-
-The paper's claim (Vaitl, Winkler, Richter, Kessel, ICLR 2024, arXiv 2403.15881): although a fast path
-gradient step costs more than a standard (reparameterisation) step, training with it reaches a higher
-effective sample size *at equal wall time*, because the path gradient drops the score term
-E_q[∂_θ log q_θ] = 0 whose per-sample noise does not vanish at the optimum: near convergence the path
-gradient's variance goes to zero ("sticking the landing") while the standard gradient's does not.
-
-Protocol, per theory of `CASES` (φ⁴ 8×8, κ = 0.25, λ = 0.5, family ``spline``; U(1) 8×8, β = 6, family
-``u1``): every estimator trains a deep copy of one flow built from ``seed`` with ``Trainer(objective=
-"reverse_kl", estimator=e, seed=seed)`` (same optimiser, lr, batch and base-sample stream) for ``seconds``
-of training time on its own clock, one run after the other (or, with ``interleave``, in alternating slices
-of ``eval_every`` seconds), after an untimed warm-up step. Off the clock (`EvaluateEvery`):
-
-- every ``eval_every`` seconds, at the start and the end, on a fixed batch of ``eval_batch`` base samples:
-  ``loss`` = mean(log q + S) = KL(q‖p) − log Z and the reverse ESS of log w = −S − log q; ``train_loss``
-  is the mean training-batch loss since the previous row;
-- every ``variance_every`` seconds, at the start and the end: ``variance_batches`` batches of
-  ``variance_batch_size`` base samples (the same for both estimators and every run at the same index) give
-  one gradient each of ``standard`` and ``fast_path``; ``var_<e>`` is the trace of their covariance over
-  batches (null in rows without it), ``var_median_<e>`` the same with the median over batches,
-  ``gradsq_<e>`` the squared norm of the mean gradient.
-
-Per run the result has the ``history`` of these rows and the ``final`` figures (with steps/s and
-``ess_tail_mean``, the mean ESS over the last quarter of the budget, which decides
-``winner_at_equal_time``: one evaluation fluctuates); per theory a ``comparison`` (steps/s ratio
-fast_path/standard, and the ESS of both at the smaller step count, interpolated, which separates "better
-per step" from "better per second").
-"""
+"""`latticeflow bench training`: reverse-KL training at equal wall time, ``standard`` vs ``fast_path``: ESS and
+gradient variance against training time (Vaitl, Winkler, Richter, Kessel, ICLR 2024, arXiv 2403.15881).
+Protocol: docs/benchmarks.md#training."""
 from __future__ import annotations
 
 import copy
@@ -40,11 +14,15 @@ import torch
 
 from actions import build_theory
 from ..analysis import reverse_ess
+from ..analysis.plots import figure
 from ..analysis.summary import interpolate_at, median_finite
+from ..analysis.table import format_cell, text_table
 from ..flows import build_flow
 from ..gradients import log_weights
+from ..io import strict
+from ..io._provenance import result_header
 from ..training import Callback, EvaluateEvery, Trainer, gradient_variance
-from ._common import fmt, figure, header, strict_result, table, threads as torch_threads, torch_dtype, warm_up
+from ._common import torch_dtype, warm_up
 
 __all__ = ["TrainingCase", "CASES", "training_cases", "run_training_bench", "run_training_seeds",
            "format_training_table", "plot_training_bench", "training_seed_summary", "format_training_seed_summary",
@@ -172,61 +150,57 @@ def run_training_bench(*, seconds: float = 60.0, theories=("phi4", "u1"), estima
                        dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
                        plot_path: str | None = None, progress=None, eval_every: float | None = None,
                        eval_batch: int = 2048, variance_batches: int = 16, variance_batch_size: int | None = None,
-                       threads: int | None = None, interleave: bool = False) -> dict[str, Any]:
-    """Train the same initial flow once per estimator for ``seconds`` of training time each (module doc).
+                       interleave: bool = False) -> dict[str, Any]:
+    """Train the same initial flow once per estimator for ``seconds`` of training time each.
 
     ``batch_size`` / ``variance_batch_size`` override the per-theory sizes (`CASES`); ``eval_every``
-    defaults to ``seconds / 20``; ``progress(row)`` after every evaluation; ``threads`` sets
-    ``torch.set_num_threads`` for the call; ``interleave`` alternates the estimators in slices of
-    ``eval_every`` training seconds (in alternating order), so that drifts in machine load hit all alike;
-    ``plot_path``: a PNG of ESS and gradient variance against training time.
+    defaults to ``seconds / 20``; ``progress(row)`` after every evaluation; ``interleave`` alternates the
+    estimators in slices of ``eval_every`` training seconds (in alternating order), so that drifts in machine
+    load hit all alike; ``plot_path``: a PNG of ESS and gradient variance against training time.
     """
     device, dtype = torch.device(device), torch_dtype(dtype)
     eval_every = seconds / 20 if eval_every is None else eval_every
-    with torch_threads(threads):
-        out = header("training", seconds=seconds, dtype=str(dtype).replace("torch.", ""), device=str(device),
-                     eval_batch=eval_batch, variance_batches=variance_batches, variance_every=variance_every,
-                     eval_every=eval_every, interleave=interleave, seed=seed, theories={})
-        for case in training_cases(theories):
-            case = dataclasses.replace(case, variance_batch_size=variance_batch_size or case.variance_batch_size)
-            action = case.action()
-            torch.manual_seed(seed)
-            flow0 = build_flow(case.flow, action).to(device=device, dtype=dtype)
-            z_eval = flow0.base.sample((eval_batch,), generator=torch.Generator(device=device).manual_seed(seed + 1))
-            kw = dict(seconds=seconds, batch_size=batch_size or case.batch_size, z_eval=z_eval, eval_every=eval_every,
-                      variance_every=variance_every, variance_batches=variance_batches, seed=seed, progress=progress)
-            if interleave:
-                active, k = [_Run(flow0, action, case, e, **kw) for e in estimators], 0
-                while not all(r.done for r in active):
-                    k += 1
-                    for r in (active if k % 2 else active[::-1]):
-                        r.advance(k * eval_every)
-            else:
-                active = []
-                for e in estimators:
-                    active.append(_Run(flow0, action, case, e, **kw))
-                    active[-1].advance(seconds)
-            runs = {r.estimator: r.result() for r in active}
-            out["theories"][case.theory] = {
-                "case": case.name, "shape": list(case.shape), "couplings": case.couplings, "flow": case.flow,
-                "batch_size": kw["batch_size"], "lr": case.lr, "variance_batch_size": case.variance_batch_size,
-                "n_parameters": sum(p.numel() for p in flow0.parameters()), "runs": runs,
-                "comparison": _comparison(runs)}
-        out["load_avg"]["end"] = list(os.getloadavg())
+    out = result_header("training", seconds=seconds, dtype=str(dtype).replace("torch.", ""), device=str(device),
+                        eval_batch=eval_batch, variance_batches=variance_batches, variance_every=variance_every,
+                        eval_every=eval_every, interleave=interleave, seed=seed, theories={})
+    for case in training_cases(theories):
+        case = dataclasses.replace(case, variance_batch_size=variance_batch_size or case.variance_batch_size)
+        action = case.action()
+        torch.manual_seed(seed)
+        flow0 = build_flow(case.flow, action).to(device=device, dtype=dtype)
+        z_eval = flow0.base.sample((eval_batch,), generator=torch.Generator(device=device).manual_seed(seed + 1))
+        kw = dict(seconds=seconds, batch_size=batch_size or case.batch_size, z_eval=z_eval, eval_every=eval_every,
+                  variance_every=variance_every, variance_batches=variance_batches, seed=seed, progress=progress)
+        if interleave:
+            active, k = [_Run(flow0, action, case, e, **kw) for e in estimators], 0
+            while not all(r.done for r in active):
+                k += 1
+                for r in (active if k % 2 else active[::-1]):
+                    r.advance(k * eval_every)
+        else:
+            active = []
+            for e in estimators:
+                active.append(_Run(flow0, action, case, e, **kw))
+                active[-1].advance(seconds)
+        runs = {r.estimator: r.result() for r in active}
+        out["theories"][case.theory] = {
+            "case": case.name, "shape": list(case.shape), "couplings": case.couplings, "flow": case.flow,
+            "batch_size": kw["batch_size"], "lr": case.lr, "variance_batch_size": case.variance_batch_size,
+            "n_parameters": sum(p.numel() for p in flow0.parameters()), "runs": runs, "comparison": _comparison(runs)}
+    out["load_avg"]["end"] = list(os.getloadavg())
     if plot_path:
         plot_training_bench(out, plot_path)
         out["plot"] = str(plot_path)
-    return strict_result(out)
+    return strict(out)
 
 
-def run_training_seeds(*, seeds=(0,), plot: str | None = None, sequential: bool = False,
-                       seconds: float | None = None, **kwargs) -> dict[str, Any]:
+def run_training_seeds(*, seeds=(0,), plot: str | None = None, sequential: bool = False, **kwargs) -> dict[str, Any]:
     """`run_training_bench` once per seed of ``seeds`` (integers; ``latticeflow bench training``): one result, or
     with several seeds {"benchmark", "seeds", "runs", "summary"} (`training_seed_summary`); plots per seed."""
     values, base = list(seeds), plot or "bench_training.png"
-    results = [run_training_bench(seconds=60.0 if seconds is None else seconds, seed=s, interleave=not sequential,
-                                  plot_path=base if len(values) == 1 else base.replace(".png", f"_seed{s}.png"),
-                                  **kwargs) for s in values]
+    results = [run_training_bench(seed=s, interleave=not sequential, **kwargs,
+                                  plot_path=base if len(values) == 1 else base.replace(".png", f"_seed{s}.png"))
+               for s in values]
     if len(results) == 1:
         return results[0]
     return {"benchmark": "training", "seeds": values, "runs": results, "summary": training_seed_summary(results)}
@@ -276,16 +250,16 @@ def format_training_table(result: dict) -> str:
         if c:
             eq = c["ess_at_equal_steps"]
             rows.append(f"{'':<26} fast_path/standard steps/s {c['steps_per_s_ratio']:.2f}; ESS at step {eq['step']}: "
-                        f"standard {fmt(eq['standard'], '.3f')}, fast_path {fmt(eq['fast_path'], '.3f')}; "
+                        f"standard {format_cell(eq['standard'], '.3f')}, fast_path {format_cell(eq['fast_path'], '.3f')}; "
                         f"equal time (ESS q4) -> {c['winner_at_equal_time']}")
-    return table([("case", "<26"), ("estimator", "<10"), ("steps", "6d"), ("steps/s", "8.1f"), ("loss", "9.3f"),
-                  ("ESS", "6.3f"), ("ESS q4", "6.3f"), ("var std", "9.3g"), ("var fast", "9.3g")], rows,
-                 title=f"reverse KL at equal wall time: {result['seconds']:g} s per estimator"
-                       f"{' (interleaved)' if result.get('interleave') else ''}, {result['threads']} threads, "
-                       f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
-                       f"{load.get('end', [float('nan')])[0]:.2f}",
-                 notes=["(variance: tr Cov of the gradient at the final parameters)",
-                        "ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)"])
+    return text_table([("case", "<26"), ("estimator", "<10"), ("steps", "6d"), ("steps/s", "8.1f"), ("loss", "9.3f"),
+                       ("ESS", "6.3f"), ("ESS q4", "6.3f"), ("var std", "9.3g"), ("var fast", "9.3g")], rows,
+                      title=f"reverse KL at equal wall time: {result['seconds']:g} s per estimator"
+                            f"{' (interleaved)' if result.get('interleave') else ''}, {result['threads']} threads, "
+                            f"{result['dtype']} {result['device']}, load avg {load['start'][0]:.2f} -> "
+                            f"{load.get('end', [float('nan')])[0]:.2f}",
+                      notes=["(variance: tr Cov of the gradient at the final parameters)",
+                             "ESS q4: mean ESS over the last quarter of the budget (single evaluations fluctuate)"])
 
 
 def training_seed_summary(results: list[dict]) -> dict[str, Any]:
@@ -308,8 +282,8 @@ def training_seed_summary(results: list[dict]) -> dict[str, Any]:
 def format_training_seed_summary(summary: dict[str, Any]) -> str:
     lines = ["medians over seeds (ESS q4 at equal wall time):"]
     for row in summary.values():
-        med = ", ".join(f"{e} {fmt(v, '.3f')}" for e, v in row["median"].items())
-        per = "; ".join(f"{e} " + "/".join(fmt(v, '.3f') for v in vals) for e, vals in row["ess_q4"].items())
+        med = ", ".join(f"{e} {format_cell(v, '.3f')}" for e, v in row["median"].items())
+        per = "; ".join(f"{e} " + "/".join(format_cell(v, '.3f') for v in vals) for e, vals in row["ess_q4"].items())
         lines.append(f"  {row['case']}: {med}  (seeds {row['seeds']}: {per}; fast_path ahead in "
                      f"{row.get('fast_path_wins', 0)} of {len(row['seeds'])})")
     return "\n".join(lines)

@@ -1,20 +1,5 @@
-"""`latticeflow bench verdict`: calibration of the trust verdict on deliberately undertrained flows.
-
-Each grid point is a full `latticeflow run` (train → sample → analyse) in a temporary directory, with a
-weak flow family (``z2nice`` for φ⁴, ``u1_ncp`` for U(1): the pre-issue-11 defaults) trained for a few
-steps ("0" steps = one step at lr 1e-12). Its verdict is computed **without** the comparison with exact
-values (``pull_max = ∞``), so it rests on R̂, τ_int coverage, Pareto k̂ and rejection runs alone. Every
-main observable (φ⁴: m, |m|, χ₂, S/V; U(1): ⟨cos P⟩, Q, χ_t, S/V) is then compared with the truth: the
-exact value (free field, 2D U(1) on the torus) or a long HMC reference (interacting φ⁴, generated once per
-coupling; its own error enters the pull). A **silent miss** is a run with some |pull| > 4 whose verdict is
-"reliable". **False alarms** are counted on well-trained runs: the default flows of the shipped flow
-configs (`configs/quickstart.yaml`, `configs/phi4_8x8_flow.yaml`, `configs/u1_8x8_beta6.yaml`).
-
-Returns strict JSON: {"benchmark": "verdict", "runs": [{"name", "theory", "couplings", "family", "steps",
-"sampler", "seed", "verdict", "pulls", "max_abs_pull", "miss", "acceptance", "seconds"}, …],
-"well_trained": [...same...], "summary": {"n_runs", "n_unreliable", "n_off", "silent_misses",
-"n_well_trained", "false_alarms"}}.
-"""
+"""`latticeflow bench verdict`: calibration of the trust verdict on deliberately undertrained flows (silent
+misses) and on well-trained ones (false alarms). Protocol: docs/benchmarks.md#verdict."""
 from __future__ import annotations
 
 import json
@@ -28,17 +13,15 @@ import yaml
 
 from actions import build_theory
 from ..analysis.summary import pull
-from ._common import strict_result, table
+from ..analysis.table import text_table
+from ..io import strict
 
 __all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]
 
 _PHI4_FREE = {"theory": "phi4", "shape": [8, 8], "kappa": 0.2, "lam": 0.0}
 _PHI4_TUTORIAL = {"theory": "phi4", "shape": [8, 8], "kappa": 0.25, "lam": 0.5}
 _PHI4_BROKEN = {"theory": "phi4", "shape": [8, 8], "kappa": 0.3, "lam": 0.022}
-
-
-def _u1(beta: float) -> dict[str, Any]:
-    return {"theory": "u1", "shape": [8, 8], "beta": beta}
+_U1 = {"theory": "u1", "shape": [8, 8]}
 
 
 def _grid() -> list[dict[str, Any]]:
@@ -49,11 +32,11 @@ def _grid() -> list[dict[str, Any]]:
         g.append({"action": _PHI4_TUTORIAL, "family": "z2nice", "steps": steps, "seed": 0})
         g.append({"action": _PHI4_BROKEN, "family": "z2nice", "steps": steps, "seed": 0})
         for beta in (2.0, 4.0):
-            g.append({"action": _u1(beta), "family": "u1_ncp", "steps": steps, "seed": 0})
+            g.append({"action": {**_U1, "beta": beta}, "family": "u1_ncp", "steps": steps, "seed": 0})
     for beta in (1.0, 3.0):
-        g.append({"action": _u1(beta), "family": "u1_ncp", "steps": 50, "seed": 1})
+        g.append({"action": {**_U1, "beta": beta}, "family": "u1_ncp", "steps": 50, "seed": 1})
     g.append({"action": _PHI4_FREE, "family": "z2nice", "steps": 50, "seed": 2, "sampler": "flow"})
-    g.append({"action": _u1(2.0), "family": "u1_ncp", "steps": 50, "seed": 2, "sampler": "flow"})
+    g.append({"action": {**_U1, "beta": 2.0}, "family": "u1_ncp", "steps": 50, "seed": 2, "sampler": "flow"})
     return g
 
 
@@ -159,20 +142,20 @@ def run_verdict_bench(*, quick: bool = False, well_trained: bool = True, progres
                       "n_off": sum(r["off"] for r in runs), "silent_misses": sum(r["miss"] for r in runs),
                       "n_well_trained": len(good), "false_alarms": sum(not r["verdict"]["reliable"] for r in good),
                       "seconds": time.perf_counter() - t0}
-    return strict_result(out)
+    return strict(out)
 
 
 def format_verdict_bench(result: dict[str, Any]) -> str:
     s = result["summary"]
-    return table([("theory", "<6"), ("couplings", "<22"), ("family", "<8"), ("steps", "5d"), ("sampler", "<7"),
-                  ("max|pull|", "9.1f"), ("k̂", "6.2f"), ("acc", "5.2f"), (" verdict", "")],
-                 [[r["theory"], r.get("name") or ", ".join(f"{k}={v:g}" for k, v in r.get("couplings", {}).items()),
-                   str(r["family"]), r["steps"], r["sampler"], r["max_abs_pull"], r.get("khat"), r.get("acceptance"),
-                   (" reliable" if r["verdict"]["reliable"] else " unreliable: " + "; ".join(r["verdict"]["reasons"])[:80])
-                   + ("  SILENT MISS" if r["miss"] else "")] for r in result["runs"] + result["well_trained"]],
-                 notes=[f"{s['n_runs']} undertrained runs: {s['n_off']} off by > 4σ, {s['n_unreliable']} called "
-                        f"unreliable, {s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false "
-                        f"alarms of {s['n_well_trained']}"])
+    return text_table([("theory", "<6"), ("couplings", "<22"), ("family", "<8"), ("steps", "5d"), ("sampler", "<7"),
+                       ("max|pull|", "9.1f"), ("k̂", "6.2f"), ("acc", "5.2f"), (" verdict", "")],
+                      [[r["theory"], r.get("name") or ", ".join(f"{k}={v:g}" for k, v in r.get("couplings", {}).items()),
+                        str(r["family"]), r["steps"], r["sampler"], r["max_abs_pull"], r.get("khat"), r.get("acceptance"),
+                        (" reliable" if r["verdict"]["reliable"] else " unreliable: " + "; ".join(r["verdict"]["reasons"])[:80])
+                        + ("  SILENT MISS" if r["miss"] else "")] for r in result["runs"] + result["well_trained"]],
+                      notes=[f"{s['n_runs']} undertrained runs: {s['n_off']} off by > 4σ, {s['n_unreliable']} called "
+                             f"unreliable, {s['silent_misses']} silent misses; well-trained: {s['false_alarms']} false "
+                             f"alarms of {s['n_well_trained']}"])
 
 
 def progress_line(r: dict[str, Any]) -> str:

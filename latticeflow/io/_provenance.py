@@ -3,18 +3,21 @@
 :func:`provenance` never raises: anything it cannot determine is ``"unknown"``.
 It does not import torch (the version comes from the installed metadata unless
 torch is already imported), so it is cheap to call from light-weight tools.
+:func:`result_header` opens every benchmark result (it imports torch when called).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["provenance", "git_commit"]
+__all__ = ["provenance", "git_commit", "result_header"]
 
 _UNKNOWN = "unknown"
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -86,3 +89,14 @@ def provenance(command: str | None = None) -> dict[str, str]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv) if command is None else str(command),
     }
+
+
+def result_header(name: str, **fields: Any) -> dict[str, Any]:
+    """The head of a benchmark result: ``benchmark`` (``name``), ``date`` (ISO 8601, local time), ``torch``
+    (version), ``threads`` (torch's intra-op threads) and ``load_avg`` ({"start": the 1, 5, 15 minute load
+    averages now}), then ``fields``."""
+    import torch
+
+    return {"benchmark": name, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_avg": {"start": list(os.getloadavg())}, **fields}

@@ -21,9 +21,10 @@ FINAL_KEYS = {"ess", "ess_err", "loss", "kl", "kl_err", "forward_ess", "forward_
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    torch.set_num_threads(1)
     plot_dir = tmp_path_factory.mktemp("bench_quality")
     rows = []
-    result = run_quality_bench(quick=True, threads=1, plot_dir=str(plot_dir), progress=rows.append)
+    result = run_quality_bench(quick=True, plot_dir=str(plot_dir), progress=rows.append)
     return result, plot_dir, rows
 
 
@@ -103,7 +104,7 @@ def test_annealed_family_counts_every_stage(monkeypatch, tmp_path):
     small = {"family": "u1", "n_layers": 2, "hidden": [4]}
     monkeypatch.setitem(FAMILIES, "u1_b6", {"tiny annealed": {"flow": small, "train": {"batch_size": 16},
                                                               "anneal": [[2.0, 0.5], [6.0, 0.5]]}})
-    result = run_quality_bench(targets="u1_b6", seconds=1.0, quick=True, threads=1, plot_dir=None)
+    result = run_quality_bench(targets="u1_b6", seconds=1.0, quick=True, plot_dir=None)
     run = result["targets"]["u1_b6"]["families"]["tiny annealed"]["runs"]["0"]
     stages = [r["stage"] for r in run["history"]]
     assert stages == sorted(stages) and stages[0] == 0 and stages[-1] == 1 and 0 in stages

@@ -20,11 +20,12 @@ FINAL_KEYS = {"ess", "ess_tail_mean", "loss", "steps", "train_seconds", "steps_p
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    torch.set_num_threads(1)
     plot = tmp_path_factory.mktemp("bench") / "training.png"
     rows = []
     result = run_training_bench(seconds=2.0, theories=("phi4", "u1"), batch_size=32, variance_every=1.0,
                                 eval_every=0.5, eval_batch=256, variance_batches=4, variance_batch_size=16,
-                                threads=1, plot_path=str(plot), progress=rows.append)
+                                plot_path=str(plot), progress=rows.append)
     return result, plot, rows
 
 
