@@ -14,15 +14,17 @@ rendezvous address come from MPI (rank 0 picks a free port and broadcasts it).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["World", "get_world", "launched_by_mpi", "launcher_size", "seed_for_rank", "init_torch_distributed",
+__all__ = ["find_mpiexec", "launch_env", "World", "get_world", "launched_by_mpi", "launcher_size", "seed_for_rank", "init_torch_distributed",
            "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error",
            "MPI_ENV_VARS"]
 
@@ -245,3 +247,24 @@ def abort_on_error(world: World, message: str, code: int = 1) -> None:
     print(f"latticeflow: error on rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     world.abort(code)
+
+
+def find_mpiexec() -> str:
+    """``mpiexec`` of this Python environment (the ``mpich`` wheel installs one), else from PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if found is None:
+        raise FileNotFoundError("bench scaling needs mpiexec: pip install mpich (or load your site's MPI) and mpi4py")
+    return found
+
+
+def launch_env() -> dict[str, str]:
+    """This environment for a child ``mpiexec`` job: without a surrounding MPI job's variables, one OpenMP
+    thread per rank."""
+    prefixes = ("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_", "MV2_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("LATTICEFLOW_MPI", None)
+    return env

@@ -2,13 +2,17 @@
 
 Wolff's Gamma method for primary and derived observables (``gamma``), jackknife,
 reweighting and effective sample sizes of flow samples (``resampling``), plain-text result
-tables (``table``) and an optional pyerrors json.gz export (``export``).
+tables (``table``), summaries over seeds and runs (``summary``), figures (``plots``) and an optional
+pyerrors json.gz export (``export``).
 """
 from .export import dump_pyerrors_json, load_pyerrors_json, pyerrors_obs_entry
 from .gamma import (GammaResult, autocorrelation, gamma_method, gamma_method_derived,
                     split_replicas)
 from .resampling import forward_ess, jackknife, reverse_ess, reweight
-from .table import ObservableRow, format_table, format_value_error
+from .plots import figure
+from .summary import *  # noqa: F401,F403 (plain functions on arrays; names in summary.__all__)
+from .summary import __all__ as _summary
+from .table import ObservableRow, format_cell, format_table, format_value_error, text_table
 
 __all__ = [
     "GammaResult",
@@ -26,4 +30,8 @@ __all__ = [
     "dump_pyerrors_json",
     "load_pyerrors_json",
     "pyerrors_obs_entry",
+    "format_cell",
+    "text_table",
+    "figure",
+    *_summary,
 ]

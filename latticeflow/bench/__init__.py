@@ -3,9 +3,16 @@ function, the command-line flags passed to it and its text table. A new benchmar
 line here; nothing else compares benchmark names."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["Bench", "BENCHES"]
+__all__ = ["Bench", "BENCHES", "names"]
+
+
+def names(values: str | Iterable[str] | None) -> list[str] | None:
+    """A list of names from a comma-separated string or an iterable (blanks dropped); None for none."""
+    out = [v.strip() for v in (values.split(",") if isinstance(values, str) else values or ()) if v.strip()]
+    return out or None
 
 
 class Bench(NamedTuple):

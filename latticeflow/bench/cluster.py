@@ -12,10 +12,8 @@ import numpy as np
 import torch
 
 from actions import Phi4
-from ..analysis.summary import pull, tau_int_summary
-from ..analysis.table import text_table
-from ..io import strict
-from ..io._provenance import result_header
+from ..analysis import pull, tau_int_summary, text_table
+from ..io import result_header, strict
 from ..samplers.cluster import Cluster
 from ..samplers.hmc import HMC, tuned_run
 

@@ -12,15 +12,11 @@ import torch
 
 from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
-from ..analysis import reverse_ess
-from ..analysis.plots import figure
-from ..analysis.summary import tau_int_summary
-from ..analysis.table import text_table
+from ..analysis import figure, reverse_ess, tau_int_summary, text_table
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..io import strict
-from ..io._provenance import result_header
+from ..io import result_header, strict
 from ..samplers.hmc import HMC, tuned_run
 from ..samplers.nmcmc import nmcmc_chains
 from ..training import Trainer, transfer_state

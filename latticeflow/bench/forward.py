@@ -9,16 +9,13 @@ import numpy as np
 import torch
 
 from actions import Phi4, ProductMixture
-from ..analysis import forward_ess, reverse_ess
-from ..analysis.plots import figure
-from ..analysis.summary import median_over, overfits
-from ..analysis.table import text_table
+from ..analysis import figure, forward_ess, median_over, overfits, reverse_ess, text_table
 from ..flows import build_flow
 from ..gradients import log_weights
-from ..io import strict
-from ..io._provenance import result_header
+from ..io import result_header, strict
 from ..training import EvaluateEvery, Trainer
-from ._common import names, torch_dtype
+from ..pipeline.common import resolve_dtype as torch_dtype
+from . import names
 
 __all__ = ["CASES", "ESTIMATORS", "run_forward_bench", "format_forward_table", "plot_forward_bench"]
 

@@ -9,13 +9,12 @@ from typing import Any
 import torch
 
 from actions import build_theory
-from ..analysis.summary import median_iqr
-from ..analysis.table import text_table
+from ..analysis import median_iqr, text_table
 from ..flows import build_flow
 from ..gradients import FORWARD_ESTIMATORS, REVERSE_ESTIMATORS, forward_kl, reverse_kl
-from ..io._provenance import result_header
+from ..io import result_header
 from ..training import saved_tensors_mib
-from ._common import torch_dtype
+from ..pipeline.common import resolve_dtype as torch_dtype
 
 __all__ = ["GradientCase", "default_cases", "bench_case", "run_gradient_bench", "format_gradient_table"]
 

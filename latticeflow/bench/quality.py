@@ -11,15 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis import reverse_ess
-from ..analysis.plots import figure
-from ..analysis.summary import first_time_at_least, median_finite, median_time_to
-from ..analysis.table import format_cell, text_table
-from ..io import strict
-from ..io._provenance import result_header
+from ..analysis import figure, first_time_at_least, format_cell, median_finite, median_time_to, reverse_ess, text_table
+from ..io import result_header, strict
 from ..training import EvaluateEvery, flow_quality, train_annealed
 from ..training.diagnostics import log_q_plus_s
-from ._common import torch_dtype, warm_up
+from ..pipeline.common import resolve_dtype as torch_dtype
+from ..training import warm_up
 from .quality_targets import (JACKKNIFE_BLOCKS, QUICK_SECONDS, SIZES, TARGETS, TRAIN_DEFAULTS, Target, check_entry,
                               reference_ensemble, select)
 

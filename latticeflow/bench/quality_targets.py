@@ -13,7 +13,7 @@ from actions import build_theory
 from actions.exact import u1_charge_allocation
 from actions.u1 import charge_configuration
 from ..training import Trainer, anneal_stages, hmc_reference
-from ._common import names
+from . import names
 
 __all__ = ["Target", "TARGETS", "FAMILIES", "QUICK_FAMILIES", "QUICK_SECONDS", "SIZES", "JACKKNIFE_BLOCKS",
            "TRAIN_DEFAULTS", "select", "check_entry", "reference_ensemble"]

@@ -13,16 +13,15 @@ import numpy as np
 import torch
 
 from actions import Phi4, U1Gauge
+from ..analysis import text_table
 from ..analysis.diagnostics import longest_rejection_run
-from ..analysis.table import text_table
 from ..analysis.verdict import markov_checks, weight_checks
 from ..flows import build_flow
 from ..gradients import log_weights
-from ..io import EnsembleWriter
-from ..io._provenance import result_header
+from ..io import EnsembleWriter, result_header
 from ..samplers.flow import SAMPLE_CHUNK
 from ..samplers.nmcmc import metropolize
-from ._common import torch_dtype
+from ..pipeline.common import resolve_dtype as torch_dtype
 
 __all__ = ["run_sampling_bench", "format_sampling_table"]
 

@@ -14,32 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..analysis.table import text_table
+from ..analysis import text_table
+from ..distributed import find_mpiexec, launch_env
 from ..io import dumps_json
 
-__all__ = ["find_mpiexec", "run_scaling_bench", "format_scaling_table"]
+__all__ = ["run_scaling_bench", "format_scaling_table"]
 
 _TAG = "LATTICEFLOW_SCALING "
-
-
-def find_mpiexec() -> str:
-    """``mpiexec`` of this Python environment (the ``mpich`` wheel installs one), else from PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.is_file() and os.access(here, os.X_OK):
-        return str(here)
-    found = shutil.which("mpiexec") or shutil.which("mpirun")
-    if found is None:
-        raise FileNotFoundError("bench scaling needs mpiexec: pip install mpich (or load your site's MPI) and mpi4py")
-    return found
-
-
-def _child_env() -> dict[str, str]:
-    """This environment without a surrounding MPI job's variables, one OpenMP thread per rank."""
-    prefixes = ("PMI_", "PMIX_", "OMPI_", "MPI_", "HYDRA_", "MV2_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("LATTICEFLOW_MPI", None)
-    return env
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -67,7 +48,7 @@ def run_scaling_bench(ranks: tuple[int, ...] = (1, 2), *, steps: int = 40, batch
     for n in [n for _ in range(rounds) for n in ranks]:
         args = json.dumps({"steps": steps, "batch": batch, "samples": samples, "dtype": dtype, "repeats": repeats})
         cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "latticeflow.bench.scaling", args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch_env())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_TAG)]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 
 from actions import Phi4
-from ..analysis.summary import log_log_slope
-from ..analysis.table import text_table
+from ..analysis import log_log_slope, text_table
 from ..flows import build_flow
-from ..io._provenance import result_header
+from ..io import result_header
 from ..training import Trainer, held_out_metrics, hmc_ensemble
-from ._common import torch_dtype
+from ..pipeline.common import resolve_dtype as torch_dtype
 
 __all__ = ["run_snf_bench", "format_snf_table", "hmc_ensemble"]
 

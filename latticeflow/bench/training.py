@@ -13,16 +13,13 @@ from typing import Any
 import torch
 
 from actions import build_theory
-from ..analysis import reverse_ess
-from ..analysis.plots import figure
-from ..analysis.summary import interpolate_at, median_finite
-from ..analysis.table import format_cell, text_table
+from ..analysis import figure, format_cell, interpolate_at, median_finite, reverse_ess, text_table
 from ..flows import build_flow
 from ..gradients import log_weights
-from ..io import strict
-from ..io._provenance import result_header
+from ..io import result_header, strict
 from ..training import Callback, EvaluateEvery, Trainer, gradient_variance
-from ._common import torch_dtype, warm_up
+from ..pipeline.common import resolve_dtype as torch_dtype
+from ..training import warm_up
 
 __all__ = ["TrainingCase", "CASES", "training_cases", "run_training_bench", "run_training_seeds",
            "format_training_table", "plot_training_bench", "training_seed_summary", "format_training_seed_summary",

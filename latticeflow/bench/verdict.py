@@ -12,8 +12,7 @@ from typing import Any
 import yaml
 
 from actions import build_theory
-from ..analysis.summary import pull
-from ..analysis.table import text_table
+from ..analysis import pull, text_table
 from ..io import strict
 
 __all__ = ["GRID", "run_verdict_bench", "format_verdict_bench"]

@@ -16,7 +16,7 @@ from latticeflow.io.checkpoint import load_checkpoint, save_checkpoint
 from latticeflow.io.files import atomic_write, dumps_json, strict, write_json, write_text
 from latticeflow.io.resume import read_last_sweep
 from latticeflow.io.shards import MASTER_ATTRS, check_not_master, master_replicas, shard_path, write_master
-from latticeflow.io._provenance import provenance
+from latticeflow.io._provenance import provenance, result_header
 from latticeflow.io.reader import Ensemble, open_ensemble
 from latticeflow.io.writer import EnsembleWriter
 
@@ -39,5 +39,6 @@ __all__ = [
     "load_checkpoint",
     "open_ensemble",
     "provenance",
+    "result_header",
     "save_checkpoint",
 ]

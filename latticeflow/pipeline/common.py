@@ -7,7 +7,7 @@ import torch
 
 from ..config import ConfigError
 
-__all__ = ["SampleSummary", "resolve_device"]
+__all__ = ["SampleSummary", "resolve_device", "resolve_dtype"]
 
 
 @dataclass
@@ -32,3 +32,8 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device is {name!r} but CUDA is not available on this machine")
     return torch.device(name)
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` for ``"float32"`` (configs and the CLI offer float32 and float64); a torch dtype as it is."""
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)

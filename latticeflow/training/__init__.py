@@ -26,8 +26,9 @@ the one-process loss on the same B samples; loss values and log-weights are gath
 (skipped steps, clipping, learning rate). Only rank 0 writes metrics, checkpoints and progress.
 
 Helpers of benchmarks and studies: `hmc_ensemble` and `hmc_reference` (`.data`: HMC target samples to train
-on or judge against); `gradient_variance`, `saved_tensors_mib` and `flow_quality` (`.diagnostics`: tr Cov of
-each estimator's mini-batch gradients, the memory of a step's autograd graph, the figures of a trained flow);
+on or judge against); `gradient_variance`, `saved_tensors_mib`, `flow_quality` and `warm_up` (`.diagnostics`: tr Cov of
+each estimator's mini-batch gradients, the memory of a step's autograd graph, the figures of a trained flow,
+an untimed first step);
 `anneal_stages` and `train_annealed` (`.anneal`: a checked β-annealing schedule, and training along it).
 
 Transfer: :func:`transfer_state` (`latticeflow.transfer`) loads the weights of a flow trained on another
@@ -38,7 +39,7 @@ from .anneal import anneal_stages, train_annealed
 from .callbacks import (Checkpoint, EvaluateEvery, MetricsCSV, OnRow, Progress, Validation, WallTimeBudget,
                         best_checkpoint_path, held_out_metrics)
 from .data import hmc_ensemble, hmc_reference
-from .diagnostics import flow_quality, gradient_variance, saved_tensors_mib
+from .diagnostics import flow_quality, gradient_variance, saved_tensors_mib, warm_up
 from .loop import METRIC_FIELDS, Callback, Clock, Driver, Loop
 from .schedules import CosineSchedule, cosine_lr, make_scheduler
 from .trainer import Trainer, TrainingError, check_settings
@@ -47,4 +48,4 @@ __all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosin
            "ArchitectureMismatch", "held_out_metrics", "best_checkpoint_path", "check_settings", "make_scheduler",
            "Driver", "Loop", "Clock", "Callback", "WallTimeBudget", "Validation", "MetricsCSV", "Progress", "OnRow",
            "Checkpoint", "EvaluateEvery", "hmc_ensemble", "hmc_reference", "gradient_variance", "saved_tensors_mib",
-           "flow_quality", "anneal_stages", "train_annealed"]
+           "flow_quality", "warm_up", "anneal_stages", "train_annealed"]

@@ -20,6 +20,7 @@ Metropolis chain fed with the proposals (`latticeflow.samplers.nmcmc.metropolize
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from ..analysis.summary import block_jackknife, trace_covariance
 from ..gradients import log_weights, reverse_kl
 from ..samplers.nmcmc import metropolize
 
-__all__ = ["gradient_variance", "saved_tensors_mib", "log_q_plus_s", "flow_quality"]
+__all__ = ["gradient_variance", "saved_tensors_mib", "log_q_plus_s", "flow_quality", "warm_up"]
 
 
 def gradient_variance(flow, action, *, n_batches: int, batch_size: int, seed: int,
@@ -90,3 +91,11 @@ def flow_quality(flow, action, z: torch.Tensor, *, x_target: torch.Tensor, targe
     idx = metropolize(-a, log_u, -math.inf) if finite else None
     out["nmcmc_acceptance"] = float(np.mean(idx[1:] != idx[:-1])) if idx is not None else math.nan
     return out
+
+
+def warm_up(flow, action, **settings: Any) -> None:
+    """One untimed `Trainer` step on a throwaway copy of ``flow`` (lazy initialisations, the allocator), so that
+    a timed run measures the steady state."""
+    from .trainer import Trainer
+
+    Trainer(copy.deepcopy(flow), action, **settings).step()
