@@ -10,7 +10,6 @@ for user errors, 1 otherwise), so no rank is left waiting in a collective.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys

@@ -18,7 +18,6 @@ directory; every rank resumes from the same checkpoint.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 

@@ -1,16 +1,12 @@
-"""`latticeflow bench training`: structure of a quick equal-wall-time run, identical starts, the plot,
-and the gradient-variance measurement (zero for the fast path at q = p, "sticking the landing")."""
-import copy
+"""`latticeflow bench training`: structure of a quick equal-wall-time run, identical starts, the plot (the
+gradient-variance measurement itself is tested in tests/training/test_data_and_diagnostics.py)."""
 import json
 import math
 
 import pytest
 import torch
 
-from actions import Phi4
-from latticeflow.bench.training import (VARIANCE_ESTIMATORS, _gradient_variance, format_training_table,
-                                        run_training_bench)
-from latticeflow.flows import build_flow
+from latticeflow.bench.training import VARIANCE_ESTIMATORS, format_training_table, run_training_bench
 
 
 
@@ -92,34 +88,3 @@ def test_table_and_plot(quick):
     assert "fast_path" in table and "steps/s" in table
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["plot"] == str(plot)
-
-
-class _FrozenFlowTarget:
-    """S(x) := −log q_{θ₀}(x) of a frozen flow, so that q_θ = p at θ = θ₀."""
-
-    theory = "phi4"
-
-    def __init__(self, flow):
-        self.flow = flow
-
-    def action(self, x):
-        return -self.flow.log_prob(x)
-
-    def force(self, x):
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_()
-            (g,) = torch.autograd.grad(self.action(x_).sum(), x_)
-        return g
-
-
-def test_variance_vanishes_for_fast_path_at_the_optimum():
-    action = Phi4((4, 4), kappa=0.3, lam=0.022)
-    torch.manual_seed(0)
-    flow = build_flow({"family": "z2nice", "conditioner": "fc", "hidden": [8], "n_layers": 2}, action).double()
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    target = _FrozenFlowTarget(copy.deepcopy(flow))
-    v = _gradient_variance(flow, target, n_batches=4, batch_size=8, seed=3)
-    assert v["var_standard"] > 1e-6
-    assert v["var_fast_path"] < 1e-20 and v["gradsq_fast_path"] < 1e-20
