@@ -147,10 +147,12 @@ def test_cluster_every_and_the_delegated_step_size_and_state():
     assert len(calls) == 3  # before steps 0, 3, 6
     sampler.step_size = 0.3
     assert sampler.hmc.step_size == 0.3 and sampler.step_size == 0.3
-    assert sampler.state_attrs() == {"step_size": 0.3, "cluster_every": 3}
+    assert sampler.state_attrs() == {"step_size": 0.3, "cluster_every": 3, "cluster_phase": 7 % 3}
     resumed = Cluster(action, cluster_every=3)
     resumed.load_state_attrs(sampler.state_attrs())
-    assert resumed.step_size == 0.3
+    assert resumed.step_size == 0.3 and resumed.n_steps % 3 == sampler.n_steps % 3  # the schedule continues
+    with pytest.raises(ValueError, match="cluster_every is 2 but the ensemble was written with cluster_every=3"):
+        Cluster(action, cluster_every=2).load_state_attrs(sampler.state_attrs())
 
 
 def test_thermalize_tunes_the_hmc_step_size_towards_the_target():

@@ -1,4 +1,4 @@
-"""The docstring ``Example:`` blocks of every module of latticeflow.flows and actions run as doctests."""
+"""The docstring ``Example:`` blocks of every module of latticeflow and actions run as doctests."""
 import doctest
 import importlib
 import pkgutil
@@ -6,14 +6,15 @@ import pkgutil
 import pytest
 
 import actions
-import latticeflow.flows
+import latticeflow
 
 
 def _modules(package) -> list[str]:
-    return [package.__name__] + [f"{package.__name__}.{info.name}" for info in pkgutil.iter_modules(package.__path__)]
+    return [package.__name__] + [info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+                                 if not info.name.endswith("__main__")]
 
 
-MODULES = _modules(latticeflow.flows) + _modules(actions)
+MODULES = _modules(latticeflow) + _modules(actions)
 
 
 @pytest.mark.parametrize("name", MODULES)
