@@ -29,15 +29,35 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (our own, trusted files)."""
+    """Load a checkpoint written by :func:`save_checkpoint`: tensors and plain metadata only
+    (``torch.load(..., weights_only=True)``), so a crafted file cannot run code; a file that holds anything else
+    (a pickled object, code) is refused with one line, and so is a checkpoint whose weights are not finite."""
+    import pickle
+
     import torch
 
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"checkpoint not found: {target}")
-    state = torch.load(target, map_location=map_location, weights_only=False)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(target, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        detail = next((ln.strip()[:160] for ln in str(err).splitlines() if ln.strip().startswith("Unsupported")),
+                      type(err).__name__)
+        raise ValueError(f"checkpoint {target} is not a latticeflow checkpoint of tensors and plain metadata "
+                         f"(refused, nothing in it was run: {detail})") from None
     if not isinstance(state, dict):
         raise ValueError(
             f"checkpoint {target} holds a {type(state).__name__}, expected a dict"
         )
+    flow = state.get("flow")
+    if isinstance(flow, dict):
+        for name, value in flow.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"checkpoint {target}: flow weight {name!r} is not finite (NaN or inf); "
+                                 f"refusing to sample or train from it")
     return state
