@@ -107,6 +107,37 @@ class Ensemble:
         for start in range(0, self.n_rows, step):
             yield ds[start : min(start + step, self.n_rows)]
 
+    def replicas(self, name: str) -> list[np.ndarray]:
+        """One series per Markov chain, each in Monte Carlo order (``name``: a dataset, or an observable such
+        as ``"abs_m"`` for ``observables/abs_m``). Rows are stored sweep-major over the chains, so the rows
+        as stored are *not* one Markov series: feeding them to the Gamma method as one replica mixes the
+        chains and underestimates τ_int and the error. i.i.d. (flow) ensembles give one replica."""
+        from latticeflow.analysis.gamma import split_replicas  # plain numpy: io stays free of the analysis
+
+        key = name if name in self._names else f"observables/{name}"
+        if key not in self._names:
+            raise KeyError(f"{self.path} has no dataset or observable {name!r}")
+        values = self[key]
+        if "chain" not in self._names:
+            return [values]
+        return split_replicas(values, self["chain"], self["mc_index"])
+
+    def gamma(self, name: str, func=None, *more: str, S: float = 2.0):
+        """Gamma-method estimate (Wolff 2004) of an observable with the chains as replicas
+        (`latticeflow.analysis.gamma_method`), or of ``func(⟨name⟩, ⟨more[0]⟩, …)`` (`gamma_method_derived`),
+        e.g. ``ens.gamma("m2", lambda m2, am: m2 - am**2, "abs_m")``. For Markov-chain ensembles only: flow
+        samples with importance weights need reweighting (``latticeflow analyze``)."""
+        from latticeflow.analysis.gamma import gamma_method, gamma_method_derived
+
+        if "chain" not in self._names and "log_weight" in self._names:
+            raise ValueError(f"{self.path} holds weighted flow samples: use reweighting (latticeflow analyze), "
+                             f"not the Gamma method")
+        if func is None:
+            if more:
+                raise ValueError("ens.gamma: several observables need a func combining their means")
+            return gamma_method(self.replicas(name), S=S)
+        return gamma_method_derived(func, [self.replicas(n) for n in (name, *more)], S=S)
+
     def check_compatible(self, other: Ensemble) -> None:
         """Raise :class:`EnsembleMismatchError` unless theory, couplings and shape agree.
 
