@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import ive, logsumexp, zeta
 
+from .lattice import momentum_cos_sum
+
 __all__ = [
     "free_field_kernel",
     "free_field_propagator",
@@ -70,11 +72,7 @@ def _check_free(shape: Sequence[int], kappa: float) -> tuple[tuple[int, ...], fl
 def free_field_kernel(shape: Sequence[int], kappa: float) -> np.ndarray:
     """A(p) = 2(1 − 2κ Σ_μ cos p_μ) on the FFT momentum grid p_μ = 2πn_μ/L_μ (numpy fft order)."""
     dims, kappa = _check_free(shape, kappa)
-    cos_sum = np.zeros(dims)
-    for mu, length in enumerate(dims):
-        p = 2 * np.pi * np.arange(length) / length
-        cos_sum = cos_sum + np.cos(p).reshape([-1 if nu == mu else 1 for nu in range(len(dims))])
-    return 2.0 * (1.0 - 2.0 * kappa * cos_sum)
+    return 2.0 * (1.0 - 2.0 * kappa * momentum_cos_sum(dims))
 
 
 def free_field_propagator(shape: Sequence[int], kappa: float) -> np.ndarray:

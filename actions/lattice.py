@@ -17,6 +17,7 @@ __all__ = [
     "checkerboard_mask",
     "stripe_mask",
     "momenta",
+    "momentum_cos_sum",
     "volume",
 ]
 
@@ -69,3 +70,12 @@ def momenta(shape: Sequence[int]) -> list[np.ndarray]:
     """Lattice momenta p_μ = 2π n_μ / L_μ as broadcastable grids (numpy, FFT ordering)."""
     grids = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(s, d=1.0 / s) / s for s in shape], indexing="ij")
     return list(grids)
+
+
+def momentum_cos_sum(shape: Sequence[int]) -> np.ndarray:
+    """Σ_μ cos p_μ on the FFT momentum grid p_μ = 2πn_μ/L_μ (numpy order, float64, shape ``shape``)."""
+    cos_sum = np.zeros(tuple(shape))
+    for mu, length in enumerate(shape):
+        p = 2 * np.pi * np.arange(length) / length
+        cos_sum = cos_sum + np.cos(p).reshape([-1 if nu == mu else 1 for nu in range(len(shape))])
+    return cos_sum

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import exact, phi4_variational
-from .lattice import shift, validate_shape
+from .lattice import momentum_cos_sum, shift, validate_shape
 from .theory import TableRow, Theory, check_coupling_keys
 
 __all__ = ["Phi4", "standard_action"]
@@ -146,11 +146,7 @@ class Phi4(Theory):
     def quadratic_kernel(self) -> np.ndarray:
         """A(p) = 2(1 − 2λ) − 4κ Σ_μ cos p_μ: the quadratic part S₂ = ½ Σ_p A(p)|φ̃_p|²/V of the action
         on the FFT momentum grid (numpy order, float64); the free-field kernel at λ = 0."""
-        cos_sum = np.zeros(self.shape)
-        for mu, length in enumerate(self.shape):
-            p = 2 * np.pi * np.arange(length) / length
-            cos_sum = cos_sum + np.cos(p).reshape([-1 if nu == mu else 1 for nu in range(self.ndim)])
-        return 2.0 * (1.0 - 2.0 * self.lam) - 4.0 * self.kappa * cos_sum
+        return 2.0 * (1.0 - 2.0 * self.lam) - 4.0 * self.kappa * momentum_cos_sum(self.shape)
 
     @property
     def free(self) -> bool:
