@@ -8,6 +8,7 @@ cumulant, effective mass) by linearised error propagation. Where the theory has 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,25 @@ class _Stats:
         return self._result(mean, err, len(arrays[0]))
 
 
+class _Observables(Mapping):
+    """``observables/<name>`` of an open ensemble as a read-only mapping, each loaded only when asked for."""
+
+    def __init__(self, ens, keys: set) -> None:
+        self._ens = ens
+        self._names = sorted(k.split("/", 1)[1] for k in keys if k.startswith("observables/"))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._ens[f"observables/{name}"]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def _series(ens, spec_input, chain, mc_index, cache: dict) -> list[np.ndarray]:
     """Replicas of one table input: an observable name, or ``(name, index)`` for one component of an array."""
     key, index = (spec_input, None) if isinstance(spec_input, str) else spec_input
@@ -237,8 +257,7 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
         st = _Stats(S, log_weight if weighted else None)
         _table(theory, ens, chain, mc_index, st, rows)
         _correlators(theory, ens, keys, chain, mc_index, st, extra)
-        extra.update(theory.extra_analysis({k.split("/", 1)[1]: ens[k] for k in keys if k.startswith("observables/")
-                                            and ens.dataset(k).ndim == 1}, st.w))
+        extra.update(theory.extra_analysis(_Observables(ens, keys), st.w))
         if "accepted" in keys:
             acc = [r.astype(np.float64) for r in _replicas(ens, "accepted", chain, mc_index)]
             rows.append(ObservableRow("acceptance", gamma_method(acc, S=S), None))
