@@ -76,12 +76,12 @@ def _plot_correlator(result: EnsembleAnalysis, label: str, plots: Path) -> list[
     return [path]
 
 
-def _plot_history(result: EnsembleAnalysis, ens, plots: Path) -> list[Path]:
+def _plot_history(result: EnsembleAnalysis, ens, plots: Path, table_rows: list) -> list[Path]:
     """The first main observable against Monte Carlo time (three chains), its exact value dashed."""
     import matplotlib.pyplot as plt
 
     row = next((r for r in result.rows if r.name in result.main), None)
-    spec = next((s for s in _theory(result).table_rows() if row is not None and s.name == row.name), None)
+    spec = next((s for s in table_rows if row is not None and s.name == row.name), None)
     if spec is None or spec.func is not None:
         return []
     series = ens[f"observables/{spec.inputs[0]}"] * spec.factor
@@ -154,14 +154,15 @@ def write_report(result: EnsembleAnalysis, sample_summary, out_dir: Path, refere
         summary["reference_analysis"] = reference.as_dict()
     path = write_json(out_dir / "summary.json", summary)
     theory = _theory(result)
+    table_rows = theory.table_rows()
     pngs: list[Path] = []
     with open_ensemble(result.path) as ens:
         if theory.histogram_observable is not None:
             pngs += _plot_histogram(result, ens, plots, theory.histogram_observable, reference)
         if "two_point_G_t0" in result.extra:
             pngs += _plot_correlator(result, str(ens.attrs.get("sampler", "")), plots)
-        pngs += _plot_history(result, ens, plots)
-        cost = next((r for r in theory.table_rows() if r.name == theory.cost_observable and r.func is None), None)
+        pngs += _plot_history(result, ens, plots, table_rows)
+        cost = next((r for r in table_rows if r.name == theory.cost_observable and r.func is None), None)
         if reference is not None and cost is not None:
             pngs.append(_plot_charge_histories(ens, reference, plots, cost.inputs[0], cost.name))
     return [path, *pngs]
