@@ -27,8 +27,21 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the key and the value."""
 
 
+class _OpenKeys:
+    """Keys a registry entry adds to a section (a theory's couplings, a sampler's options), read as attributes
+    from the dict field named by ``_extra``."""
+
+    _extra = ""
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get(self._extra, {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
+
 @dataclass
-class ActionConfig:
+class ActionConfig(_OpenKeys):
     """``action:`` — ``theory`` (any name in ``actions.THEORIES``), ``shape`` and the theory's couplings
     (``phi4``: ``kappa``, ``lam`` or ``m2``, ``lam4``; ``u1``: ``beta``), which the theory validates.
     Couplings read as attributes: ``cfg.action.beta``."""
@@ -36,16 +49,11 @@ class ActionConfig:
     theory: str
     shape: list[int]
     couplings: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        couplings = self.__dict__.get("couplings", {})
-        if name in couplings:
-            return couplings[name]
-        raise AttributeError(f"action has no coupling {name!r}")
+    _extra = "couplings"
 
 
 @dataclass
-class SamplerConfig:
+class SamplerConfig(_OpenKeys):
     """``sampler:`` — ``hmc`` (``n_samples`` counts configurations over all chains, rounded up to whole sweeps)."""
 
     name: str = "hmc"
@@ -61,12 +69,7 @@ class SamplerConfig:
     batch_size: int = 1024
     reference_hmc: int = 0
     options: dict[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        options = self.__dict__.get("options", {})
-        if name in options:
-            return options[name]
-        raise AttributeError(f"sampler has no key {name!r}")
+    _extra = "options"
 
 
 @dataclass
