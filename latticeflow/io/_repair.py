@@ -19,10 +19,8 @@ whole file unreadable.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-import secrets
 
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import h5py
 
 from latticeflow.io._format import LIBVER, open_h5_readonly
+from latticeflow.io.files import atomic_path, remove_stale
 
 __all__ = ["superblock_eoa", "file_is_clean", "rewrite_committed"]
 
@@ -71,19 +70,6 @@ def file_is_clean(path: str | os.PathLike[str], lengths: list[int], n_rows: int)
     return eoa is None or eoa == os.path.getsize(path)
 
 
-def _fsync_path(path: str, flags: int = os.O_RDONLY) -> None:
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def rewrite_committed(
     path: str | os.PathLike[str],
     names: list[str],
@@ -96,14 +82,8 @@ def rewrite_committed(
     original is replaced atomically and is untouched if this fails or is killed.
     """
     path = os.path.abspath(os.fspath(path))
-    directory, base = os.path.split(path)
-    for stale in glob.glob(os.path.join(directory, glob.escape(f".{base}.repair-") + "*.tmp")):
-        try:
-            os.unlink(stale)  # left by a repair that was itself killed
-        except OSError:
-            pass
-    tmp = os.path.join(directory, f".{base}.repair-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
+    remove_stale(path, "repair")  # left by a repair that was itself killed
+    with atomic_path(path, "repair") as tmp:
         with open_h5_readonly(path) as src, h5py.File(tmp, "x", libver=LIBVER) as dst:
             for key in src.attrs:
                 if key not in (new_attrs or {}):
@@ -131,12 +111,3 @@ def rewrite_committed(
                     stop = min(start + step, n_rows)
                     out[start:stop] = ds[start:stop]
             dst.flush()
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_path(directory)

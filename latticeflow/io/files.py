@@ -1,8 +1,10 @@
-"""One atomic-write helper and one strict JSON policy for every file the package writes.
+"""One atomic-write mechanism and one strict JSON policy for every file the package writes.
 
-`atomic_write` writes to a temporary file in the target's directory, flushes and fsyncs it, then
-``os.replace``s it over the target (atomic on POSIX) and fsyncs the directory: a crash leaves the old file
-or the new one, never half of either. JSON is strict everywhere (RFC 8259): NaN and ±inf are written as
+`atomic_path` yields a temporary name in the target's directory; when the block succeeds the file is fsynced
+and ``os.replace``d over the target (atomic on POSIX) and the directory fsynced; on any error or kill the
+temporary is removed (or left under a ``.<name>.<tag>-*.tmp`` name that `remove_stale` clears): a crash leaves
+the old file or the new one, never half of either. `atomic_write` is that for a byte stream; HDF5 files
+(ensemble creation, repair, MPI master files) are written through `atomic_path` by h5py. JSON is strict everywhere (RFC 8259): NaN and ±inf are written as
 ``null`` (`strict`), numpy scalars as Python numbers, tuples as lists.
 
 Example:
@@ -12,34 +14,56 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from ._repair import _fsync_path
-
-__all__ = ["atomic_write", "write_text", "strict", "dumps_json", "write_json"]
+__all__ = ["atomic_path", "atomic_write", "remove_stale", "write_text", "strict", "dumps_json", "write_json"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fh)`` on a binary temporary file beside ``path`` and atomically replace ``path`` with it."""
-    target = Path(path)
-    directory = target.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"directory does not exist: {directory}")
-    tmp = directory / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides permissions
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or directory by name (best effort: errors are ignored)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale(path: str | os.PathLike[str], tag: str) -> None:
+    """Remove temporaries ``.<name>.<tag>-*.tmp`` beside ``path`` left by a killed `atomic_path`."""
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    for stale in glob.glob(os.path.join(directory, glob.escape(f".{base}.{tag}-") + "*.tmp")):
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], tag: str = "write") -> Iterator[Path]:
+    """A temporary path ``.<name>.<tag>-<pid>-<hex>.tmp`` beside ``path`` to write to; after the block it
+    replaces ``path`` atomically (fsync of the file, rename, fsync of the directory), on an error it is removed."""
+    target = Path(os.path.abspath(os.fspath(path)))
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"directory does not exist: {target.parent}")
+    tmp = target.with_name(f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -47,8 +71,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         except FileNotFoundError:
             pass
         raise
-    _fsync_path(str(directory))  # make the rename durable (best effort)
-    return target
+    fsync_path(target.parent)  # make the rename durable
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(fh)`` on a binary temporary file beside ``path`` and atomically replace ``path`` with it."""
+    with atomic_path(path, "tmp") as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides permissions
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

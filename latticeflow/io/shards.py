@@ -10,12 +10,12 @@ its own.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .files import atomic_path
 from ._format import LIBVER, EnsembleMismatchError, check_couplings, check_equal, decode_attrs, list_datasets
 
 __all__ = ["shard_path", "write_master", "master_replicas", "check_not_master", "MASTER_ATTRS"]
@@ -70,8 +70,7 @@ def write_master(path: str | os.PathLike[str], shards: list[Path], *, seed: int)
             raise EnsembleMismatchError(f"shard {shard} has datasets {sorted(sets)}, {shards[0]} has {sorted(first_sets)}")
     rows = [n for _, _, n, _ in infos]
     total = sum(rows)
-    tmp = path.with_name(f".{path.name}.master-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path, "master") as tmp:
         with h5py.File(tmp, "w", libver=LIBVER) as out:
             for key, value in first_attrs.items():
                 if key in _PER_SHARD_ATTRS or key in MASTER_ATTRS:
@@ -101,11 +100,6 @@ def write_master(path: str | os.PathLike[str], shards: list[Path], *, seed: int)
                 kind = np.dtype(dtype).kind  # a missing shard reads as NaN / −1, never as plausible zeros
                 fill = np.nan if kind in "fc" else (-1 if kind == "i" else None)
                 out.create_virtual_dataset(name, layout, fillvalue=fill)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     return path
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ import h5py
 import numpy as np
 
 from latticeflow.io._arrays import as_shape, check_rows, to_numpy
+from latticeflow.io.files import atomic_path
 from latticeflow.io._format import (
     FORMAT_VERSION,
     LIBVER,
@@ -119,11 +119,10 @@ class EnsembleWriter:
         prov = provenance(command)
         # Create under a temporary name and rename, so that a kill during
         # creation never leaves a half-initialised file at ``path``.
-        directory, base = os.path.split(os.path.abspath(self.path))
+        directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"directory of ensemble file does not exist: {directory}")
-        tmp = os.path.join(directory, f".{base}.create-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
+        with atomic_path(self.path, "create") as tmp:
             with h5py.File(tmp, "x", libver=LIBVER) as f:
                 f.attrs["format_version"] = np.int64(FORMAT_VERSION)
                 f.attrs["theory"] = theory
@@ -142,11 +141,6 @@ class EnsembleWriter:
                 for key, value in prov.items():
                     f.attrs[key] = value
                 f.attrs["n_rows"] = np.int64(0)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         self._file = h5py.File(self.path, "a", libver=LIBVER)
 
     # -- opening an existing file -------------------------------------------------
