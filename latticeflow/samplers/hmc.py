@@ -226,8 +226,9 @@ def tuned_run(sampler, x: torch.Tensor, *, n_thermalize: int, seconds: float, me
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for sweep in hmc_chains(sampler, x):
         out["measurements"].append(measure(sweep.x))
-        out["acceptance"].append(float(sweep.accepted.double().mean()))
+        out["acceptance"].append(sweep.accepted.double().mean())  # kept on the device: no sync per sweep
         if len(out["measurements"]) >= min_sweeps and time.perf_counter() - wall0 >= seconds:
             break
+    out["acceptance"] = torch.stack(out["acceptance"]).cpu().tolist()
     out.update(wall_seconds=time.perf_counter() - wall0, cpu_seconds=time.process_time() - cpu0)
     return out
