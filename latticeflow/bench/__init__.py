@@ -46,4 +46,6 @@ BENCHES: dict[str, Bench] = {b.module: b for b in (
           "forward-KL estimators on a finite training set: test NLL against wall time"),
     Bench("cluster", "run_cluster_bench", "seconds quick", "format_cluster_table",
           "HMC vs the Brower-Tamayo cluster sampler for phi4: CPU time per independent chi2 sample"),
+    Bench("main_job", "run_main_job_bench", "seeds quick", "format_main_job_bench",
+          "the README's main job over seeds: verdicts of run and analyze"),
 )}
