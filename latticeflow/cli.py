@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set action.beta=2.0 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        _threads_option(p)
         if name in ("sample", "run"):
             p.add_argument("--checkpoint", default=None, help="trained flow (default <output.dir>/checkpoints/latest.pt)")
         if name == "run":
@@ -36,11 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="observables of an ensemble with Gamma-method errors and exact values")
     p.add_argument("file", help="HDF5 ensemble written by latticeflow")
     _verdict_options(p)
+    _threads_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--reference", default="auto", metavar="FILE",
+                   help="HMC reference that judges the main observables without an exact value (default 'auto': "
+                        "ensemble_hmc.h5 beside FILE, as `run` does; 'none': no reference)")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
     p.add_argument("--pyerrors", metavar="PATH", default=None,
                    help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
                         "as a pyerrors json.gz file")
+    p = sub.add_parser("verify", help="check ensemble files: structure and every batch's checksums "
+                                      "(one line per damaged batch, exit 2 on damage)")
+    p.add_argument("files", nargs="+", metavar="ENSEMBLE", help="HDF5 ensemble (or MPI master) files")
+    _threads_option(p)
     from .bench import BENCHES
 
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(f"{name} ({b.about})" for name, b in BENCHES.items()))
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="training: PNG of ESS and gradient variance vs time "
                                                 "(bench_training.png); efficiency: PNG of tau_int(Q) and cost vs beta "
                                                 "(bench_efficiency.png); forward: PNG of test NLL vs time (bench_forward.png)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    _threads_option(p)
     p.add_argument("--sequential", action="store_true",
                    help="training: run the estimators one after the other instead of interleaved slices")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -70,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     return parser
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", default=None, metavar="N",
+                   help="torch compute threads (default: the config's 'threads', else as many as the cores "
+                        "available to this process, at most torch's default; see latticeflow.resources)")
 
 
 def _verdict_options(p: argparse.ArgumentParser) -> None:
@@ -96,6 +111,7 @@ def _cmd_sample(args, then_analyze: bool) -> int:
     from .pipeline import run, sample
 
     cfg, text = load_config(args.config, args.overrides)
+    _configure_threads(args, cfg)
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
     if then_analyze:
         summary = run(cfg, text, command=command, progress=not args.no_progress, checkpoint=args.checkpoint,
@@ -121,6 +137,13 @@ def _cmd_sample(args, then_analyze: bool) -> int:
     return 0
 
 
+def _configure_threads(args, cfg=None) -> None:
+    """torch's threads, before any torch work: ``--threads``, else the config's ``threads:``, else the default."""
+    from .resources import configure_threads
+
+    configure_threads(args.threads if args.threads is not None or cfg is None else cfg.threads)
+
+
 def _print_sampled(s: dict) -> None:
     if s["n_new"] == 0:
         print(f"{s['path']} already holds {s['n_rows']} configurations")
@@ -137,7 +160,9 @@ def _cmd_train(args) -> int:
     from .pipeline import train
 
     cfg, text = load_config(args.config, args.overrides)
-    summary = train(cfg, text, progress=not args.no_progress)
+    _configure_threads(args, cfg)
+    command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
+    summary = train(cfg, text, progress=not args.no_progress, command=command)
     final = summary["final"]
     print(f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}) in {summary['seconds']:.1f} s: "
           f"KL up to log Z {final.get('loss', float('nan')):.4f}, reverse ESS/N {final.get('reverse_ess', float('nan')):.3f}, "
@@ -150,7 +175,8 @@ def _cmd_analyze(args) -> int:
 
     if not Path(args.file).is_file():
         raise FileNotFoundError(f"ensemble file not found: {args.file!r}")
-    result = analyze(args.file, S=args.S, thresholds=_thresholds(args))
+    reference = {"auto": "auto", "none": None}.get(args.reference, args.reference)
+    result = analyze(args.file, S=args.S, thresholds=_thresholds(args), reference=reference)
     if args.pyerrors:
         from .pipeline.analyze import export_pyerrors
 
@@ -164,12 +190,24 @@ def _cmd_analyze(args) -> int:
     return 3 if args.strict and not result.extra["verdict"]["reliable"] else 0
 
 
+def _cmd_verify(args) -> int:
+    """``latticeflow verify FILE…``: one line per damaged batch or structure, one summary line per file."""
+    from .io import verify_ensemble
+
+    status = 0
+    for path in args.files:
+        report = verify_ensemble(path)
+        for line in report.lines():
+            print(line)
+        print(report.summary())
+        status = status if report.ok else 2
+    return status
+
+
 def _cmd_bench(args) -> int:
     """``latticeflow bench NAME``: the entry of `latticeflow.bench.BENCHES` called with its flags, each flag
     validated here, once, for every benchmark (``--seeds`` becomes a list of integers)."""
     import importlib
-
-    import torch
 
     from .bench import BENCHES
     from .io import dumps_json
@@ -186,8 +224,6 @@ def _cmd_bench(args) -> int:
             raise ValueError(f"{where}: seeds must be integers, got {args.seeds!r}") from None
         if not args.seeds:
             raise ValueError(f"{where}: no seeds given (--seeds)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     bench = BENCHES[args.name]
     module = importlib.import_module(f"{__package__}.bench.{bench.module}")
     kwargs = {}
@@ -203,7 +239,15 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latticeflow`` console script."""
+    from .resources import parse_threads, prepare_environment
+
+    prepare_environment()  # before torch is imported
     args = build_parser().parse_args(argv)
+    try:
+        args.threads = parse_threads(getattr(args, "threads", None))
+    except ValueError as err:
+        print(f"latticeflow: error: {err}", file=sys.stderr)
+        return 2
     from .distributed import get_world, shutdown
 
     try:
@@ -229,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         user = _is_user_error(err)
+        rank = getattr(err, "collective_rank", None)
+        if rank is not None:  # every rank raised this same refusal before writing: one line, no MPI_Abort
+            if world.is_main:
+                print(f"latticeflow: error on rank {rank} of {world.size}: {msg}", file=sys.stderr, flush=True)
+            shutdown(world)
+            return 2 if user else 1
         abort_on_error(world, msg if user else f"{type(err).__name__}: {msg}", 2 if user else 1)
     shutdown(world)
     return status
@@ -246,6 +296,8 @@ def _main(args, reraise: bool = False) -> int:
     from .io import EnsembleMismatchError
 
     try:
+        if args.command not in ("sample", "train", "run"):  # those read threads: from their config first
+            _configure_threads(args)
         if args.command == "train":
             return _cmd_train(args)
         if args.command in ("sample", "run"):
@@ -254,6 +306,8 @@ def _main(args, reraise: bool = False) -> int:
             return _cmd_analyze(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
     except (ConfigError, EnsembleMismatchError, FileNotFoundError, ValueError, OSError) as err:
         if reraise or os.environ.get("LATTICEFLOW_DEBUG"):
             raise

@@ -110,6 +110,7 @@ class TrainConfig:
     forward_weight: float = 0.5
     reconstruction_weight: float = 10.0
     max_bad_steps: int = 10
+    landing_tol: float | None = 1e-3
     checkpoint_every: int = 100
     log_every: int = 10
 
@@ -123,11 +124,14 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    """A whole run: ``name``, ``seed``, ``device``, ``dtype`` and the sections."""
+    """A whole run: ``name`` (a plain directory name), ``seed`` (0 … 2³² − 1), ``device``, ``dtype``,
+    ``threads`` (torch's compute threads; null: as many as available cores, at most torch's default) and
+    the sections."""
 
     action: ActionConfig
     name: str = "latticeflow"
     seed: int = 0
+    threads: int | None = None
     device: str = "cpu"
     dtype: str = "float64"
     flow: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +153,8 @@ class Config:
 _SECTIONS = {"train": TrainConfig, "output": OutputConfig}
 _FREE_SECTIONS = ("flow",)
 _TOP = {f.name for f in dataclasses.fields(Config)}
+#: largest ``seed``: numpy's seed range; the samplers derive torch seeds from it (seed · 1000003 + rows)
+SEED_MAX = 2**32 - 1
 
 
 def _unknown(key: str, allowed: set[str], prefix: str) -> ConfigError:
@@ -169,6 +175,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a list of integers, got {value!r}")
         return list(value)
     if t.startswith("int"):
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:  # 1e5 or 2.0
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
@@ -281,7 +289,28 @@ def _check_sampler_fits(cfg: Config) -> None:
         raise ConfigError(msg if msg.startswith(("action.", "sampler.")) else f"sampler.name {cfg.sampler.name!r}: {msg}") from None
 
 
+def _check_memory(cfg: Config) -> None:
+    """Refuse, before anything is allocated or written, a lattice whose largest batch of configurations (the
+    chains of HMC, the batches of flow sampling and training) alone is larger than this machine's memory."""
+    from .resources import memory_problem
+    from .samplers import SAMPLERS
+
+    s = cfg.sampler
+    batches = [(s.n_chains, "sampler.n_chains")]
+    if SAMPLERS[s.name].needs_flow:
+        batches += [(s.batch_size, "sampler.batch_size"), (cfg.train.batch_size, "train.batch_size")]
+    problem = memory_problem(math.prod(build_action(cfg.action).field_shape), cfg.dtype, *max(batches))
+    if problem:
+        raise ConfigError(f"action.shape {list(cfg.action.shape)} does not fit in memory: {problem}")
+
+
 def _validate(cfg: Config) -> None:
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0"):
+        raise ConfigError(f"name must be a plain directory name (not empty, '.' or '..', no '/'), got {cfg.name!r}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {cfg.seed!r}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1 or null, got {cfg.threads!r}")
     if cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
@@ -350,12 +379,15 @@ def _validate(cfg: Config) -> None:
     for key in ("steps", "batch_size", "checkpoint_every", "log_every", "max_bad_steps", "plateau_patience"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if not t.lr > 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if t.landing_tol is not None and not 0 <= t.landing_tol < 1:
+        raise ConfigError(f"train.landing_tol must be a number in [0, 1) or null, got {t.landing_tol}")
+    if not 0 < t.lr <= 1:
+        raise ConfigError(f"train.lr must be in (0, 1] (an Adam step size), got {t.lr:g}")
     if not 0 <= t.lr_min <= t.lr:
         raise ConfigError(f"train.lr_min must be in [0, train.lr = {t.lr:g}], got {t.lr_min}")
     if t.scheduler == "cosine" and t.warmup_steps >= t.steps:
         raise ConfigError(f"train.warmup_steps must be < train.steps ({t.steps}), got {t.warmup_steps}")
+    _check_memory(cfg)
     _check_sampler_fits(cfg)
 
 
@@ -382,6 +414,9 @@ def config_from_dict(data: Any) -> Config:
             kwargs[key] = dict(value or {})
         else:
             typ = {f.name: f.type for f in dataclasses.fields(Config)}[key]
+            if key == "seed" and isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    not 0 <= value <= SEED_MAX:
+                raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {value!r}")
             kwargs[key] = _coerce(value, typ, key)
     cfg = Config(**kwargs)
     if cfg.flow.get("family") == "snf":
@@ -407,19 +442,27 @@ def _snf_defaults(cfg: Config, raw_train: dict) -> None:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    """Apply ``key.sub=value`` strings (values parsed as YAML, ``1e-3`` a number) to a nested dict, in place."""
+    from .config_yaml import ConfigFileError, DuplicateKeyError, parse_yaml
+
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key.sub=value, got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = parse_yaml(raw, f"--set {key}")
+        except DuplicateKeyError as err:
+            raise ConfigError(str(err)) from None
+        except ConfigFileError:
             value = raw
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set expects key.sub=value, got {item!r}")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a missing or empty section
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
         node[parts[-1]] = value
@@ -428,14 +471,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Config, str]:
     """Read, override and validate a YAML config; returns ``(config, resolved_yaml_text)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {str(path)!r}")
+    from .config_yaml import ConfigFileError, read_config_file
+
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
-    data = apply_overrides(data or {}, overrides or [])
+        data = read_config_file(path)
+    except ConfigFileError as err:
+        raise ConfigError(str(err)) from None
+    data = apply_overrides(data, overrides or [])
     cfg = config_from_dict(data)
     return cfg, config_to_yaml(cfg)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["find_mpiexec", "launch_env", "World", "get_world", "launched_by_mpi", "launcher_size", "seed_for_rank", "init_torch_distributed",
-           "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error",
+           "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error", "collective_check",
            "MPI_ENV_VARS"]
 
 #: environment variables by which MPI launchers announce a multi-process job (MPICH/Hydra and PMI-2
@@ -242,8 +242,24 @@ def shutdown(world: World | None = None) -> None:
         world.barrier()
 
 
+def collective_check(world: World, problem: str | None, error: type[Exception] = ValueError) -> None:
+    """Collective: every rank passes its ``problem`` (None if it has none); if any rank has one, every rank raises
+    ``error`` with the first (lowest rank's) problem, its ``collective_rank`` attribute naming that rank. So a
+    refusal found by one rank stops every rank before it writes, and none is left waiting in a collective."""
+    problems = world.allgather(problem)
+    for rank, found in enumerate(problems):
+        if found is not None:
+            err = error(found)
+            err.collective_rank = rank  # type: ignore[attr-defined]
+            raise err
+
+
 def abort_on_error(world: World, message: str, code: int = 1) -> None:
-    """Print ``message`` naming this rank and end the whole job (no rank is left waiting)."""
+    """Print ``message`` naming this rank and end the whole job (no rank is left waiting). The output-directory
+    locks this process holds are released first (``MPI_Abort`` skips ``finally`` blocks)."""
+    from .io.lock import release_held_locks
+
+    release_held_locks()
     print(f"latticeflow: error on rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     world.abort(code)

@@ -33,15 +33,22 @@ def _inner(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return s - s.detach()
 
 
-def _attach(loss: torch.Tensor, log_weight: torch.Tensor) -> torch.Tensor:
+def _attach(loss: torch.Tensor, log_weight: torch.Tensor, v: torch.Tensor | None = None,
+            force: torch.Tensor | None = None) -> torch.Tensor:
     loss.log_weight = log_weight.detach()  # type: ignore[attr-defined]  # −S − log q per sample, for ESS
+    if v is not None and force is not None:  # sticking the landing: v = ∇ₓ(log q + S) = 0 at q = p
+        v, force = v.detach().flatten(1), force.detach().flatten(1)
+        loss.landing = torch.stack([v.pow(2).sum(-1).mean(), force.pow(2).sum(-1).mean()])  # type: ignore[attr-defined]
     return loss
 
 
 def reverse_kl(flow, action, z: torch.Tensor, estimator: str = "fast_path") -> torch.Tensor:
     """Reverse-KL surrogate loss on base samples ``z``; value mean(log q + S) = KL(q‖p) − log Z.
 
-    The returned tensor carries ``.log_weight`` (−S − log q per sample, detached) for ESS monitoring.
+    The returned tensor carries ``.log_weight`` (−S − log q per sample, detached) for ESS monitoring and,
+    for the path estimators, ``.landing`` = (mean_b |v_b|², mean_b |∇S(x_b)|²) with v = ∇ₓ(log q + S), the
+    integrand of the path gradient: v = 0 for every sample when q = p (sticking the landing, Roeder et al.
+    2017), so r = √(|v|²/|∇S|²) measures how far the flow is from exact (`Trainer`'s ``landing_tol``).
     """
     if estimator == "standard":
         x, logdet = flow(z)
@@ -58,13 +65,14 @@ def reverse_kl(flow, action, z: torch.Tensor, estimator: str = "fast_path") -> t
             (v,) = torch.autograd.grad((log_q + s).sum(), x_)
         x2, _ = flow(z)
         value = (log_q + s).detach().mean()
-        return _attach(_inner(v, x2) + value, -(s + log_q))
+        return _attach(_inner(v, x2) + value, -(s + log_q), v, action.force(x))
     if estimator == "fast_path":
         x, log_q, score = flow.forward_with_score(z)
         xd = x.detach()
         s = action.action(xd)
-        v = score + action.force(xd)
-        return _attach(_inner(v, x) + (log_q.detach() + s).mean(), -(s + log_q))
+        force = action.force(xd)
+        v = score + force
+        return _attach(_inner(v, x) + (log_q.detach() + s).mean(), -(s + log_q), v, force)
     raise ValueError(f"reverse_kl estimator must be one of {', '.join(REVERSE_ESTIMATORS)}, got {estimator!r}")
 
 

@@ -48,4 +48,6 @@ BENCHES: dict[str, Bench] = {b.module: b for b in (
           "HMC vs the Brower-Tamayo cluster sampler for phi4: CPU time per independent chi2 sample"),
     Bench("main_job", "run_main_job_bench", "seeds quick", "format_main_job_bench",
           "the README's main job over seeds: verdicts of run and analyze"),
+    Bench("landing", "run_landing_bench", "quick seeds dtype", "format_landing_table",
+          "training from an exact start (free field 16x8) with and without the sticking-the-landing gate"),
 )}

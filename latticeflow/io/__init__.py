@@ -6,7 +6,9 @@ crash-safe streaming writes, :func:`open_ensemble` for lazy reading,
 :mod:`latticeflow.io.shards` for the shard and master files of MPI runs,
 :mod:`latticeflow.io.resume` for the last sweep a resumed chain continues from,
 :mod:`latticeflow.io.files` for the one atomic-write helper and strict JSON,
-:mod:`latticeflow.io.checkpoint` for atomic checkpoints.
+:mod:`latticeflow.io.checkpoint` for atomic checkpoints,
+:mod:`latticeflow.io.checksums` for the per-batch checksums and run history,
+:func:`verify_ensemble` for ``latticeflow verify``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from latticeflow.io.shards import MASTER_ATTRS, check_not_master, master_replica
 from latticeflow.io._provenance import provenance, result_header
 from latticeflow.io.reader import Ensemble, open_ensemble
 from latticeflow.io.writer import EnsembleWriter
+from latticeflow.io.verify import VerifyReport, verify_ensemble
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,4 +44,6 @@ __all__ = [
     "provenance",
     "result_header",
     "save_checkpoint",
+    "VerifyReport",
+    "verify_ensemble",
 ]

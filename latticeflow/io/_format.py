@@ -1,6 +1,7 @@
 """Shared definitions of the HDF5 ensemble format (a public contract).
 
-One file per replica.  Layout (format_version 1):
+One file per replica.  Layout (format_version 2; version 1 lacks ``checksums``
+and ``history`` and is still read, and upgraded by the first append to it):
 
 Datasets (chunked along the first axis, ``maxshape=(None, ...)``, only those
 that were written exist):
@@ -13,6 +14,15 @@ that were written exist):
   (the chain's own ``log_weight`` repeats on rejection), for the Pareto k̂ of the proposals;
 * ``observables/<name>`` (N, ...) per-configuration measurements.
 
+Integrity datasets (not observables; :func:`list_datasets` leaves them out):
+
+* ``checksums`` (B, 3 + D) int64: one row per committed batch, ``row_start``,
+  ``row_stop``, ``run`` (index into ``history``) and the CRC-32 of the stored
+  bytes (little-endian, C order) of each dataset's rows of the batch, in the
+  order of its ``columns`` attribute; attribute ``algorithm`` = ``"crc32"``;
+* ``history`` (R,) UTF-8 strings: one JSON object per run that appended rows
+  (``command``, ``created``, ``seed``, ``host``, versions, ``rows_before``, ...).
+
 Root attributes: ``format_version`` (int), ``theory`` (str),
 ``coupling_names`` (array of str) and one float64 attribute per coupling
 (e.g. ``kappa``, ``lam`` or ``beta``), ``shape`` and ``field_shape`` (int64
@@ -22,8 +32,9 @@ arrays), ``dtype`` (str), ``sampler`` (str), ``seed``, ``replica`` (int64),
 run that created the file) and ``n_rows`` (int64).
 
 ``n_rows`` is the committed row count, written after every dataset of a batch
-and followed by a flush: rows beyond it belong to a batch that was never
-completed; readers ignore them and writers truncate them on reopening.
+and its ``checksums`` row were flushed and fsynced: rows (and ``checksums`` rows
+with ``row_stop``) beyond it belong to a batch that was never completed; readers
+ignore them and writers truncate them on reopening.
 
 This module holds the pieces both the writer and the reader need: the format
 version, reserved attribute names, :class:`EnsembleMismatchError`, attribute
@@ -42,6 +53,7 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION",
+    "INTEGRITY_DATASETS",
     "PER_ROW_DATASETS",
     "RESERVED_ATTRS",
     "EnsembleMismatchError",
@@ -55,7 +67,10 @@ __all__ = [
 ]
 
 #: Version of the on-disk layout; readers refuse files with a newer version.
-FORMAT_VERSION: int = 1
+FORMAT_VERSION: int = 2
+
+#: Root datasets of the format that are not per-row data (checksum table, run history).
+INTEGRITY_DATASETS: frozenset[str] = frozenset({"checksums", "history"})
 
 #: Relative tolerance used when comparing couplings of two ensembles.
 COUPLING_REL_TOL: float = 1e-12
@@ -191,11 +206,12 @@ def check_couplings(
 
 
 def list_datasets(group: h5py.Group) -> list[str]:
-    """Sorted paths (relative to ``group``) of every dataset below ``group``."""
+    """Sorted paths (relative to ``group``) of every data set below ``group``, without the
+    integrity datasets (``checksums``, ``history``)."""
     names: list[str] = []
 
     def visit(name: str, obj: object) -> None:
-        if isinstance(obj, h5py.Dataset):
+        if isinstance(obj, h5py.Dataset) and name not in INTEGRITY_DATASETS:
             names.append(name)
 
     group.visititems(visit)

@@ -1,11 +1,14 @@
 """One atomic-write mechanism and one strict JSON policy for every file the package writes.
 
-`atomic_path` yields a temporary name in the target's directory; when the block succeeds the file is fsynced
-and ``os.replace``d over the target (atomic on POSIX) and the directory fsynced; on any error or kill the
-temporary is removed (or left under a ``.<name>.<tag>-*.tmp`` name that `remove_stale` clears): a crash leaves
-the old file or the new one, never half of either. `atomic_write` is that for a byte stream; HDF5 files
-(ensemble creation, repair, MPI master files) are written through `atomic_path` by h5py. JSON is strict everywhere (RFC 8259): NaN and ±inf are written as
-``null`` (`strict`), numpy scalars as Python numbers, tuples as lists.
+`atomic_path` yields a temporary name ``.<name>.<tag>-<pid>-<hex>.tmp`` in the target's directory; when the
+block succeeds the file is fsynced and ``os.replace``d over the target (atomic on POSIX) and the directory
+fsynced; on any error the temporary is removed: a crash or a full disk leaves the old file or the new one,
+never half of either. A failed fsync (EIO, ENOSPC) is an error, not ignored. A kill leaves the temporary,
+which `remove_stale` (one target) and `remove_stale_in` (a run directory, called by the next command that
+locks it) clear. `atomic_write` is that for a byte stream, every byte written by ``os.write`` (so a failed
+write raises at once); HDF5 files (ensemble creation, repair, MPI master files) are written through
+`atomic_path` by h5py. JSON is strict everywhere (RFC 8259): NaN and ±inf are written as ``null`` (`strict`),
+numpy scalars as Python numbers, tuples as lists.
 
 Example:
     >>> import json
@@ -15,10 +18,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,19 +31,31 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "remove_stale", "write_text", "strict", "dumps_json", "write_json"]
+__all__ = ["atomic_path", "atomic_write", "remove_stale", "remove_stale_in", "write_text", "strict", "dumps_json",
+           "write_json", "fsync_path"]
+
+#: the name `atomic_path` gives a temporary: ``.<name>.<tag>-<pid>-<hex>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z]+-(\d+)-[0-9a-f]+\.tmp$")
 
 
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    """fsync a file or directory by name (best effort: errors are ignored)."""
+#: fsync errors that mean "not supported here" (some file systems, directories), not "data lost"
+_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EROFS, errno.EISDIR})
+
+
+def fsync_path(path: str | os.PathLike[str], strict: bool = False) -> None:
+    """fsync a file or directory by name. Best effort unless ``strict``: then a failed fsync (EIO, ENOSPC: the
+    data may not be on disk) raises, while "not supported here" (EINVAL, …) and "not permitted" do not."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except OSError as err:  # a directory may not be openable here (EACCES): nothing to make durable then
+        if strict and err.errno not in _FSYNC_UNSUPPORTED | {errno.EACCES, errno.EPERM}:
+            raise
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as err:
+        if strict and err.errno not in _FSYNC_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 
@@ -53,6 +70,44 @@ def remove_stale(path: str | os.PathLike[str], tag: str) -> None:
             pass
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_in(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove every `atomic_path` temporary in ``directory`` and its immediate subdirectories (e.g.
+    ``checkpoints/.latest.pt.tmp-*.tmp``) whose writer (the pid in its name) is gone or is this process; returns
+    the names removed. Call it while holding the directory's lock (`latticeflow.io.lock`)."""
+    removed: list[str] = []
+    top = Path(directory)
+    try:
+        dirs = [top, *(d for d in top.iterdir() if d.is_dir() and not d.is_symlink())]
+    except OSError:
+        return removed
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            m = _TEMP_NAME.match(name)
+            if m is None:
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and _pid_alive(pid):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(d / name)
+                removed.append(str(d / name))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], tag: str = "write") -> Iterator[Path]:
     """A temporary path ``.<name>.<tag>-<pid>-<hex>.tmp`` beside ``path`` to write to; after the block it
@@ -63,7 +118,7 @@ def atomic_path(path: str | os.PathLike[str], tag: str = "write") -> Iterator[Pa
     tmp = target.with_name(f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
-        fsync_path(tmp)
+        fsync_path(tmp, strict=True)  # EIO here: the data may not be on disk, keep the old file
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -71,16 +126,52 @@ def atomic_path(path: str | os.PathLike[str], tag: str = "write") -> Iterator[Pa
         except FileNotFoundError:
             pass
         raise
-    fsync_path(target.parent)  # make the rename durable
+    fsync_path(target.parent, strict=True)  # make the rename durable
+
+
+class _RawFile:
+    """A binary file over a descriptor whose every write is an ``os.write`` (no hidden buffer: a failed write
+    raises at once, and fault injection can reach it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pos = fd, 0
+        self.error: OSError | None = None  # the first failed write (a caller may turn it into another error)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as err:
+            self.error = self.error or err
+            raise
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.pos
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a binary temporary file beside ``path`` and atomically replace ``path`` with it."""
     with atomic_path(path, "tmp") as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides permissions
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        raw = _RawFile(fd)
+        try:
+            write(raw)  # type: ignore[arg-type]
+        except Exception as err:
+            if raw.error is not None and raw.error is not err:  # e.g. torch.save reports a failed write as
+                raise raw.error from None                         # a RuntimeError: the OSError is the cause
+            raise
+        finally:
+            os.close(fd)
     return Path(path)
 
 

@@ -5,6 +5,13 @@
 with bounded memory.  Only the committed rows (``n_rows`` attribute) are ever
 returned, so a file whose last batch was half written when its writer was
 killed reads as if that batch had never started.
+
+Opening a file checks its structure (``n_rows`` within every dataset, the
+checksum table covering ``n_rows`` and listing every dataset); every read of
+committed rows through ``ens[name]``, :meth:`Ensemble.iter_batches` or
+:meth:`Ensemble.replicas` compares the rows with their batch checksums, so
+damaged rows raise a one-line ``ValueError`` instead of being used.
+:meth:`Ensemble.verify` checks every batch of every dataset (``latticeflow verify``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from latticeflow.io.checksums import BatchTable, Damage, StreamCheck, read_history, read_table
+from latticeflow.io.verify import VerifyReport, structure_damage, verify_ensemble
 from latticeflow.io._format import (
     FORMAT_VERSION,
     check_couplings,
@@ -61,11 +70,28 @@ class Ensemble:
                     f"damaged ensemble {self.path}: n_rows is {committed} but a dataset "
                     f"has only {min(lengths)} rows"
                 )
+            if "shard_files" in attrs:
+                table, history = _master_table(self.path, attrs), []
+            elif not committed:  # nothing committed: whatever a killed first batch left is ignored
+                table, history = None, []
+            else:
+                try:
+                    damage = structure_damage(f, int(committed), names, lengths)
+                    table = read_table(f, int(committed))
+                    history = read_history(f, table)
+                except (OSError, RuntimeError) as exc:
+                    damage = [Damage(f"unreadable checksums ({str(exc).splitlines()[0][:80]})")]
+                if damage:
+                    raise ValueError(f"damaged ensemble {self.path}: {damage[0].reason} "
+                                     f"(latticeflow verify {self.path})")
         except BaseException:
             f.close()
             raise
         self._file = f
         self._names = names
+        self._table: BatchTable | None = table
+        #: one entry per run that appended rows (command, created, seed, host, versions, rows_before/after)
+        self.history: list[dict[str, Any]] = history
         self.attrs: dict[str, Any] = attrs
         self.n_rows: int = int(committed)
         self.theory: str = str(attrs.get("theory", ""))
@@ -91,8 +117,25 @@ class Ensemble:
         return name in self._names
 
     def __getitem__(self, name: str) -> np.ndarray:
-        """Load the committed rows of one dataset (e.g. ``"observables/chi"``)."""
-        return self._dataset(name)[: self.n_rows]
+        """Load the committed rows of one dataset (e.g. ``"observables/chi"``), checked against their
+        checksums (``ValueError`` naming the damaged rows)."""
+        values = self._dataset(name)[: self.n_rows]
+        self._check(name, 0, [values])
+        return values
+
+    def _check(self, name: str, start: int, parts: list[np.ndarray]) -> None:
+        check = StreamCheck(self._table, name, start)
+        for part in parts:
+            check.feed(part)
+        if check.damage:
+            d = check.damage[0]
+            raise ValueError(f"damaged ensemble {self.path}: dataset {name!r} rows {d.start}-{d.stop - 1} fail "
+                             f"their checksum (latticeflow verify {self.path})")
+
+    def verify(self) -> VerifyReport:
+        """Full check of the file: every batch of every dataset against its checksum, and the structure
+        (shard by shard for the master file of an MPI run); see ``latticeflow verify``."""
+        return verify_ensemble(self.path)
 
     def dataset(self, name: str) -> h5py.Dataset:
         """The raw h5py dataset (lazy; may hold uncommitted rows past ``n_rows``)."""
@@ -104,8 +147,15 @@ class Ensemble:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows!r}")
         ds = self._dataset(name)
         step = int(batch_rows)
+        check = StreamCheck(self._table, name)
         for start in range(0, self.n_rows, step):
-            yield ds[start : min(start + step, self.n_rows)]
+            values = ds[start : min(start + step, self.n_rows)]
+            check.feed(values)
+            if check.damage:
+                d = check.damage[0]
+                raise ValueError(f"damaged ensemble {self.path}: dataset {name!r} rows {d.start}-{d.stop - 1} "
+                                 f"fail their checksum (latticeflow verify {self.path})")
+            yield values
 
     def replicas(self, name: str) -> list[np.ndarray]:
         """One series per Markov chain, each in Monte Carlo order (``name``: a dataset, or an observable such
@@ -179,6 +229,26 @@ def _check_shards(path: str, attrs: dict[str, Any]) -> None:
         if not os.path.isfile(os.path.join(directory, name)):
             raise ValueError(f"ensemble {path} is the master file of an MPI run, but its shard {name} "
                              f"is missing from {directory}")
+
+
+def _master_table(path: str, attrs: dict[str, Any]) -> BatchTable | None:
+    """The checksum tables of a master file's shards, as one table over the master's rows (None if a shard
+    has none)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tables, offset = [], 0
+    for name, rows in zip(attrs.get("shard_files", []), attrs.get("shard_rows", [])):
+        try:
+            with h5py.File(os.path.join(directory, name), "r") as shard:
+                table = read_table(shard, int(rows))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"damaged ensemble {path}: its shard {name} cannot be read ({exc})") from exc
+        if table is None or table.covered != int(rows):
+            return None
+        tables.append(table.shifted(offset))
+        offset += int(rows)
+    if not tables or any(t.names != tables[0].names for t in tables):
+        return None
+    return BatchTable(tables[0].names, np.concatenate([t.rows for t in tables]))
 
 
 def open_ensemble(path: str | os.PathLike[str]) -> Ensemble:

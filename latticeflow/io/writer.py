@@ -1,17 +1,30 @@
 """Streaming, crash-safe writer of HDF5 ensemble files.
 
-Each :meth:`EnsembleWriter.append` resizes and writes every dataset, flushes,
+Each :meth:`EnsembleWriter.append` resizes and writes every dataset and the
+batch's row of the checksum table (CRC-32 of each dataset's new rows), flushes,
+fsyncs and checks that the file is as long as its superblock says (so that a
+failed or delayed write, ENOSPC or EIO, surfaces before anything is counted),
 then updates the root attribute ``n_rows`` (the committed row count) in place
 and flushes again.  The two phases matter: HDF5 writes the superblock last in
 a flush, so a single flush killed half-way can leave ``n_rows`` covering rows
 whose chunk addresses lie past the recorded end of the file.  Nothing is kept
-in RAM beyond the batch being written.
+in RAM beyond the batch being written; the chunk cache is off, so every write
+reaches the file (or fails) when it is made, never later in a close.
 
-After a kill, readers see exactly the committed rows.  Reopening for appending
-drops a half-written batch (a file whose writer died mid-batch is rewritten
-with its committed rows, see :mod:`latticeflow.io._repair`; shrinking it in
-place is not safe), so a resumed run continues after the last complete batch.
-File creation and new root attributes go through a temporary file and a rename.
+A failed write leaves the handle alone (:func:`latticeflow.io._repair.abandon`)
+and raises a one-line ``OSError`` ("no space left on device writing …: its N
+committed rows are intact; free space and rerun to resume").
+
+Reopening for appending checks everything read-only first (attributes,
+structure, the checksums of every committed batch, see
+:func:`latticeflow.io.verify.resume_plan`) and writes nothing until the first
+``append``/``set_attrs``: a refused file is untouched.  A half-written batch,
+or a damaged tail (batches failing their checksums up to the end; a message on
+stderr says how many rows go), is dropped by rewriting the committed part of
+the file (:mod:`latticeflow.io._repair`; shrinking in place is not safe), so a
+resumed run continues after the last good batch.  Every run that appends adds
+an entry to the file's ``history``.  Files of format_version 1 (no checksums)
+are upgraded by the first append: their rows get one checksum batch.
 
 Known limit (HDF5 without SWMR): an append that splits a node of a dataset's
 chunk index moves committed index entries to a new node; a kill inside that
@@ -22,6 +35,7 @@ replays every kill point of ordinary appends.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -31,7 +45,7 @@ import h5py
 import numpy as np
 
 from latticeflow.io._arrays import as_shape, check_rows, to_numpy
-from latticeflow.io.files import atomic_path
+from latticeflow.io.files import atomic_path, remove_stale
 from latticeflow.io._format import (
     FORMAT_VERSION,
     LIBVER,
@@ -44,12 +58,15 @@ from latticeflow.io._format import (
     open_h5_readonly,
 )
 from latticeflow.io._provenance import provenance
-from latticeflow.io._repair import file_is_clean, rewrite_committed
+from latticeflow.io._repair import IO_ERRORS, abandon, confirm_on_disk, file_is_clean, io_error, rewrite_committed
+from latticeflow.io.checksums import HISTORY, TABLE, crc_of, create_history, create_table, read_table
+from latticeflow.io.verify import resume_plan, warn
 
 __all__ = ["EnsembleWriter"]
 
 _MIN_CHUNK_BYTES = 64 * 1024
 _TARGET_CHUNK_BYTES = 1024 * 1024
+_HISTORY_KEYS = ("command", "created", "host", "latticeflow_version", "torch_version", "git_commit")
 
 
 def _same_layout(attr: h5py.h5a.AttrID, value: Any) -> bool:
@@ -63,12 +80,12 @@ class EnsembleWriter:
 
     On an existing file, ``theory``, every coupling (relative tolerance
     1e-12), ``shape``, ``field_shape``, ``sampler`` and the samples dtype are
-    checked with the file opened read-only; a mismatch raises
-    :class:`EnsembleMismatchError` and leaves the file untouched.
-    ``seed``, ``replica``, ``config_text`` and provenance of an existing file
-    are kept unchanged (reopening writes no metadata until the next append).  Rows
-    past the committed ``n_rows`` (a batch cut short by a crash) are dropped
-    before appending, by rewriting the committed part of the file.
+    checked with the file opened read-only, and so are its structure and the
+    checksums of its committed batches; a mismatch raises
+    :class:`EnsembleMismatchError`, damage that cannot be cut off a
+    ``ValueError``, and the file is left untouched.  ``seed``, ``replica``,
+    ``config_text`` and provenance of an existing file are kept unchanged in
+    the root attributes; each run's own go to ``history`` with its first append.
     """
 
     def __init__(
@@ -107,53 +124,74 @@ class EnsembleWriter:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
         self._chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self._file: h5py.File | None = None
+        self._closed = False
+        self._failed: str | None = None
         self._names: frozenset[str] | None = None
         self._n_rows = 0
+        self._n_batches = 0  # committed rows of the checksum table
+        self._n_runs = 0  # committed entries of the history
+        self._format = FORMAT_VERSION
+        self._needs_rewrite = False
+        self._legacy: str | None = None  # history entry of a format-1 file's rows
+        self._run: int | None = None  # this run's history entry, once written
+        self._rows_dropped = 0
+        self._command = command
+        self._prov: dict[str, str] | None = None  # computed when first needed (it runs git)
+        self._history = {"seed": int(seed), "replica": int(replica), "config": str(config_text)}
         if os.path.exists(self.path):
-            clean = self._check_existing()  # read-only: raises before anything is modified
-            if not clean:  # killed mid-batch: keep exactly the committed rows
-                rewrite_committed(self.path, sorted(self._names or ()), self._n_rows)
-            self._file = h5py.File(self.path, "a", libver=LIBVER)
+            self._check_existing()  # read-only: raises before anything is modified
             return
 
-        prov = provenance(command)
         # Create under a temporary name and rename, so that a kill during
         # creation never leaves a half-initialised file at ``path``.
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"directory of ensemble file does not exist: {directory}")
-        with atomic_path(self.path, "create") as tmp:
-            with h5py.File(tmp, "x", libver=LIBVER) as f:
-                f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-                f.attrs["theory"] = theory
-                f.attrs["coupling_names"] = np.array(
-                    sorted(self.couplings), dtype=h5py.string_dtype()
-                )
-                for name, value in self.couplings.items():
-                    f.attrs[name] = np.float64(value)
-                f.attrs["shape"] = np.array(self.shape, dtype=np.int64)
-                f.attrs["field_shape"] = np.array(self.field_shape, dtype=np.int64)
-                f.attrs["dtype"] = self.dtype.name
-                f.attrs["sampler"] = sampler
-                f.attrs["seed"] = np.int64(seed)
-                f.attrs["replica"] = np.int64(replica)
-                f.attrs["config"] = str(config_text)
-                for key, value in prov.items():
-                    f.attrs[key] = value
-                f.attrs["n_rows"] = np.int64(0)
-        self._file = h5py.File(self.path, "a", libver=LIBVER)
+        remove_stale(self.path, "create")
+        try:
+            with atomic_path(self.path, "create") as tmp:
+                f = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
+                try:
+                    self._initial_attrs(f, seed, replica, config_text)
+                    f.flush()
+                    confirm_on_disk(f, tmp)
+                except BaseException:
+                    abandon(f)
+                    raise
+                f.close()
+        except IO_ERRORS as exc:
+            raise io_error(exc, self.path, 0, "creating") from exc
+
+    def _initial_attrs(self, f: h5py.File, seed: int, replica: int, config_text: str) -> None:
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        f.attrs["theory"] = self.theory
+        f.attrs["coupling_names"] = np.array(sorted(self.couplings), dtype=h5py.string_dtype())
+        for name, value in self.couplings.items():
+            f.attrs[name] = np.float64(value)
+        f.attrs["shape"] = np.array(self.shape, dtype=np.int64)
+        f.attrs["field_shape"] = np.array(self.field_shape, dtype=np.int64)
+        f.attrs["dtype"] = self.dtype.name
+        f.attrs["sampler"] = self.sampler
+        f.attrs["seed"] = np.int64(seed)
+        f.attrs["replica"] = np.int64(replica)
+        f.attrs["config"] = str(config_text)
+        for key, value in self._provenance().items():
+            f.attrs[key] = value
+        f.attrs["n_rows"] = np.int64(0)
 
     # -- opening an existing file -------------------------------------------------
 
-    def _check_existing(self) -> bool:
-        """Check the existing file read-only; return whether it was closed cleanly."""
+    def _check_existing(self) -> None:
+        """Check the existing file read-only: attributes, structure and checksums; plan the repair."""
         with open_h5_readonly(self.path) as f:
             attrs = decode_attrs(f.attrs)
             if "format_version" not in attrs:
                 raise ValueError(
                     f"not a latticeflow ensemble: {self.path} (no format_version attribute)"
                 )
-            check_equal("format_version", attrs["format_version"], FORMAT_VERSION, self.path)
+            version = attrs["format_version"]
+            if version not in range(1, FORMAT_VERSION + 1):
+                check_equal("format_version", version, FORMAT_VERSION, self.path)
             check_equal("theory", attrs.get("theory"), self.theory, self.path)
             names = attrs.get("coupling_names", [])
             file_couplings = {n: attrs.get(n, float("nan")) for n in names}
@@ -172,15 +210,33 @@ class EnsembleWriter:
                 # killed while creating the datasets: nothing was committed yet
                 names_in_file, lengths, file_dtype = [], [-1], attrs.get("dtype")
             check_equal("dtype", file_dtype, self.dtype.name, self.path)
-            for name, length in zip(names_in_file, lengths):
-                if length < n_rows:
-                    raise ValueError(
-                        f"damaged ensemble {self.path}: dataset {name!r} has "
-                        f"{length} rows but n_rows is {n_rows}"
-                    )
-        self._n_rows = n_rows
+            if n_rows > 0:
+                good, message = resume_plan(f, n_rows, names_in_file, lengths)
+            else:
+                good, message = 0, None
+            clean = file_is_clean(self.path, lengths, n_rows) and good == n_rows
+            try:
+                table = read_table(f, good) if version >= 2 else None
+                self._n_batches = len(table) if table is not None else 0
+                self._n_runs = int(table.runs.max()) + 1 if self._n_batches else 0
+                clean = clean and (table is None or f[TABLE].shape[0] == self._n_batches) and (
+                    HISTORY not in f or f[HISTORY].shape[0] == self._n_runs)
+            except (OSError, RuntimeError, ValueError) as exc:
+                if good > 0:
+                    raise ValueError(f"damaged ensemble {self.path}: unreadable checksums ({exc})") from exc
+                clean = False  # killed while creating the first batch: nothing was committed yet
+            if version < FORMAT_VERSION:  # upgraded with the first write, by a rewrite
+                self._legacy = json.dumps(
+                    {"run": 0, **{k: attrs.get(k, "unknown") for k in _HISTORY_KEYS}, "seed": attrs.get("seed"),
+                     "replica": attrs.get("replica"), "rows_before": 0,
+                     "note": "rows of format_version 1, checksummed when first appended to"})
+        if message:
+            warn(message)
+        self._format = int(version)
+        self._n_rows = good
+        self._rows_dropped = n_rows - good
         self._names = frozenset(names_in_file) or None
-        return file_is_clean(self.path, lengths, n_rows)
+        self._needs_rewrite = not clean
 
     # -- writing -----------------------------------------------------------------
 
@@ -191,12 +247,37 @@ class EnsembleWriter:
 
     @property
     def closed(self) -> bool:
-        return self._file is None
+        return self._closed
 
     def _require_open(self) -> h5py.File:
-        if self._file is None:
+        """The file open for writing: opened (and repaired if needed) at the first write."""
+        if self._failed is not None:
+            raise OSError(self._failed)
+        if self._closed:
             raise ValueError(f"EnsembleWriter for {self.path} is closed")
+        if self._file is None:
+            upgrade = self._legacy if self._format < FORMAT_VERSION else None
+            if self._needs_rewrite or upgrade:  # killed mid-batch, a damaged tail, or format 1
+                rewrite_committed(self.path, sorted(self._names or ()), self._n_rows, upgrade=upgrade)
+                self._needs_rewrite, self._format = False, FORMAT_VERSION
+                if upgrade and self._n_rows:
+                    self._n_batches, self._n_runs = 1, 1
+            try:
+                self._file = h5py.File(self.path, "a", libver=LIBVER, rdcc_nbytes=0)
+            except IO_ERRORS as exc:
+                raise io_error(exc, self.path, self._n_rows, "opening") from exc
         return self._file
+
+    def _fail(self, exc: BaseException, doing: str = "writing") -> BaseException:
+        """Close the handle without writing again; the error to raise (one line for I/O errors)."""
+        abandon(self._file)
+        self._file = None
+        if not isinstance(exc, IO_ERRORS):
+            self._failed = f"EnsembleWriter for {self.path} failed earlier ({type(exc).__name__})"
+            return exc
+        err = io_error(exc, self.path, self._n_rows, doing)
+        self._failed = str(err)
+        return err
 
     def _chunks(self, trailing: tuple[int, ...], itemsize: int, batch_rows: int) -> tuple[int, ...]:
         if self._chunk_rows is not None:
@@ -251,7 +332,7 @@ class EnsembleWriter:
         observables: Mapping[str, Any] | None = None,
         proposal_log_weight: Any = None,
     ) -> None:
-        """Append one batch of rows, then commit ``n_rows`` and flush.
+        """Append one batch of rows with their checksums, then commit ``n_rows`` (see the module docstring).
 
         Arrays may be numpy arrays or torch tensors (any device).  If
         ``log_q`` is given without ``log_weight``, ``log_weight = -action - log_q``.
@@ -278,51 +359,59 @@ class EnsembleWriter:
             )
         arrays = self._convert(arrays)
         n = arrays["samples"].shape[0]
-
-        if self._names is None:
-            for name, arr in arrays.items():
-                f.create_dataset(
-                    name,
-                    shape=(0, *arr.shape[1:]),
-                    maxshape=(None, *arr.shape[1:]),
-                    chunks=self._chunks(arr.shape[1:], arr.dtype.itemsize, n),
-                    dtype=arr.dtype,
-                )
-            self._names = frozenset(arrays)
-        if n == 0:
+        if n == 0 and self._names is not None:
             return
-
+        crcs = [crc_of(arrays[name]) for name in sorted(arrays)]
         old, new = self._n_rows, self._n_rows + n
         try:
+            if self._names is None:
+                for name, arr in arrays.items():
+                    f.create_dataset(name, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]),
+                                     chunks=self._chunks(arr.shape[1:], arr.dtype.itemsize, n), dtype=arr.dtype)
+                self._names = frozenset(arrays)
+            if n == 0:
+                return
+            # Phase 1: the rows, their checksums and (first batch of a run) the run's history entry.
             for name, arr in arrays.items():
                 ds = f[name]
                 ds.resize(new, axis=0)
                 ds[old:new] = arr
-            # Two-phase commit.  HDF5 writes the superblock (with the end of
-            # allocated space) last when flushing, so a kill during a flush can
-            # leave object headers on disk that point past it.  Phase 1 puts
-            # the rows, the chunk index and the superblock on disk while the
-            # committed n_rows still excludes them; phase 2 then only rewrites
-            # the n_rows attribute in place.
+            table = f[TABLE] if TABLE in f else create_table(f, sorted(self._names))
+            hist = f[HISTORY] if HISTORY in f else create_history(f)
+            run = self._run
+            if run is None:
+                run = self._n_runs
+                hist.resize(run + 1, axis=0)
+                hist[run] = self._history_entry(run)
+            table.resize(self._n_batches + 1, axis=0)
+            table[self._n_batches] = np.array([old, new, run, *crcs], dtype=np.int64)
+            # HDF5 writes the superblock (with the end of allocated space) last
+            # when flushing, so a kill during a flush can leave object headers
+            # on disk that point past it: phase 1 puts everything on disk (and
+            # fsyncs it) while the committed n_rows still excludes it; phase 2
+            # then only rewrites the n_rows attribute in place.
             f.flush()
+            confirm_on_disk(f, self.path)
             f.attrs.modify("n_rows", np.int64(new))
             f.flush()
-        except BaseException:
-            self._rollback(old)
-            raise
-        self._n_rows = new
+        except BaseException as exc:
+            raise self._fail(exc) from exc
+        self._n_rows, self._n_batches = new, self._n_batches + 1
+        if self._run is None:
+            self._run, self._n_runs = run, run + 1
 
-    def _rollback(self, n_rows: int) -> None:
-        """Best effort: shrink datasets back to the committed row count."""
-        try:
-            f = self._require_open()
-            for name in self._names or ():
-                if f[name].shape[0] > n_rows:
-                    f[name].resize(n_rows, axis=0)
-            f.attrs.modify("n_rows", np.int64(n_rows))
-            f.flush()
-        except Exception:
-            pass  # the committed n_rows attribute still marks the good rows
+    def _provenance(self) -> dict[str, str]:
+        if self._prov is None:
+            self._prov = provenance(self._command)
+        return self._prov
+
+    def _history_entry(self, run: int) -> str:
+        entry = {"run": run, **{k: self._provenance()[k] for k in _HISTORY_KEYS}, "seed": self._history["seed"],
+                 "replica": self._history["replica"], "rows_before": self._n_rows}
+        if self._rows_dropped:
+            entry["rows_dropped"] = self._rows_dropped
+        entry["config"] = self._history["config"]
+        return json.dumps(entry)
 
     def set_attrs(self, **attrs: Any) -> None:
         """Store extra root attributes (e.g. sampler state such as ``step_size``), flushed.
@@ -333,38 +422,53 @@ class EnsembleWriter:
         renaming it over the original (cheap before or just after the first
         batches; set new attributes early rather than late in a long run).
         """
-        f = self._require_open()
         for key, value in attrs.items():
             if key in RESERVED_ATTRS or key in self.couplings:
                 raise ValueError(f"attribute name {key!r} is reserved by the ensemble format")
             if value is None or isinstance(value, Mapping):
                 kind = type(value).__name__
                 raise ValueError(f"attribute {key!r}: cannot store {kind} {value!r}")
-        in_place = {k: v for k, v in attrs.items()
-                    if k in f.attrs and _same_layout(f.attrs.get_id(k), v)}
-        for key, value in in_place.items():
-            f.attrs.modify(key, value)
-        f.flush()
-        rest = {k: v for k, v in attrs.items() if k not in in_place}
+        f = self._require_open()
+        try:
+            in_place = {k: v for k, v in attrs.items()
+                        if k in f.attrs and _same_layout(f.attrs.get_id(k), v)}
+            for key, value in in_place.items():
+                f.attrs.modify(key, value)
+            f.flush()
+            rest = {k: v for k, v in attrs.items() if k not in in_place}
+            if rest:
+                self._file = None
+                f.close()
+        except BaseException as exc:
+            self._file = f
+            raise self._fail(exc, "writing attributes to") from exc
         if rest:
-            f.close()
-            self._file = None
             try:
                 rewrite_committed(self.path, sorted(self._names or ()), self._n_rows, rest)
             finally:
-                self._file = h5py.File(self.path, "a", libver=LIBVER)
+                try:
+                    self._require_open()
+                except Exception:  # noqa: BLE001 — the next write reopens it, or says why not
+                    pass
 
     def flush(self) -> None:
-        self._require_open().flush()
-
-    def close(self) -> None:
-        """Flush and close the file (idempotent)."""
         if self._file is not None:
             try:
                 self._file.flush()
-            finally:
-                self._file.close()
-                self._file = None
+            except BaseException as exc:
+                raise self._fail(exc) from exc
+
+    def close(self) -> None:
+        """Flush and close the file (idempotent; a writer that never wrote leaves the file untouched)."""
+        self._closed = True
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.flush()
+            except BaseException as exc:
+                self._file = f
+                raise self._fail(exc, "closing") from exc
+            f.close()
 
     def __enter__(self) -> EnsembleWriter:
         return self
@@ -373,5 +477,5 @@ class EnsembleWriter:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._file is None else f"{self._n_rows} rows"
+        state = "closed" if self._closed else f"{self._n_rows} rows"
         return f"EnsembleWriter({self.path!r}, theory={self.theory!r}, {state})"

@@ -8,8 +8,10 @@ cumulant, effective mass) by linearised error propagation. Where the theory has 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from ..analysis import (GammaResult, ObservableRow, format_table, gamma_method, 
 from ..analysis.verdict import format_verdict, markov_checks, verdict, weight_checks
 from ..io import open_ensemble
 
-__all__ = ["EnsembleAnalysis", "analyze", "export_pyerrors"]
+__all__ = ["EnsembleAnalysis", "REFERENCE_FILE", "analyze", "export_pyerrors", "reference_beside"]
 
 
 @dataclass
@@ -236,10 +238,39 @@ def _free_energy(log_weight: np.ndarray, theory) -> dict[str, Any]:
     return out
 
 
-def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = None) -> EnsembleAnalysis:
+def _check_integrity(ens) -> None:
+    """Every batch's checksums too when the file is small enough to re-read cheaply (the datasets the analysis
+    reads are checked as they are read anyway): a damaged file is one line, not a verdict."""
+    from ..io.verify import RESUME_FULL_BYTES
+
+    if os.path.getsize(ens.path) <= RESUME_FULL_BYTES:
+        report = ens.verify()
+        if not report.ok:
+            raise ValueError(f"damaged ensemble: {report.lines()[0]} (latticeflow verify {ens.path})")
+
+
+#: The HMC reference ensemble `latticeflow run` writes beside a flow ensemble.
+REFERENCE_FILE = "ensemble_hmc.h5"
+
+
+def reference_beside(path: str | os.PathLike) -> str | None:
+    """``<dir>/ensemble_hmc.h5`` beside the ensemble at ``path`` (not the reference itself), if it exists."""
+    p = Path(path)
+    ref = p.with_name(REFERENCE_FILE)
+    return str(ref) if p.name != REFERENCE_FILE and ref.is_file() else None
+
+
+def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = None,
+            reference: "EnsembleAnalysis | str | None" = "auto") -> EnsembleAnalysis:
     """Analyse the ensemble at ``path``: observables, HMC diagnostics, exact values where known, and the
-    trust verdict (`latticeflow.analysis.verdict`; ``thresholds`` override its defaults)."""
-    with open_ensemble(path) as ens:
+    trust verdict (`latticeflow.analysis.verdict`; ``thresholds`` override its defaults).
+
+    ``reference``: an HMC reference (its analysis or its file) that judges the main observables without an
+    exact value (`EnsembleAnalysis.judge`); ``"auto"`` (default) takes ``ensemble_hmc.h5`` beside ``path`` when
+    `latticeflow run` wrote one, so that ``analyze`` and ``run`` give the same verdict on the same file;
+    ``None``: no reference."""
+    with open_ensemble(path) as ens:  # checks the structure, and the checksums of every dataset read
+        _check_integrity(ens)
         if ens.n_rows < 2:
             raise ValueError(f"{path} holds {ens.n_rows} configurations; the analysis needs at least 2")
         keys = set(ens.keys())
@@ -283,14 +314,21 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
         result = EnsembleAnalysis(path=str(path), theory=ens.theory, couplings=dict(ens.couplings),
                                   shape=tuple(ens.shape), n_rows=ens.n_rows, rows=rows, extra=extra,
                                   main=tuple(r.name for r in table_rows if r.main))
-    result.judge(thresholds)
+    if isinstance(reference, str):
+        ref_path = reference_beside(path) if reference == "auto" else reference
+        reference = None if ref_path is None else analyze(ref_path, S, thresholds, reference=None)
+    if reference is not None:
+        if (reference.theory, reference.couplings, reference.shape) != (result.theory, result.couplings, result.shape):
+            raise ValueError(f"reference {reference.path} is {reference.theory} {reference.shape} {reference.couplings}, "
+                             f"not the {result.theory} {result.shape} {result.couplings} of {path}")
+        result.extra["reference"] = reference.path
+    result.judge(thresholds, reference=reference)
     return result
 
 
 def export_pyerrors(path: str, out: str) -> str:
     """Scalar per-configuration observables of a Markov-chain ensemble as a pyerrors json.gz file
     (replicas ``<file stem>|r01``, … one per chain, in Monte Carlo order)."""
-    from pathlib import Path
 
     from ..analysis import dump_pyerrors_json
 

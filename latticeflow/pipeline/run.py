@@ -21,6 +21,7 @@ import torch
 from ..analysis import forward_ess
 from ..config import Config, build_action
 from ..io import open_ensemble, write_json
+from ..io.lock import directory_lock
 from ..samplers import REFERENCE_SAMPLER, SAMPLERS
 from .analyze import EnsembleAnalysis, analyze
 from .report import write_report
@@ -31,17 +32,26 @@ __all__ = ["run", "comparison_table", "cost_comparison", "format_cost_comparison
 
 
 @torch.no_grad()
-def flow_forward_ess(cfg: Config, hmc_path: str | Path, checkpoint: str | None = None, batch: int = 4096) -> float:
-    """Forward ESS/N of the trained flow on target (HMC) samples: 1/(mean_p(w) mean_p(1/w)), w = e^{−S}/q."""
+def flow_forward_ess(cfg: Config, hmc_path: str | Path, checkpoint: str | None = None, batch: int = 1024,
+                     progress: bool = False) -> float:
+    """Forward ESS/N of the trained flow on target (HMC) samples: 1/(mean_p(w) mean_p(1/w)), w = e^{−S}/q.
+    A pass of the flow over the whole reference ensemble, in chunks of ``batch`` (1024: see
+    ``samplers.flow.SAMPLE_CHUNK``) with a progress bar (it can take as long as sampling)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     from .sample_flow import load_flow
 
     action, flow = load_flow(cfg, checkpoint)
     ref = next(flow.buffers())
     log_w = []
-    with open_ensemble(hmc_path) as ens:
+    with open_ensemble(hmc_path) as ens, tqdm(total=ens.n_rows, desc="forward ESS", unit="cfg", file=sys.stderr,
+                                              disable=not progress, mininterval=0.5) as bar:
         for x in ens.iter_batches("samples", batch):
             xt = torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
             log_w.append((-action.action(xt) - flow.log_prob(xt)).double().cpu().numpy())
+            bar.update(len(x))
     return forward_ess(np.concatenate(log_w))
 
 
@@ -134,10 +144,14 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
     from ..distributed import get_world
 
     world = get_world()
+    with directory_lock(cfg.output_dir, command, world):  # one lock over the whole pipeline (nested calls re-enter)
+        return _run(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint,
+                    thresholds=thresholds, world=world)
+
+
+def _run(cfg: Config, config_text: str, *, command: str | None, progress: bool, checkpoint: str | None,
+         thresholds: dict[str, float] | None, world) -> dict[str, Any]:
     out = cfg.output_dir
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    world.barrier()
     summary: dict[str, Any] = {"name": cfg.name, "sampler": cfg.sampler.name}
     entry, ref = SAMPLERS[cfg.sampler.name], REFERENCE_SAMPLER
     hmc = None
@@ -151,16 +165,17 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
     if not world.is_main:
         summary.update({"ensemble": sampled.as_dict(), "tables": [], "files": []})
         return summary
-    results = {cfg.sampler.name: analyze(sampled.path, thresholds=thresholds)}
+    # the same verdict as `latticeflow analyze` on the file: it too is judged with ensemble_hmc.h5 beside it
+    reference = analyze(hmc.path, thresholds=thresholds, reference=None) if hmc is not None else "auto"
+    results = {cfg.sampler.name: analyze(sampled.path, thresholds=thresholds, reference=reference)}
     if hmc is not None:
-        results[ref] = analyze(hmc.path, thresholds=thresholds)
-        results[cfg.sampler.name].judge(thresholds, reference=results[ref])
+        results[ref] = reference
     tables = [results[cfg.sampler.name].table()]
     summary["verdict"] = results[cfg.sampler.name].extra["verdict"]
     summary["ensembles"] = {name: {"path": r.path, "verdict": r.extra["verdict"]} for name, r in results.items()}
     if hmc is not None:
         if entry.needs_flow:
-            summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint)
+            summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint, progress=progress)
         tables.append(results[ref].table())
         tables.append(comparison_table(results))
         theory = build_action(cfg.action)

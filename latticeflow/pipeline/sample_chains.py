@@ -18,46 +18,89 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, build_action
 from ..io import EnsembleWriter, read_last_sweep
+from ..io._format import check_couplings, check_equal, decode_attrs, open_h5_readonly
+from ..io.shards import SHARD_RANKS_ATTR
 from ..samplers import hmc_chains, make_chain_sampler
 from .common import SampleSummary, resolve_device
 
-__all__ = ["sample_chains"]
+__all__ = ["sample_chains", "check_resume"]
 
 
 def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in action.observables(x).items()}
 
 
+def check_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
+                 default_n_chains: int = -1) -> int:
+    """Read-only: every check that can refuse appending to the ensemble at ``path``, run before anything is
+    written (theory, couplings, shape, sampler, and for chains ``n_chains`` and whole sweeps); returns its
+    committed rows (0 if there is no file yet)."""
+    if not Path(path).exists():
+        return 0
+    with open_h5_readonly(path) as f:
+        attrs = decode_attrs(f.attrs)
+    if "format_version" not in attrs:
+        raise ValueError(f"not a latticeflow ensemble: {path} (no format_version attribute)")
+    check_equal("theory", attrs.get("theory"), action.theory, path)
+    check_couplings({n: attrs.get(n, float("nan")) for n in attrs.get("coupling_names", [])},
+                    {str(k): float(v) for k, v in action.couplings.items()}, path)
+    check_equal("shape", tuple(attrs.get("shape", ())), tuple(action.shape), path)
+    check_equal("field_shape", tuple(attrs.get("field_shape", ())), tuple(action.field_shape), path)
+    check_equal("sampler", attrs.get("sampler"), sampler, path)
+    check_equal("dtype", attrs.get("dtype"), np.dtype(dtype).name, path)
+    n_rows = int(attrs.get("n_rows", 0))
+    if n_rows and n_chains is not None:
+        try:
+            read_last_sweep(path, n_rows, n_chains, first_chain, datasets=(), default_n_chains=default_n_chains)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return n_rows
+
+
 def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = None, progress: bool = True,
-                  path: Path | None = None, replica: int | None = None) -> SampleSummary:
+                  path: Path | None = None, replica: int | None = None, gate=None,
+                  n_replicas: int | None = None) -> SampleSummary:
     """Generate (or resume) the chain ensemble of ``cfg`` at ``path`` (default ``<output.dir>/ensemble.h5``);
-    ``replica`` marks one shard of an MPI run (its chains numbered from ``replica * n_chains``)."""
+    ``replica`` marks one shard of an MPI run of ``n_replicas`` ranks (its chains numbered from
+    ``replica * n_chains``). ``gate`` (a `latticeflow.pipeline.rundir.WriteGate`) is passed after the read-only
+    checks and before the first write."""
     s = cfg.sampler
     action = build_action(cfg.action)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    try:
-        sampler = make_chain_sampler(s.name, action, s, generator)
-    except ValueError as err:
-        raise ConfigError(f"sampler: {err}") from None
     out_dir = cfg.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = Path(path) if path is not None else out_dir / "ensemble.h5"
     n_chains = s.n_chains
     n_target = math.ceil(s.n_samples / n_chains) * n_chains
     sweeps_per_batch = max(1, s.batch_size // n_chains)
+    first_chain = (replica or 0) * n_chains
+    try:  # every refusal before the first write (the writer itself may repair a file it opens)
+        try:
+            sampler = make_chain_sampler(s.name, action, s, generator)
+        except ValueError as err:
+            raise ConfigError(f"sampler: {err}") from None
+        n_rows = check_resume(path, action, s.name, cfg.dtype, n_chains, first_chain)
+        state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
+    except Exception as err:
+        if gate is not None:
+            gate.ready(err)
+        raise
+    if gate is not None:
+        gate.ready()
+    out_dir.mkdir(parents=True, exist_ok=True)
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
                             replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
     t0 = time.perf_counter()
-    if replica is None:
-        (out_dir / "config.yaml").write_text(config_text)  # only once the ensemble file accepted this config
-    first_chain = (replica or 0) * n_chains
+    if gate is not None:
+        gate.accepted()  # config.yaml, only once the ensemble file accepted this config
     try:
-        n_rows = writer.n_rows
+        if writer.n_rows != n_rows:  # the writer cut back a damaged tail: continue from what is left
+            n_rows = writer.n_rows
+            state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
         resumed = n_rows > 0
-        if resumed:
-            x, sweep = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain)
+        if state is not None:
+            x, sweep = state
         else:
             x = action.hot_start(n_chains, generator, dtype, device)
             bar = tqdm(total=s.n_thermalize, desc="thermalise", disable=not progress, unit="traj", file=sys.stderr,
@@ -66,8 +109,9 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
                 bar.set_postfix(acc=f"{a:.2f}", eps=f"{e:.3g}", refresh=False), bar.update(1)))
             bar.close()
             sweep = 0
+            ranks = {SHARD_RANKS_ATTR: n_replicas} if n_replicas else {}
             writer.set_attrs(n_chains=n_chains, n_thermalize=s.n_thermalize, n_leapfrog=s.n_leapfrog,
-                             integrator=s.integrator, save_every=s.save_every, **sampler.state_attrs())
+                             integrator=s.integrator, save_every=s.save_every, **ranks, **sampler.state_attrs())
         sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ accepted, Σ e^{−ΔH}: no sync per sweep
         acc_sum = edh_sum = 0.0
         n_traj = 0

@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, build_action
 from ..flows import build_flow
 from ..io import EnsembleWriter, load_checkpoint, read_last_sweep
+from ..io.shards import SHARD_RANKS_ATTR
 from ..samplers import SAMPLERS, ChainState, flow_batches, nmcmc_chains
 from .common import SampleSummary, resolve_device
+from .sample_chains import check_resume
 
 __all__ = ["load_flow", "sample_with_flow"]
 
@@ -37,9 +39,11 @@ def load_flow(cfg: Config, checkpoint: str | Path | None = None):
                           f"(run 'latticeflow train' first or pass --checkpoint)")
     flow = build_flow(cfg.flow, action).to(device=device, dtype=dtype)
     state = load_checkpoint(path, map_location=device)
+    if not isinstance(state.get("flow"), dict):
+        raise ConfigError(f"checkpoint {str(path)!r} is not a checkpoint of 'latticeflow train' (no flow weights)")
     try:
         flow.load_state_dict(state["flow"])
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         first = " ".join(lines[:2])[:400]  # torch's header and its first list of keys, on one line
         hint = ("; its base and the config's differ in the vacuum start: set flow.vacua to the value it was trained "
@@ -69,38 +73,56 @@ def _resume_chains(path: Path, n: int, n_chains: int, first_chain: int, dtype, d
 
 
 def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | None = None, command: str | None = None,
-                     progress: bool = True, path: Path | None = None, replica: int | None = None) -> SampleSummary:
-    """Write (or extend) the flow / NMCMC ensemble of ``cfg``; ``replica`` numbers the NMCMC chain of a shard."""
+                     progress: bool = True, path: Path | None = None, replica: int | None = None, gate=None,
+                     n_replicas: int | None = None) -> SampleSummary:
+    """Write (or extend) the flow / NMCMC ensemble of ``cfg``; ``replica`` numbers the NMCMC chain of a shard of an
+    MPI run of ``n_replicas`` ranks. ``gate`` (a `latticeflow.pipeline.rundir.WriteGate`) is passed after the
+    read-only checks (the checkpoint included) and before the first write."""
     s = cfg.sampler
-    action, flow = load_flow(cfg, checkpoint)
     device, dtype = resolve_device(cfg.device), cfg.torch_dtype
     out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
     path = path or out / "ensemble.h5"
+    markov, k = SAMPLERS[s.name].markov, s.n_chains
+    first_chain = (replica or 0) * k
+    try:  # every refusal (a bad checkpoint, a file that cannot be resumed) before the first write
+        action, flow = load_flow(cfg, checkpoint)
+        n_rows = check_resume(path, action, s.name, cfg.dtype, k if markov else None, first_chain, default_n_chains=1)
+        states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
+    except Exception as err:
+        if gate is not None:
+            gate.ready(err)
+        raise
+    if gate is not None:
+        gate.ready()
+    out.mkdir(parents=True, exist_ok=True)
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
                             field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
                             replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+    if gate is not None:
+        gate.accepted()
     t0 = time.perf_counter()
-    n_rows = writer.n_rows
+    if writer.n_rows != n_rows:  # the writer cut back a damaged tail: continue from what is left
+        n_rows = writer.n_rows
+        states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + n_rows + 17)
     n_acc = n_prop = 0
     try:
         remaining = max(s.n_samples - n_rows, 0)
         bar = tqdm(total=s.n_samples, initial=min(n_rows, s.n_samples), desc=s.name, unit="cfg", disable=not progress,
                    file=sys.stderr, mininterval=0.5)
-        if not SAMPLERS[s.name].markov:  # i.i.d. flow samples with importance weights
+        ranks = {SHARD_RANKS_ATTR: n_replicas} if n_replicas else {}
+        if not markov:  # i.i.d. flow samples with importance weights
+            if not n_rows and ranks:
+                writer.set_attrs(**ranks)
             for batch in flow_batches(flow, action, remaining, s.batch_size, generator=generator):
                 obs = {k: v.cpu().numpy() for k, v in action.observables(batch.x).items()}
                 writer.append(batch.x, batch.action, log_q=batch.log_q, log_weight=batch.log_weight, observables=obs)
                 bar.update(batch.x.shape[0])
         else:
-            k = s.n_chains
-            first_chain = (replica or 0) * k
             n_sweeps = max(math.ceil(s.n_samples / k) - n_rows // k, 0)
             bar.total = math.ceil(s.n_samples / k) * k
-            states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows else None
             if not n_rows:
-                writer.set_attrs(n_chains=k)
+                writer.set_attrs(n_chains=k, **ranks)
             for batch, states in nmcmc_chains(flow, action, n_sweeps, max(1, s.batch_size // k), k, states=states,
                                               generator=generator):
                 obs = {k_: v.cpu().numpy() for k_, v in action.observables(batch.x).items()}

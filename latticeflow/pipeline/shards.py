@@ -22,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..distributed import World, seed_for_rank
-from ..io import MASTER_ATTRS, check_not_master, master_replicas, shard_path, write_master
+from ..distributed import World, collective_check, seed_for_rank
+from ..io import MASTER_ATTRS, check_not_master, shard_path, write_master
+from ..io.shards import rank_count_problem
 from .common import SampleSummary
+from .rundir import WriteGate
 
 __all__ = ["shard_path", "write_master", "sample_sharded", "check_not_master", "MASTER_ATTRS"]
 
@@ -33,32 +35,26 @@ def sample_sharded(cfg: Config, config_text: str, sample_replica: Callable[..., 
                    command: str | None = None, progress: bool = True, checkpoint: str | None = None,
                    path: Path | None = None, world: World) -> SampleSummary:
     """Every rank samples its replica into its shard with ``sample_replica``; rank 0 writes the master file.
-    Collective."""
+    Collective; the caller holds the output directory's lock. Refusals (another rank count, with or without a
+    master file; a shard that cannot be resumed; ``config.yaml``) reach every rank before any rank writes."""
     path = Path(path) if path is not None else cfg.output_dir / "ensemble.h5"
-    problem = None
-    if world.is_main:
-        found = master_replicas(path)
-        if found == 0:
-            problem = f"{path} was written by a one-process run; choose another output.dir for an MPI run"
-        elif found is not None and found != world.size:
-            problem = (f"{path} is the master file of a {found}-rank MPI run, this run has {world.size} ranks: "
-                       f"use 'mpiexec -n {found}' or another output.dir")
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    problem = world.bcast(problem)
-    if problem:
-        raise ConfigError(problem)
+    problem = rank_count_problem(path, world.size) if world.is_main else None
+    collective_check(world, problem, ConfigError)
     # its own seed stream, and with device: cuda its own GPU (cuda:<local rank>)
     rank_cfg = dataclasses.replace(cfg, seed=seed_for_rank(cfg.seed, world.rank), device=str(world.device(cfg.device)))
     shard = shard_path(path, world.rank)
-    mine = sample_replica(rank_cfg, config_text, command=command, progress=progress and world.is_main, checkpoint=checkpoint,
-                  path=shard, replica=world.rank)
+    own_dir = path.parent.resolve() == cfg.output_dir.resolve()
+    gate = WriteGate(cfg.output_dir if own_dir else None, config_text, world)
+    mine = sample_replica(rank_cfg, config_text, command=command, progress=progress and world.is_main,
+                          checkpoint=checkpoint, path=shard, replica=world.rank, gate=gate, n_replicas=world.size)
     summaries = world.allgather(mine.as_dict())
+    failed = None
     if world.is_main:
-        if path == cfg.output_dir / "ensemble.h5":
-            (cfg.output_dir / "config.yaml").write_text(config_text)
-        write_master(path, [shard_path(path, r) for r in range(world.size)], seed=cfg.seed)
-    world.barrier()  # the master exists before any rank returns
+        try:
+            write_master(path, [shard_path(path, r) for r in range(world.size)], seed=cfg.seed)
+        except OSError as err:  # e.g. a full disk: the shards are complete, a rerun writes the master
+            failed = str(err)
+    collective_check(world, failed, OSError)  # the master exists before any rank returns
     n_new = [s["n_new"] for s in summaries]
 
     def pooled(key: str) -> float:  # weighted by the new configurations of each rank

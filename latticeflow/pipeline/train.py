@@ -11,6 +11,11 @@ coupling or β (:func:`latticeflow.training.transfer_state`; optimiser, step and
 applies only when the output directory has no checkpoint yet: a resume takes precedence. The summary
 records it as ``init_from``.
 
+The output directory is locked for the whole call (a second ``train`` or ``sample`` there is refused, see
+:mod:`latticeflow.io.lock`); every check that can refuse the run (``train.init``, the checkpoint to resume,
+``config.yaml``, :mod:`latticeflow.pipeline.rundir`) runs before the first write, and a checkpoint that cannot
+be written (full disk, EIO) ends the run with one line while the last complete checkpoint stays loadable.
+
 Under ``mpiexec -n N`` the training is data parallel (see :mod:`latticeflow.training`): every rank
 builds the same flow, ``train.batch_size`` is the global batch, and rank 0 alone writes the run
 directory; every rank resumes from the same checkpoint.
@@ -28,9 +33,11 @@ from ..config import Config, ConfigError, build_action
 from ..distributed import World, get_world, init_torch_distributed
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
-from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble, write_json
+from ..io import EnsembleMismatchError, load_checkpoint, open_ensemble, write_json, write_text
+from ..io.lock import directory_lock
 from ..training import METRIC_FIELDS, ArchitectureMismatch, Trainer, transfer_state
 from .common import resolve_device
+from .rundir import WriteGate
 
 
 __all__ = ["train", "build_trainer", "load_target_samples", "init_flow_from", "checkpoint_file"]
@@ -82,7 +89,7 @@ def build_trainer(cfg: Config, world: World | None = None):
                       forward_weight=t.forward_weight, seed=cfg.seed, max_bad_steps=t.max_bad_steps,
                       reconstruction_weight=t.reconstruction_weight, world=world, warmup_steps=t.warmup_steps,
                       lr_min=t.lr_min, validation=validation, validate_every=t.validate_every,
-                      early_stopping=t.early_stopping, patience=t.patience)
+                      early_stopping=t.early_stopping, patience=t.patience, landing_tol=t.landing_tol)
     return action, flow, trainer
 
 
@@ -149,15 +156,18 @@ def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, li
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again); atomic."""
     if not path.exists():
         return
+    import io
+
     with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+        rows = [r for r in csv.DictReader(fh) if r.get("step") not in (None, "") and int(float(r["step"])) <= step]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def _last_row(path: Path) -> dict[str, float]:
@@ -205,12 +215,20 @@ def _plot(metrics_path: Path, out: Path) -> Path | None:
     return path
 
 
-def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: World | None = None) -> dict:
+def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: World | None = None,
+          command: str | None = None) -> dict:
     """Train (or resume training) the flow of ``cfg``; returns the summary written to ``summary.json``.
 
-    ``world`` defaults to the MPI world of the process (one rank without ``mpiexec``).
+    ``world`` defaults to the MPI world of the process (one rank without ``mpiexec``). The output directory is
+    locked for the call (`latticeflow.io.lock`); every check that can refuse the run (the lock, ``train.init``,
+    the checkpoint to resume, ``config.yaml``) runs before anything is written.
     """
     world = world or get_world()
+    with directory_lock(cfg.output_dir, command, world):
+        return _train(cfg, config_text, progress=progress, world=world)
+
+
+def _train(cfg: Config, config_text: str, *, progress: bool, world: World) -> dict:
     action, flow, trainer = build_trainer(cfg, world)
     out = cfg.output_dir
     ckpt = out / "checkpoints" / "latest.pt"
@@ -219,22 +237,37 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
     init_from = None
     found = world.bcast(ckpt.exists())  # every rank resumes, or none
     world.barrier()  # nobody looks before every rank has looked: rank 0 writes the directory next
-    if not found and cfg.train.init:  # a new run from another run's weights (before anything is written)
-        init_from, _ = init_flow_from(flow, cfg.train.init, action, map_location=trainer.device)
+    gate = WriteGate(out, config_text, world)
+    try:  # every refusal before the first write
+        if not found and cfg.train.init:  # a new run from another run's weights
+            init_from, _ = init_flow_from(flow, cfg.train.init, action, map_location=trainer.device)
+        if found:
+            try:
+                state = load_checkpoint(ckpt, map_location=trainer.device)
+            except ValueError as err:
+                raise ConfigError(f"{err}; move it away to start afresh") from None
+            if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
+                raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
+            try:
+                trainer.load_state_dict(state)
+            except (KeyError, RuntimeError, TypeError, ValueError) as err:
+                detail = (str(err).splitlines() or [type(err).__name__])[0][:200]
+                raise ConfigError(f"{ckpt} cannot be resumed by this config ({type(err).__name__}: {detail}); "
+                                  f"use another output.dir") from None
+            resumed_from = trainer.step_count
+            init_from = state.get("init_from")
+    except Exception as err:
+        gate.ready(err)
+        raise
+    gate.ready()
     if world.is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         (out / "plots").mkdir(exist_ok=True)
-    if found:
-        state = load_checkpoint(ckpt, map_location=trainer.device)
-        if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
-            raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
-        trainer.load_state_dict(state)
-        resumed_from = trainer.step_count
-        init_from = state.get("init_from")
-        if world.is_main:
+        if found:
             _truncate_metrics(metrics, resumed_from)
-    if world.is_main:
-        (out / "config.yaml").write_text(config_text)
+        elif metrics.exists():  # metrics of a run whose first checkpoint never came: they restart with it
+            _truncate_metrics(metrics, 0)
+    gate.accepted()
     t0 = time.perf_counter()
     trainer.checkpoint_extra = {"config_flow": cfg.flow, "theory": action.theory, "config": config_text,
                                 "init_from": init_from}

@@ -4,7 +4,10 @@
   samples, e.g. an HMC ensemble) or a mixture, with any estimator of `latticeflow.gradients`; Adam, an
   optional learning-rate schedule (`.schedules`: plateau decay, or linear warm-up then cosine decay,
   :func:`cosine_lr`), grad-norm clipping and a non-finite guard (a step whose loss or gradient is NaN/inf is
-  skipped and counted; ``max_bad_steps`` in a row stop training with a clear message).
+  skipped and counted; ``max_bad_steps`` in a row stop training with one line, `TrainingDiverged`, a
+  ``ValueError`` naming train.lr and train.grad_clip), and the sticking-the-landing gate (``landing_tol``:
+  no update when the path gradient's integrand ∇ₓ(log q + S) vanishes to that relative accuracy, so an
+  exact flow, e.g. the default φ⁴ flow on the free field, is not made worse by Adam's first steps).
 - `Driver.run` (`.loop`): the loop, which calls `Callback` objects (`.callbacks`): `WallTimeBudget`,
   `Validation` (held-out NLL and forward ESS, early stopping, ``best.pt``), `MetricsCSV`, `Progress`,
   `OnRow`, `Checkpoint` (atomic, everything for an exact resume: flow, optimiser, scheduler, random-number
@@ -40,12 +43,13 @@ from .callbacks import (Checkpoint, EvaluateEvery, MetricsCSV, OnRow, Progress, 
                         best_checkpoint_path, held_out_metrics)
 from .data import hmc_ensemble, hmc_reference
 from .diagnostics import flow_quality, gradient_variance, saved_tensors_mib, warm_up
-from .loop import METRIC_FIELDS, Callback, Clock, Driver, Loop
+from .loop import METRIC_FIELDS, Callback, Clock, Diverged, Driver, Loop
 from .schedules import CosineSchedule, cosine_lr, make_scheduler
-from .trainer import Trainer, TrainingError, check_settings
+from .trainer import LANDING_TOL, Trainer, TrainingDiverged, TrainingError, check_settings
 
-__all__ = ["Trainer", "TrainingError", "METRIC_FIELDS", "CosineSchedule", "cosine_lr", "transfer_state",
-           "ArchitectureMismatch", "held_out_metrics", "best_checkpoint_path", "check_settings", "make_scheduler",
+__all__ = ["Trainer", "TrainingError", "TrainingDiverged", "Diverged", "LANDING_TOL", "METRIC_FIELDS",
+           "CosineSchedule", "cosine_lr", "transfer_state", "ArchitectureMismatch", "held_out_metrics",
+           "best_checkpoint_path", "check_settings", "make_scheduler",
            "Driver", "Loop", "Clock", "Callback", "WallTimeBudget", "Validation", "MetricsCSV", "Progress", "OnRow",
            "Checkpoint", "EvaluateEvery", "hmc_ensemble", "hmc_reference", "gradient_variance", "saved_tensors_mib",
            "flow_quality", "warm_up", "anneal_stages", "train_annealed"]

@@ -154,15 +154,19 @@ class OnRow(Callback):
 
 class Checkpoint(Callback):
     """``save_checkpoint(path, driver.state_dict())`` every ``every`` steps and at the last step, with the
-    training clock as it stands (``wall_time``)."""
+    training clock as it stands (``wall_time``). Not inside a run of non-finite steps (the weights that made
+    them are no good state to resume from): such a checkpoint is written after the next finite step, and a
+    diverged run (`Diverged`) keeps the last checkpoint before the run."""
 
     def __init__(self, path: str | Path, every: int) -> None:
-        self.path, self.every = path, every
+        self.path, self.every, self.pending = path, every, False
 
     def after_step(self, loop: Loop) -> None:
         from ..io import save_checkpoint
 
-        if loop.driver.step_count % self.every == 0 or loop.last:
+        due = self.pending or loop.driver.step_count % self.every == 0 or loop.last
+        self.pending = due and bool(getattr(loop.driver, "bad_in_row", 0)) and not loop.last
+        if due and not self.pending:
             save_checkpoint(self.path, {**loop.driver.state_dict(), "wall_time": loop.clock.elapsed})
 
 

@@ -7,6 +7,8 @@ one before a resume, less the time a callback paused it) is read into ``driver.w
 callback's ``on_step``; on a logged step (every ``log_every`` steps and the last one) a metrics row
 (means over the steps since the last row) goes through every callback's ``on_row``; then every
 ``after_step``. A callback ends training after the current step by setting ``loop.stop`` to a reason.
+A step that raises `Diverged` (training cannot go on) still has its row logged (``on_row``, with the
+counts of that step, so metrics.csv and the message agree), but no ``after_step``: no checkpoint of it.
 """
 from __future__ import annotations
 
@@ -16,10 +18,17 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["Clock", "Callback", "Loop", "Driver", "METRIC_FIELDS"]
+__all__ = ["Clock", "Callback", "Loop", "Driver", "Diverged", "METRIC_FIELDS"]
 
 METRIC_FIELDS = ("step", "loss", "reverse_kl", "forward_kl", "reverse_ess", "forward_ess", "grad_norm", "lr",
                  "steps_per_s", "wall_time", "n_skipped", "reconstruction", "val_nll", "val_forward_ess")
+
+
+class Diverged(ValueError):
+    """Raised by a driver's ``step()`` when training cannot go on (a user error: the CLI prints its one line and
+    exits 2). ``metrics``: the failing step's metrics (the step is counted), logged as the last row."""
+
+    metrics: dict[str, float] | None = None
 
 
 class Clock:
@@ -79,11 +88,11 @@ class _Interval:
                     self.counts[k] = self.counts.get(k, 0) + 1
 
     def mean(self, key: str, n: int | None = None) -> float:
-        n = self.counts.get(key, 0) if n is None else n
+        n = n or self.counts.get(key, 0)
         return self.sums.get(key, 0.0) / n if n else float("nan")
 
     def row(self, driver: Driver, now: float) -> dict[str, float]:
-        good = max(self.n_good, 1)
+        good = self.n_good or None  # no finite step since the last row: loss and grad norm NaN, not 0
         return {"step": driver.step_count, "loss": self.mean("loss", good), "val_nll": float("nan"),
                 "val_forward_ess": float("nan"), "reverse_kl": self.mean("reverse_kl"),
                 "forward_kl": self.mean("forward_kl"), "reverse_ess": self.mean("reverse_ess"),
@@ -132,7 +141,18 @@ class Driver:
             interval = _Interval(loop.clock)
             while not loop.last:  # (a stop set by on_start: nothing to do)
                 stepped = True
-                metrics = self.step()
+                try:
+                    metrics = self.step()
+                except Diverged as err:
+                    if err.metrics is not None:  # the last row: the counts of the failing step
+                        self.wall_time = loop.clock.elapsed
+                        interval.add(err.metrics)
+                        loop.stop = "diverged"
+                        row = interval.row(self, loop.clock.elapsed)
+                        loop.rows.append(row)
+                        with contextlib.suppress(Exception):  # best effort: the divergence is the error
+                            loop._call("on_row", row)
+                    raise
                 self.wall_time = loop.clock.elapsed
                 interval.add(metrics)
                 loop._call("on_step", metrics)

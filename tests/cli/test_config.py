@@ -109,3 +109,51 @@ def test_every_shipped_config_loads_and_builds_its_flow(name):
     cfg, _ = load_config(CONFIGS / name)
     flow = build_flow(cfg.flow, build_action(cfg.action))
     assert sum(p.numel() for p in flow.parameters()) > 0
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1.0e-3", 1e-3), ("5E-4", 5e-4), ("+2e-2", 2e-2),
+                                        ("0.001", 1e-3), ("1e0", 1.0)])
+def test_exponent_notation_without_a_dot_is_a_number(tmp_path, text, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"action: {{theory: u1, shape: [8, 8], beta: 1.0}}\ntrain: {{lr: {text}}}\n")
+    cfg, resolved = load_config(path)
+    assert cfg.train.lr == value and isinstance(cfg.train.lr, float)
+    again, _ = load_config(path, [f"train.lr={text}", f"action.beta={text}"])
+    assert again.train.lr == value and again.action.beta == value
+    assert load_config(tmp_path / "c.yaml")[0] == cfg and "lr: " in resolved
+
+
+def test_integers_stay_integers_and_integral_exponents_count(tmp_path):
+    from latticeflow.config_yaml import parse_yaml
+
+    assert parse_yaml("a: 100\nb: 1_000\nc: 0x10\nd: -3") == {"a": 100, "b": 1000, "c": 16, "d": -3}
+    assert all(type(v) is int for v in parse_yaml("a: 100\nb: -3").values())
+    assert parse_yaml("a: 1e5\nb: 1.5\nc: .inf\nd: '1e-3'") == {"a": 1e5, "b": 1.5, "c": float("inf"), "d": "1e-3"}
+    cfg = config_from_dict({"action": PHI4, "sampler": {"n_samples": parse_yaml("1e5")}})
+    assert cfg.sampler.n_samples == 100000 and type(cfg.sampler.n_samples) is int
+    with pytest.raises(ConfigError, match=r"sampler.n_samples must be an integer, got 1000.5"):
+        config_from_dict({"action": PHI4, "sampler": {"n_samples": 1000.5}})
+
+
+def test_duplicate_key_in_a_set_value_is_refused():
+    with pytest.raises(ConfigError, match="--set action: duplicate key 'beta'"):
+        apply_overrides({}, ["action={theory: u1, beta: 1.0, beta: 2.0}"])
+
+
+def test_duplicate_key_after_a_merge_key_is_an_override_not_a_duplicate():
+    from latticeflow.config_yaml import parse_yaml
+
+    assert parse_yaml("base: &b {x: 1}\nderived:\n  <<: *b\n  x: 2\n")["derived"] == {"x": 2}
+
+
+def test_threads_key_defaults_to_null_and_round_trips(tmp_path):
+    cfg = config_from_dict({"action": PHI4, "threads": 3})
+    assert cfg.threads == 3 and config_from_dict({"action": PHI4}).threads is None
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config(path)[0].threads == 3
+
+
+@pytest.mark.parametrize("name", ["phi4_8x8", "run 2", "β=6"])
+def test_plain_names_are_accepted(name):
+    assert config_from_dict({"action": PHI4, "name": name}).output_dir.name == name

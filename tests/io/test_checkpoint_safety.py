@@ -29,7 +29,7 @@ def _evil(path, marker):
         pickle.dump({"flow": _Payload(marker)}, fh)
 
 
-def test_crafted_pickle_is_refused_without_running(tmp_path):
+def test_S2_crafted_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     _evil(tmp_path / "evil.pt", marker)
     with pytest.raises(ValueError, match="not a latticeflow checkpoint of tensors and plain metadata"):
@@ -49,7 +49,7 @@ def _cli(*args, cwd):
 
 
 @pytest.mark.parametrize("how", ["--checkpoint", "train.init", "latest.pt"])
-def test_cli_refuses_a_crafted_checkpoint_in_one_line(tmp_path, how):
+def test_S2_cli_refuses_a_crafted_checkpoint_in_one_line(tmp_path, how):
     marker = tmp_path / "pwned"
     (tmp_path / "c.yaml").write_text(CONFIG)
     _evil(tmp_path / "evil.pt", marker)

@@ -221,8 +221,12 @@ def test_half_written_batch_is_ignored_then_truncated(tmp_path: Path) -> None:
         assert ens.n_rows == 10 and ens["samples"].shape == (10, L, L)
         assert sum(len(b) for b in ens.iter_batches("action", 4)) == 10
         np.testing.assert_array_equal(ens["action"], rows(0, 10)["action"])
+    before = sha256(path)
     with EnsembleWriter(path, **KW) as w:
         assert w.n_rows == 10
+    assert sha256(path) == before  # a writer that writes nothing leaves the file alone
+    with EnsembleWriter(path, **KW) as w:
+        w.set_attrs(step_size=0.25)  # the first write drops the half-written batch
     with h5py.File(path, "r") as f:  # rows dropped; layout and attributes kept
         assert all(f[name].shape[0] == 10 for name in ("samples", "action", "chain"))
         assert f["samples"].chunks == (4, L, L) and f["samples"].maxshape == (None, L, L)

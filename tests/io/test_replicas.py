@@ -28,7 +28,7 @@ def test_replicas_are_chains_in_markov_order(broken_phase):
         assert np.array_equal(r, values[sel][np.argsort(mc[sel])])
 
 
-def test_gamma_matches_analyze_and_the_naive_series_underestimates(broken_phase):
+def test_E_gamma_matches_analyze_and_the_naive_series_underestimates(broken_phase):
     with open_ensemble(broken_phase) as ens:
         mine = ens.gamma("abs_m")
         naive = gamma_method([ens["observables/abs_m"]])
