@@ -239,9 +239,8 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latticeflow`` console script."""
-    from .resources import parse_threads, prepare_environment
+    from .resources import parse_threads
 
-    prepare_environment()  # before torch is imported
     args = build_parser().parse_args(argv)
     try:
         args.threads = parse_threads(getattr(args, "threads", None))

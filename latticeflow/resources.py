@@ -7,10 +7,10 @@ available cores are those of the process's CPU affinity (``os.sched_getaffinity`
 ``mpiexec --bind-to``), further limited by a cgroup CPU quota (containers) and, when MPI ranks share an
 unbound host, divided among the ranks on that host.
 
-Before torch is imported, :func:`prepare_environment` makes OpenMP threads wait passively
-(``OMP_WAIT_POLICY=PASSIVE`` unless the user set it): with spinning waits, two threads on a 2-core
-machine that is busy with other work spend their time spinning at barriers for a thread that is not
-scheduled (measured: flow sampling 5× slower than one thread; the "hang" after sampling of issue 24).
+OpenMP's wait policy is left to the user: ``OMP_WAIT_POLICY=PASSIVE`` helps on a machine busy with other
+work (spinning threads wait at barriers for a thread that is not scheduled) but made training 45 % slower on
+an idle 2-core machine (quickstart, 200 steps, 2 threads: 49 s against 33 s), so it is not the default;
+``--threads 1`` is the advice for shared machines.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import math
 import os
 import sys
 
-__all__ = ["memory_bytes", "available_cores", "local_ranks", "default_threads", "parse_threads", "prepare_environment",
+__all__ = ["memory_bytes", "available_cores", "local_ranks", "default_threads", "parse_threads",
            "configure_threads", "memory_problem"]
 
 #: environment variables by which MPI launchers announce the number of ranks on this host
@@ -102,11 +102,6 @@ def parse_threads(value, where: str = "--threads") -> int | None:
 def default_threads(torch_default: int) -> int:
     """``min(torch_default, available_cores())``."""
     return max(1, min(torch_default, available_cores()))
-
-
-def prepare_environment() -> None:
-    """Passive OpenMP waits unless the user chose a policy. Effective only before torch (libgomp) is loaded."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 _configured: int | None = None

@@ -18,7 +18,6 @@ GOOD = ("name: bad_inputs\n"
 def _in_tmp(tmp_path, monkeypatch):
     """Run in an empty directory (the default output is ./runs/<name>) and keep the environment as it was."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     monkeypatch.delenv("LATTICEFLOW_DEBUG", raising=False)
 
 

@@ -74,20 +74,10 @@ def test_T_default_threads_follow_the_affinity_not_OMP_NUM_THREADS():
     assert out.stdout.split() == ["1", "1", "1"]
 
 
-def test_cli_sets_passive_openmp_waits_before_torch_unless_the_user_chose(tmp_path):
-    code = ("import os, sys\nfrom latticeflow.cli import main\n"
-            "main(['analyze', 'missing.h5'])\nprint(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
-    for env, policy in ((_env(), "PASSIVE"), (_env(OMP_WAIT_POLICY="ACTIVE"), "ACTIVE")):
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=120)
-        assert out.stdout.split() == [policy, "True"], out.stderr
-
-
 def test_threads_flag_wins_over_config_key_which_wins_over_the_default(tmp_path, monkeypatch, capsys):
     import torch
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     (tmp_path / "c.yaml").write_text(TINY_HMC + "threads: 3\n")
     assert main(["sample", "c.yaml", "--no-progress"]) == 0
     assert torch.get_num_threads() == 3
