@@ -1,5 +1,6 @@
 """`latticeflow bench sampling`: configurations per second of flow sampling, neural MCMC and the HDF5 write, and
-the shares of the HDF5 write (design: ≤ 10 %) and the trust verdict's diagnostics (issue 12: < 5 %).
+the shares of the HDF5 write (design: ≤ 10 %; it includes the per-batch checksums, fsync and length check of a
+commit), of the checksums alone (issue 24: ≤ 2 %) and of the trust verdict's diagnostics (issue 12: < 5 %).
 Protocol: docs/benchmarks.md#sampling."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..analysis.verdict import markov_checks, weight_checks
 from ..flows import build_flow
 from ..gradients import log_weights
 from ..io import EnsembleWriter, result_header
+from ..io.checksums import crc_of
 from ..samplers.flow import SAMPLE_CHUNK
 from ..samplers.nmcmc import metropolize
 from ..pipeline.common import resolve_dtype as torch_dtype
@@ -36,7 +38,7 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
     torch.manual_seed(0)
     flow = build_flow(flow_cfg, action).to(dtype=dtype)
     gen = torch.Generator().manual_seed(1)
-    t_flow, t_obs, t_mh, t_write = [], [], [], []
+    t_flow, t_obs, t_mh, t_write, t_crc = [], [], [], [], []
     kept_obs, kept_lw, kept_acc = [], [], []
     path = tmpdir / f"{name.replace(' ', '_')}.h5"
     writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
@@ -58,9 +60,13 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
                           chain=np.zeros(batch_size, np.int64), mc_index=np.arange(batch_size) + i * batch_size,
                           observables=obs)
             t4 = time.perf_counter()
+            for arr in (xs, s, log_q, -s - log_q, *obs.values()):  # what the writer checksums (as stored)
+                crc_of(np.asarray(arr))
+            t5 = time.perf_counter()
             kept_obs.append(obs); kept_lw.append(lw); kept_acc.append(idx >= 0)
             if i:  # first batch is warm-up
                 t_flow.append(t1 - t0); t_obs.append(t2 - t1); t_mh.append(t3 - t2); t_write.append(t4 - t3)
+                t_crc.append(t5 - t4)
         size = path.stat().st_size
     finally:
         writer.close()
@@ -68,12 +74,14 @@ def _bench(name, action, flow_cfg, batch_size: int, n_batches: int, dtype, tmpdi
     med = {k: statistics.median(v) for k, v in (("flow", t_flow), ("observables", t_obs), ("metropolis", t_mh),
                                                   ("hdf5_write", t_write))}
     total = sum(med.values())
+    crc = statistics.median(t_crc)
     return {"case": name, "batch_size": batch_size, "n_batches": n_batches,
             "configs_per_s": {"flow_sampling": batch_size / med["flow"],
                               "nmcmc_with_observables": batch_size / (total - med["hdf5_write"]),
                               "nmcmc_written": batch_size / total,
                               "hdf5_write": batch_size / med["hdf5_write"]},
-            "seconds_per_batch": med, "hdf5_share": med["hdf5_write"] / total,
+            "seconds_per_batch": med, "hdf5_share": med["hdf5_write"] / total, "checksum_seconds": crc,
+            "checksum_share": crc / total,
             "diagnostics_seconds": t_diag, "diagnostics_share": t_diag / (total * (n_batches + 1)),
             "bytes_per_config": size / ((n_batches + 1) * batch_size)}
 
@@ -103,7 +111,8 @@ def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.f
 
 def format_sampling_table(result: dict) -> str:
     return text_table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
-                       ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("diagnostics", "12.2%")],
+                       ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("checksums", "10.2%"),
+                       ("diagnostics", "12.2%")],
                       [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
                                                                       "nmcmc_written", "hdf5_write")),
-                        r["hdf5_share"], r["diagnostics_share"]] for r in result["results"]])
+                        r["hdf5_share"], r["checksum_share"], r["diagnostics_share"]] for r in result["results"]])
