@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="forward: Adam learning rate of every case (default: each case's own)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", default=None,
+                   help="criticality: comma-separated lattice sizes L (default 16,32,64,128; --quick: 8,16)")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     return parser
 
