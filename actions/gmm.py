@@ -87,7 +87,7 @@ class GaussianMixture(_VectorTarget):
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Exact samples ``(n, D)`` (for tests and forward-KL data)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=self.means.device)
         return (self.means[k] + self.sigmas[k, None] * eps).to(dtype)
 
 
@@ -155,6 +155,7 @@ class ProductMixture(_VectorTarget):
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Exact samples ``(n, D)``: independent signs and Gaussian noise per coordinate."""
-        signs = torch.randint(0, 2, (n, self.dim), generator=generator).to(torch.float64) * 2 - 1
-        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        device = generator.device if generator is not None else None  # (None: torch's default device)
+        signs = torch.randint(0, 2, (n, self.dim), generator=generator, device=device).to(torch.float64) * 2 - 1
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=device)
         return (self.mu * signs + self.sigma * eps).to(dtype)

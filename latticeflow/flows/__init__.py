@@ -27,7 +27,8 @@ from .base import Bijection, DomainError, FlowError, NotInvertibleError
 from .build import FLOW_FAMILIES, build_flow, flow_defaults
 from .coupling import Coupling
 from .families import FAMILIES, FlowFamily, default_family
-from .flow import Flow, StandardNormal, UniformAngles, VacuumMixture
+from .flow import (FINITE_CHECK_MODES, Flow, StandardNormal, UniformAngles, VacuumMixture, finite_checks,
+                   set_finite_checks)
 from .fourier import FourierScaling
 from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling, Z2AffineCoupling
 from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction,
@@ -41,7 +42,7 @@ from .zero_mode import ZeroModeSpline
 __all__ = [
     # composition, bases, errors
     "Bijection", "Coupling", "Flow", "StandardNormal", "UniformAngles", "VacuumMixture",
-    "FlowError", "NotInvertibleError", "DomainError",
+    "FlowError", "NotInvertibleError", "DomainError", "FINITE_CHECK_MODES", "finite_checks", "set_finite_checks",
     # the family table
     "build_flow", "flow_defaults", "FLOW_FAMILIES", "FAMILIES", "FlowFamily", "default_family",
     # real scalar fields

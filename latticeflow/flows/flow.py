@@ -5,15 +5,46 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .base import Bijection, DomainError, FlowError, sum_sites
 
-__all__ = ["StandardNormal", "VacuumMixture", "UniformAngles", "Flow"]
+__all__ = ["StandardNormal", "VacuumMixture", "UniformAngles", "Flow", "FINITE_CHECK_MODES", "finite_checks",
+           "set_finite_checks"]
+
+FINITE_CHECK_MODES = ("auto", "always", "never")
+_finite_checks = os.environ.get("LATTICEFLOW_FINITE_CHECKS", "auto")
+if _finite_checks not in FINITE_CHECK_MODES:  # a typo must not switch the checks off silently
+    raise ValueError(f"LATTICEFLOW_FINITE_CHECKS must be one of {', '.join(FINITE_CHECK_MODES)}, "
+                     f"got {_finite_checks!r}")
+
+
+def set_finite_checks(mode: str) -> str:
+    """When `Flow.inverse` (and ``log_prob``, ``inverse_with_score``) rejects NaN/inf input with `DomainError`:
+    ``auto`` (default) on CPU tensors only, where the test costs no device sync; ``always`` on every device
+    (a debug mode: one host sync per call on an accelerator); ``never``. Returns the previous mode. Also
+    set by the environment variable ``LATTICEFLOW_FINITE_CHECKS``."""
+    global _finite_checks
+    if mode not in FINITE_CHECK_MODES:
+        raise ValueError(f"finite checks must be one of {', '.join(FINITE_CHECK_MODES)}, got {mode!r}")
+    previous, _finite_checks = _finite_checks, mode
+    return previous
+
+
+@contextlib.contextmanager
+def finite_checks(mode: str) -> Iterator[None]:
+    """`set_finite_checks` inside a ``with`` block, restored after it."""
+    previous = set_finite_checks(mode)
+    try:
+        yield
+    finally:
+        set_finite_checks(previous)
 
 
 class _Base(nn.Module):
@@ -117,8 +148,10 @@ class Flow(nn.Module):
         return self.base.field_shape
 
     def _check(self, x: torch.Tensor) -> None:
+        """Shape check always; the NaN/inf check as `set_finite_checks` says (no device sync by default)."""
         self.base._check(x)
-        if not torch.isfinite(x).all():
+        mode = _finite_checks
+        if (mode == "always" or (mode == "auto" and x.device.type == "cpu")) and not torch.isfinite(x).all():
             raise DomainError("flow input contains NaN or inf")
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,7 +68,7 @@ class HMC:
         self.generator = generator
         self._project: Callable[[torch.Tensor], torch.Tensor] = getattr(action, "project", None) or (lambda x: x)
         # the position update on the theory's field space (x + εp on flat space, on the circle for angles)
-        self._update: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = (
+        self._update: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor] = (
             getattr(action, "update", None) or (lambda x, p, eps: x + eps * p))
 
     # -- resumable state ----------------------------------------------------------------------------
@@ -80,7 +80,8 @@ class HMC:
         self.step_size = float(attrs["step_size"])
 
     # -- integrators --------------------------------------------------------------------------------
-    def _leapfrog(self, x: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _leapfrog(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         force, update = self.action.force, self._update
         p = p - 0.5 * eps * force(x)
         for i in range(self.n_leapfrog):
@@ -88,7 +89,8 @@ class HMC:
             p = p - (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * force(x)
         return self._project(x), p
 
-    def _omelyan(self, x: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _omelyan(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         force, update, lam = self.action.force, self._update, OMELYAN_LAMBDA
         for _ in range(self.n_leapfrog):
             p = p - lam * eps * force(x)
@@ -106,10 +108,12 @@ class HMC:
         s0 = self.action.action(x) if action_x is None else action_x
         h0 = 0.5 * (p * p).flatten(1).sum(-1) + s0
         integrate = self._leapfrog if self.integrator == "leapfrog" else self._omelyan
-        eps = self.step_size
+        eps: float | torch.Tensor = self.step_size
         if self.step_size_jitter:  # random trajectory length: avoids resonant, non-ergodic modes (Mackenzie 1989)
-            u = float(torch.rand((), generator=gen, dtype=torch.float64, device=x.device))
-            eps *= 1 + self.step_size_jitter * (2 * u - 1)
+            # a 0-d float64 tensor on the fields' device (no host sync); the same draw and the same
+            # float64 arithmetic as a Python float, so the chain of a given seed is unchanged
+            u = torch.rand((), generator=gen, dtype=torch.float64, device=x.device)
+            eps = self.step_size * (1 + self.step_size_jitter * (2 * u - 1))
         x1, p1 = integrate(x, p, eps)
         s1 = self.action.action(x1)
         h1 = 0.5 * (p1 * p1).flatten(1).sum(-1) + s1

@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 
-from ..analysis import forward_ess, reverse_ess
 from ..distributed import World, all_reduce_step, broadcast_module, init_torch_distributed
 from ..flows import SelfNormalizing, collect_reconstruction, self_normalized_training
 from ..gradients import forward_kl, reverse_kl
-from .callbacks import Checkpoint, MetricsCSV, OnRow, Progress, Validation, WallTimeBudget, _safe_ess
+from .callbacks import Checkpoint, MetricsCSV, OnRow, Progress, Validation, WallTimeBudget
 from .loop import Callback, Diverged, Driver
 from .schedules import CosineSchedule, make_scheduler
 
@@ -78,6 +77,20 @@ def _adam(flow, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr)
 
 
+def _ess_on_device(kind: str, log_weight: torch.Tensor) -> torch.Tensor:
+    """ESS/N of log-weights as a float64 ``(1,)`` tensor on their device (no host sync): reverse
+    (Σw)² / (N Σw²) for ``kind`` ``reverse``, forward 1 / (mean w · mean 1/w) otherwise (as
+    `latticeflow.analysis.reverse_ess` / `forward_ess`); NaN where some log-weight is NaN or ±inf."""
+    lw = log_weight.to(torch.float64).reshape(-1)
+    log_n = math.log(max(lw.numel(), 1))
+    if kind == "reverse":
+        log_ess = 2.0 * torch.logsumexp(lw, 0) - torch.logsumexp(2.0 * lw, 0) - log_n
+    else:
+        log_ess = -((torch.logsumexp(lw, 0) - log_n) + (torch.logsumexp(-lw, 0) - log_n))
+    ess = torch.exp(log_ess).clamp(max=1.0)
+    return torch.where(torch.isfinite(lw).all(), ess, torch.full_like(ess, math.nan)).reshape(1)
+
+
 class Trainer(Driver):
     """Optimises ``flow`` towards e^{−S}/Z.
 
@@ -138,9 +151,11 @@ class Trainer(Driver):
         ref = next(iter(flow.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        dtype = next(iter(flow.parameters()), torch.zeros(())).dtype  # e.g. float64 HMC samples, float32 flow
-        self.data = None if data is None else torch.as_tensor(data).to(device=self.device, dtype=dtype)
-        self.validation = None if validation is None else torch.as_tensor(validation).to(device=self.device, dtype=dtype)
+        # e.g. float64 HMC samples for a float32 flow
+        dtype = next(iter(flow.parameters()), torch.zeros((), device=self.device)).dtype
+        self.data = None if data is None else torch.as_tensor(data, dtype=dtype, device=self.device)
+        self.validation = (None if validation is None
+                           else torch.as_tensor(validation, dtype=dtype, device=self.device))
         self.validate_every, self.early_stopping, self.patience = validate_every, bool(early_stopping), patience
         self.best: dict[str, Any] = {"val_nll": math.inf, "step": None, "flow": None}
         self.since_best = 0  # validations without a new best
@@ -169,24 +184,8 @@ class Trainer(Driver):
         return terms
 
     @staticmethod
-    def _metrics(values: torch.Tensor, rows: torch.Tensor, terms, has_rec: bool) -> tuple[float, dict[str, float]]:
-        """Loss value, KL / ESS and reconstruction loss of the (global) batch from ``values`` =
-        (loss, KL per term[, reconstruction]) and ``rows`` = log-weights, (ranks, terms × B/N)."""
-        log_weights = rows.reshape(rows.shape[0], len(terms), -1) if terms else rows
-        info: dict[str, float] = {}
-        values_list = values.tolist()
-        for i, ((kind, _, _), value) in enumerate(zip(terms, values_list[1:])):
-            ess = reverse_ess if kind == "reverse" else forward_ess
-            info[f"{kind}_kl"] = value
-            info[f"{kind}_ess"] = _safe_ess(ess, log_weights[:, i].reshape(-1))
-        if has_rec:
-            info["reconstruction"] = values_list[-1]
-        return values_list[0], info
-
-    @staticmethod
-    def _residual(landing: torch.Tensor) -> float:
+    def _residual(v2: float, f2: float) -> float:
         """r = (⟨|v|²⟩ / ⟨|∇S|²⟩)^{1/2} of a step (inf when undefined)."""
-        v2, f2 = (float(x) for x in landing)
         return math.sqrt(v2 / f2) if f2 > 0 and math.isfinite(v2) else math.inf
 
     def _diverged(self, value: float) -> TrainingDiverged:
@@ -208,6 +207,10 @@ class Trainer(Driver):
         and landing decisions are taken on the global values, so every rank takes the same one. A step whose
         loss or gradient is NaN/inf is skipped and counted; ``max_bad_steps`` in a row raise
         `TrainingDiverged` (counted as steps, with the failing step's metrics on the error).
+
+        One host sync per step: the loss, KL, ESS, landing and gradient-norm figures are computed on the
+        flow's device and read back together (one small copy) after the backward pass and the clipping,
+        where the skip and landing decisions need them; everything before it is queued without a wait.
         """
         if isinstance(self.scheduler, CosineSchedule):
             self.scheduler.set_lr(self.step_count, self.wall_time)
@@ -224,24 +227,28 @@ class Trainer(Driver):
         values = torch.stack([loss.detach(), *[t.detach() for _, _, t in terms],
                               *([] if rec is None else [rec.detach().to(loss.dtype)]), *extra])
         rows = torch.cat([t.log_weight.reshape(-1) for _, _, t in terms])
-        finite = math.isfinite(float(values[0]))
-        # one process: a landed step needs no backward (under MPI the decision is the global one, below)
-        local_landed = (landing is not None and not self.world.distributed and finite
-                        and self._residual(landing) < self.landing_tol)
-        if finite and not local_landed:
-            (loss if rec is None else loss + self.reconstruction_weight * rec).backward()
+        # always a backward (no wait for the loss): a non-finite or landed step's gradient is dropped below
+        (loss if rec is None else loss + self.reconstruction_weight * rec).backward()
         params = [p for p in self.flow.parameters() if p.requires_grad]
         values, rows = all_reduce_step(params, values, rows, self.world)
-        if extra:
-            values, landing = values[:-2], values[-2:]
-        value, info = self._metrics(values, rows, terms, rec is not None)
-        residual = math.nan if landing is None else self._residual(landing)
+        params = [p for p in params if p.grad is not None]
+        clip = self.grad_clip if self.grad_clip else float("inf")
+        norm = (torch.nn.utils.clip_grad_norm_(params, clip) if params
+                else torch.zeros((), dtype=values.dtype, device=values.device))
+        log_weights = rows.reshape(rows.shape[0], len(terms), -1)
+        ess = [_ess_on_device(kind, log_weights[:, i].reshape(-1)) for i, (kind, _, _) in enumerate(terms)]
+        host = torch.cat([values.to(torch.float64), *ess, norm.to(torch.float64).reshape(1)]).tolist()  # the sync
+        value, kls = host[0], host[1:1 + len(terms)]
+        info: dict[str, float] = {f"{kind}_kl": kl for (kind, _, _), kl in zip(terms, kls)}
+        info.update({f"{kind}_ess": e for (kind, _, _), e in zip(terms, host[-1 - len(terms):-1])})
+        if rec is not None:
+            info["reconstruction"] = host[1 + len(terms)]
+        residual = math.nan if landing is None else self._residual(*host[-3 - len(terms):-1 - len(terms)])
         bad = not math.isfinite(value)  # the global KL loss
         landed = not bad and landing is not None and residual < self.landing_tol
         grad_norm = 0.0 if landed else math.nan  # a landed flow's path gradient is 0 up to round-off
         if not bad and not landed:
-            params = [p for p in params if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf")))
+            grad_norm = host[-1]
             bad = not math.isfinite(grad_norm)
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
