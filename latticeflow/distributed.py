@@ -188,8 +188,9 @@ def all_reduce_step(params: list[torch.nn.Parameter], values: torch.Tensor, rows
     every ``p.grad`` its mean over the ranks, returns the mean over the ranks of ``values`` (k,) and
     gathers every rank's ``rows`` (m,) into ``(size, m)`` (each rank fills its own slot, zeros elsewhere).
 
-    ``params`` must be the same list on every rank; a parameter without a gradient on this rank (e.g. a
-    rank whose loss was non-finite made no backward) contributes zeros and keeps ``grad`` None.
+    ``params`` must be the same list on every rank; a parameter without a gradient on this rank (one the loss
+    does not reach) contributes zeros and keeps ``grad`` None. A rank whose loss was non-finite still sends
+    its (non-finite) gradients: the global loss is then non-finite too and every rank skips the step.
     """
     if not world.distributed:
         return values, rows.reshape(1, -1)
