@@ -1,9 +1,11 @@
 """`latticeflow bench sampling`: configurations per second of flow sampling, neural MCMC and the HDF5 write, and
 the shares of the HDF5 write (design: ≤ 10 %; it includes the per-batch checksums, fsync and length check of a
-commit), of the checksums alone (issue 24: ≤ 2 %) and of the trust verdict's diagnostics (issue 12: < 5 %).
-Protocol: docs/benchmarks.md#sampling."""
+commit), of the checksums alone (issue 24: ≤ 2 %) and of the trust verdict's diagnostics (issue 12: < 5 %), and
+NMCMC's accept/reject of 16 chains × 4096 proposals, vectorised against the Python loop it replaced (issue 25:
+≥ 10× faster). Protocol: docs/benchmarks.md#sampling."""
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -22,10 +24,10 @@ from ..gradients import log_weights
 from ..io import EnsembleWriter, result_header
 from ..io.checksums import crc_of
 from ..samplers.flow import SAMPLE_CHUNK
-from ..samplers.nmcmc import metropolize
+from ..samplers.nmcmc import _steps_checked, metropolize
 from ..pipeline.common import resolve_dtype as torch_dtype
 
-__all__ = ["run_sampling_bench", "format_sampling_table"]
+__all__ = ["run_sampling_bench", "format_sampling_table", "metropolis_speedup"]
 
 
 def _cases():
@@ -102,17 +104,94 @@ def _diagnostics_seconds(obs: list[dict], log_weight: list, accepted: list, n_ch
     return time.perf_counter() - t0
 
 
+def _metropolis_loop(lw: np.ndarray, log_u: np.ndarray, k: int, current: list[float], runs: list[int],
+                     longest: list[int]) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """NMCMC's accept/reject before issue 25, kept as the reference: per chain a Python loop over its proposals
+    (proposal r to chain r mod k) on Python floats, then per proposal the rejection-run counters. Returns the row
+    of each state (−1: the state before the batch), the decisions, and the current and longest runs."""
+    b = len(lw)
+    take, accepted = np.empty(b, dtype=np.int64), np.empty(b, dtype=bool)
+    for c in range(k):
+        idx = np.empty(b // k, dtype=np.int64)
+        cur_i, cur_w = -1, current[c]
+        for i, (w, u) in enumerate(zip(lw[c::k].tolist(), log_u[c::k].tolist())):
+            if u < w - cur_w or (cur_w == -math.inf and w > -math.inf):
+                cur_i, cur_w = i, w
+            idx[i] = cur_i
+        acc = np.empty(len(idx), dtype=bool)
+        acc[0] = idx[0] == 0
+        acc[1:] = idx[1:] != idx[:-1]
+        accepted[c::k] = acc
+        take[c::k] = np.where(idx < 0, -1, c + k * idx)
+    new_runs, new_longest = [], []
+    for c in range(k):
+        run, top = runs[c], longest[c]
+        for a in accepted[c::k].tolist():
+            run = 0 if a else run + 1
+            top = max(top, run)
+        new_runs.append(run)
+        new_longest.append(top)
+    return take, accepted, new_runs, new_longest
+
+
+def metropolis_speedup(n_chains: int = 16, n_proposals: int = 4096, repeats: int = 7, seed: int = 0) -> dict[str, Any]:
+    """Seconds of NMCMC's accept/reject of ``n_chains`` chains × ``n_proposals`` proposals each (the decisions,
+    the row of each state and the rejection-run counters, from float64 log-weights and log-uniforms in the
+    sampler's row order): the Python loop it replaced (`_metropolis_loop`) against the vectorised version
+    (`latticeflow.samplers.nmcmc._steps_checked`, as `nmcmc_chains` calls it, on the CPU), interleaved, medians of
+    ``repeats``; the two must agree exactly. Log-weights ~ N(0, 1.5²) (acceptance ≈ 0.4), half the chains fresh."""
+    k, n = n_chains, n_proposals
+    rng = np.random.default_rng(seed)
+    lw, log_u = rng.normal(0.0, 1.5, k * n), np.log(rng.random(k * n))
+    current = [-math.inf if c % 2 else float(rng.normal(0.0, 1.5)) for c in range(k)]
+    runs = [int(r) for r in rng.integers(0, 5, k)]
+    longest = [r + 3 for r in runs]
+    lw_t, lu_t = torch.from_numpy(lw).view(n, k), torch.from_numpy(log_u).view(n, k)
+    cur_t, runs_t = torch.tensor(current, dtype=torch.float64), torch.tensor(runs)
+    t_loop, t_vec = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        take, accepted, new_runs, new_longest = _metropolis_loop(lw, log_u, k, current, runs, longest)
+        t1 = time.perf_counter()
+        index, acc, run, top = _steps_checked(lw_t, lu_t, cur_t, runs_t)
+        top = torch.maximum(top, torch.tensor(longest, dtype=top.dtype))
+        t2 = time.perf_counter()
+        t_loop.append(t1 - t0)
+        t_vec.append(t2 - t1)
+    lane = torch.arange(k)
+    rows = torch.where(index >= 0, index.long() * k + lane, -1).view(-1).numpy()
+    if not (np.array_equal(rows, take) and np.array_equal(acc.view(-1).numpy(), accepted)
+            and run.tolist() == new_runs and top.tolist() == new_longest):
+        raise AssertionError("bench sampling: the vectorised accept/reject differs from the loop")
+    loop, vec = statistics.median(t_loop), statistics.median(t_vec)
+    return {"n_chains": k, "proposals_per_chain": n, "repeats": repeats, "acceptance": float(accepted.mean()),
+            "loop_seconds": loop, "vectorised_seconds": vec, "speedup": loop / vec}
+
+
 def run_sampling_bench(batch_size: int = 4096, n_batches: int = 8, dtype=torch.float32, quick: bool = False) -> dict:
-    """{"benchmark": "sampling", …, "results": one per case} (docs/benchmarks.md#sampling)."""
+    """{"benchmark": "sampling", …, "results": one per case, "metropolis": `metropolis_speedup`}
+    (docs/benchmarks.md#sampling)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return result_header("sampling", results=[_bench(n, a, f, batch_size, 3 if quick else n_batches, torch_dtype(dtype),
-                                                         Path(tmp)) for n, a, f in _cases()])
+        results = [_bench(n, a, f, batch_size, 3 if quick else n_batches, torch_dtype(dtype), Path(tmp))
+                   for n, a, f in _cases()]
+    return result_header("sampling", results=results, metropolis=metropolis_speedup(repeats=3 if quick else 7))
 
 
 def format_sampling_table(result: dict) -> str:
-    return text_table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
-                       ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("checksums", "10.2%"),
-                       ("diagnostics", "12.2%")],
-                      [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
-                                                                      "nmcmc_written", "hdf5_write")),
-                        r["hdf5_share"], r["checksum_share"], r["diagnostics_share"]] for r in result["results"]])
+    """The per-case table, then the accept/reject line."""
+    table = text_table([("case", "<18"), ("flow cfg/s", "11.0f"), ("NMCMC cfg/s", "12.0f"), ("written cfg/s", "14.0f"),
+                        ("HDF5 cfg/s", "11.0f"), ("HDF5 share", "11.1%"), ("checksums", "10.2%"),
+                        ("diagnostics", "12.2%")],
+                       [[r["case"], *(r["configs_per_s"][k] for k in ("flow_sampling", "nmcmc_with_observables",
+                                                                       "nmcmc_written", "hdf5_write")),
+                         r["hdf5_share"], r["checksum_share"], r["diagnostics_share"]] for r in result["results"]])
+    return table + _mh_line(result)
+
+
+def _mh_line(result: dict) -> str:
+    m = result.get("metropolis")
+    if not m:
+        return ""
+    return (f"\nNMCMC accept/reject, {m['n_chains']} chains × {m['proposals_per_chain']} proposals: Python loop "
+            f"{m['loop_seconds'] * 1e3:.1f} ms, vectorised {m['vectorised_seconds'] * 1e3:.2f} ms "
+            f"({m['speedup']:.1f}×, medians of {m['repeats']}, interleaved)")

@@ -64,6 +64,7 @@ __all__ = [
     "decode_attrs",
     "list_datasets",
     "open_h5_readonly",
+    "row_count",
 ]
 
 #: Version of the on-disk layout; readers refuse files with a newer version.
@@ -216,3 +217,13 @@ def list_datasets(group: h5py.Group) -> list[str]:
 
     group.visititems(visit)
     return sorted(names)
+
+
+def row_count(attrs: Mapping[str, Any], path: str | os.PathLike[str] | None, default: int = 0) -> int:
+    """The committed row count ``n_rows`` of decoded root attributes; a value that is not a non-negative
+    integer is damage (``ValueError`` naming the file), never a count to trust."""
+    value = attrs.get("n_rows", default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"damaged ensemble {os.fspath(path) if path is not None else ''}: n_rows is {value!r}, "
+                         f"not a row count")
+    return int(value)

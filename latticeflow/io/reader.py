@@ -32,6 +32,7 @@ from latticeflow.io._format import (
     decode_attrs,
     list_datasets,
     open_h5_readonly,
+    row_count,
 )
 
 __all__ = ["Ensemble", "open_ensemble"]
@@ -64,7 +65,7 @@ class Ensemble:
                     raise ValueError(f"damaged ensemble {self.path}: {exc}") from exc
                 names, lengths = [], []  # killed while creating datasets: nothing committed
             _check_shards(self.path, attrs)
-            committed = attrs.get("n_rows", min(lengths, default=0))
+            committed = row_count(attrs, self.path, default=min(lengths, default=0))
             if lengths and committed > min(lengths):
                 raise ValueError(
                     f"damaged ensemble {self.path}: n_rows is {committed} but a dataset "
@@ -93,7 +94,7 @@ class Ensemble:
         #: one entry per run that appended rows (command, created, seed, host, versions, rows_before/after)
         self.history: list[dict[str, Any]] = history
         self.attrs: dict[str, Any] = attrs
-        self.n_rows: int = int(committed)
+        self.n_rows: int = committed
         self.theory: str = str(attrs.get("theory", ""))
         self.couplings: dict[str, float] = {
             str(name): float(attrs[name]) for name in attrs.get("coupling_names", [])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import h5py
 
-from latticeflow.io._format import decode_attrs, list_datasets
+from latticeflow.io._format import decode_attrs, list_datasets, row_count
 from latticeflow.io.checksums import BatchTable, Damage, check_batches, read_table
 
 __all__ = ["RESUME_FULL_BYTES", "VerifyReport", "verify_ensemble", "structure_damage", "resume_plan"]
@@ -111,7 +111,11 @@ def verify_ensemble(path: str | os.PathLike[str]) -> VerifyReport:
         if "format_version" not in attrs:
             report.damage.append(Damage("not a latticeflow ensemble (no format_version attribute)"))
             return report
-        report.n_rows = n_rows = int(attrs.get("n_rows", 0))
+        try:
+            report.n_rows = n_rows = row_count(attrs, path)
+        except ValueError:
+            report.damage.append(Damage(f"n_rows is {attrs.get('n_rows')!r}, not a row count"))
+            return report
         if "shard_files" in attrs:
             return _verify_master(path, attrs, report)
         try:

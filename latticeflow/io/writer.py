@@ -56,6 +56,7 @@ from latticeflow.io._format import (
     decode_attrs,
     list_datasets,
     open_h5_readonly,
+    row_count,
 )
 from latticeflow.io._provenance import provenance
 from latticeflow.io._repair import IO_ERRORS, abandon, confirm_on_disk, file_is_clean, io_error, rewrite_committed
@@ -103,8 +104,11 @@ class EnsembleWriter:
         dtype: str | np.dtype = "float64",
         chunk_rows: int | None = None,
         command: str | None = None,
+        quiet: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self._quiet = bool(quiet)  # True: the damaged-tail message is left to the caller (`resume_message`)
+        self.resume_message: str | None = None
         if not isinstance(theory, str) or not theory:
             raise ValueError(f"theory must be a non-empty string, got {theory!r}")
         if not isinstance(sampler, str) or not sampler:
@@ -199,7 +203,7 @@ class EnsembleWriter:
             check_equal("shape", attrs.get("shape"), self.shape, self.path)
             check_equal("field_shape", attrs.get("field_shape"), self.field_shape, self.path)
             check_equal("sampler", attrs.get("sampler"), self.sampler, self.path)
-            n_rows = int(attrs.get("n_rows", 0))
+            n_rows = row_count(attrs, self.path)
             try:
                 names_in_file = list_datasets(f)
                 lengths = [f[name].shape[0] for name in names_in_file]
@@ -230,7 +234,8 @@ class EnsembleWriter:
                     {"run": 0, **{k: attrs.get(k, "unknown") for k in _HISTORY_KEYS}, "seed": attrs.get("seed"),
                      "replica": attrs.get("replica"), "rows_before": 0,
                      "note": "rows of format_version 1, checksummed when first appended to"})
-        if message:
+        self.resume_message = message
+        if message and not self._quiet:
             warn(message)
         self._format = int(version)
         self._n_rows = good

@@ -243,7 +243,9 @@ def _check_integrity(ens) -> None:
     reads are checked as they are read anyway): a damaged file is one line, not a verdict."""
     from ..io.verify import RESUME_FULL_BYTES
 
-    if os.path.getsize(ens.path) <= RESUME_FULL_BYTES:
+    here = os.path.dirname(os.path.abspath(ens.path))
+    files = [os.path.join(here, str(s)) for s in ens.attrs.get("shard_files", [])] or [ens.path]  # a master: its shards
+    if sum(os.path.getsize(p) for p in files if os.path.exists(p)) <= RESUME_FULL_BYTES:
         report = ens.verify()
         if not report.ok:
             raise ValueError(f"damaged ensemble: {report.lines()[0]} (latticeflow verify {ens.path})")

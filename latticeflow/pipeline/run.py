@@ -149,9 +149,72 @@ def run(cfg: Config, config_text: str = "", *, command: str | None = None, progr
                     thresholds=thresholds, world=world)
 
 
+def _check_steps(cfg: Config, config_text: str, checkpoint: str | None, world) -> None:
+    """Read-only: the checks of every step of the run that can refuse it (the reference and the run's own ensemble
+    with their damage and resume state, the checkpoint to resume or ``--checkpoint``, ``train.init``,
+    ``config.yaml``), run before the first step writes anything. Collective under MPI: if one rank refuses,
+    every rank raises `ConfigError` with its line."""
+    from ..config import ConfigError
+    from ..distributed import collective_check
+    from ..flows import build_flow
+    from ..io import shard_path
+    from ..io.shards import rank_count_problem
+    from .rundir import config_problem
+    from .sample_chains import check_resume
+    from .sample_flow import load_flow
+    from .train import init_flow_from, load_resume_checkpoint
+
+    out = cfg.output_dir
+    entry, ref, s = SAMPLERS[cfg.sampler.name], REFERENCE_SAMPLER, cfg.sampler
+    replica = world.rank if world.distributed else 0
+
+    def checks() -> None:
+        action = build_action(cfg.action)
+        files = []
+        if s.name != ref and s.reference_hmc > 0:
+            files.append((out / "ensemble_hmc.h5", ref, s.n_chains, -1))
+        files.append((out / "ensemble.h5", s.name, s.n_chains if entry.markov else None,
+                      1 if entry.needs_flow else -1))
+        for path, name, n_chains, default in files:
+            problem = rank_count_problem(path, world.size) if world.is_main else None
+            if problem:
+                raise ConfigError(problem)
+            own = shard_path(path, world.rank) if world.distributed else path
+            check_resume(own, action, name, cfg.dtype, n_chains, replica * (n_chains or 0), default_n_chains=default)
+        if entry.needs_flow and checkpoint is not None:
+            load_flow(cfg, checkpoint)
+        elif entry.needs_flow:
+            flow = build_flow(cfg.flow, action)
+            ckpt = out / "checkpoints" / "latest.pt"
+            if ckpt.exists():
+                state = load_resume_checkpoint(ckpt, cfg, action)
+                try:
+                    flow.load_state_dict(state["flow"])
+                except (KeyError, RuntimeError, TypeError, ValueError) as err:
+                    detail = (str(err).splitlines() or [type(err).__name__])[0][:200]
+                    raise ConfigError(f"{ckpt} cannot be resumed by this config ({type(err).__name__}: {detail}); "
+                                      f"use another output.dir") from None
+            elif cfg.train.init:
+                init_flow_from(flow, cfg.train.init, action)
+        problem = config_problem(out, config_text) if world.is_main else None
+        if problem:
+            raise ConfigError(problem)
+
+    if not world.distributed:
+        checks()
+        return
+    problem = None
+    try:
+        checks()
+    except Exception as err:  # noqa: BLE001 — every rank learns of it below
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+    collective_check(world, problem, ConfigError)
+
+
 def _run(cfg: Config, config_text: str, *, command: str | None, progress: bool, checkpoint: str | None,
          thresholds: dict[str, float] | None, world) -> dict[str, Any]:
     out = cfg.output_dir
+    _check_steps(cfg, config_text, checkpoint, world)  # every step's refusals before the first step writes
     summary: dict[str, Any] = {"name": cfg.name, "sampler": cfg.sampler.name}
     entry, ref = SAMPLERS[cfg.sampler.name], REFERENCE_SAMPLER
     hmc = None

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, config_from_dict, config_to_yaml
+from ..config_yaml import ConfigFileError, parse_yaml
 from ..distributed import World, collective_check
 from ..io import write_text
 
@@ -41,9 +42,9 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _resolved(text: str) -> Any:
     """The parsed config with every default filled in (as the pipeline writes it), else as parsed."""
-    tree = yaml.safe_load(text)
+    tree = parse_yaml(text)  # the package's YAML (``1e-3`` is a number), as `load_config` reads config.yaml
     try:
-        return yaml.safe_load(config_to_yaml(config_from_dict(tree)))
+        return parse_yaml(config_to_yaml(config_from_dict(tree)))
     except Exception:  # noqa: BLE001 — a config of another version or a foreign file: compare as it is
         return tree
 
@@ -69,7 +70,7 @@ def config_problem(out_dir: Path, config_text: str) -> str | None:
         if not old.strip():  # written by an API call without config text: nothing to compare
             return None
         diff = config_difference(old, config_text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigFileError) as err:
         return f"{path} exists but cannot be read as a config ({type(err).__name__}); move it away or use another output.dir"
     if diff is None:
         return None

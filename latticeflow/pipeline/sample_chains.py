@@ -20,23 +20,26 @@ from ..config import Config, ConfigError, build_action
 from ..io import EnsembleWriter, read_last_sweep
 from ..io._format import check_couplings, check_equal, decode_attrs, open_h5_readonly
 from ..io.shards import SHARD_RANKS_ATTR
+from ..io.verify import warn
 from ..samplers import hmc_chains, make_chain_sampler
 from .common import SampleSummary, resolve_device
 
-__all__ = ["sample_chains", "check_resume"]
+__all__ = ["sample_chains", "check_resume", "open_resume"]
 
 
 def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in action.observables(x).items()}
 
 
-def check_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
-                 default_n_chains: int = -1) -> int:
+def open_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
+                default_n_chains: int = -1, **writer_args) -> tuple[EnsembleWriter | None, int]:
     """Read-only: every check that can refuse appending to the ensemble at ``path``, run before anything is
-    written (theory, couplings, shape, sampler, and for chains ``n_chains`` and whole sweeps); returns its
-    committed rows (0 if there is no file yet)."""
+    written (theory, couplings, shape, sampler, structure and checksums, and for chains ``n_chains`` and whole
+    sweeps). Returns ``(writer, rows kept)``: the writer opened on the existing file (it writes nothing before
+    its first append; a damaged tail is cut back then, its message in ``writer.resume_message``), or
+    ``(None, 0)`` if there is no file yet. The last sweep is checked at the rows kept, after the cut."""
     if not Path(path).exists():
-        return 0
+        return None, 0
     with open_h5_readonly(path) as f:
         attrs = decode_attrs(f.attrs)
     if "format_version" not in attrs:
@@ -48,12 +51,33 @@ def check_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | N
     check_equal("field_shape", tuple(attrs.get("field_shape", ())), tuple(action.field_shape), path)
     check_equal("sampler", attrs.get("sampler"), sampler, path)
     check_equal("dtype", attrs.get("dtype"), np.dtype(dtype).name, path)
-    n_rows = int(attrs.get("n_rows", 0))
+    stored = int(attrs.get("n_rows", 0))
+    if stored and n_chains is not None and stored % n_chains:  # never written so by a chain sampler: refused
+        try:
+            read_last_sweep(path, stored, n_chains, first_chain, datasets=(), default_n_chains=default_n_chains)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    writer_args.setdefault("seed", int(attrs.get("seed", 0)))
+    writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                            field_shape=tuple(action.field_shape), sampler=sampler, dtype=dtype, quiet=True,
+                            **writer_args)  # read-only here: computes the rows a damaged tail leaves
+    n_rows = writer.n_rows
     if n_rows and n_chains is not None:
         try:
             read_last_sweep(path, n_rows, n_chains, first_chain, datasets=(), default_n_chains=default_n_chains)
         except ValueError as err:
+            writer.close()
             raise ConfigError(str(err)) from None
+    return writer, n_rows
+
+
+def check_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
+                 default_n_chains: int = -1) -> int:
+    """Read-only: `open_resume` without keeping the writer; the rows a resume continues from (0 if there is no
+    file yet; fewer than the file's ``n_rows`` where a damaged tail will be cut back)."""
+    writer, n_rows = open_resume(path, action, sampler, dtype, n_chains, first_chain, default_n_chains)
+    if writer is not None:
+        writer.close()
     return n_rows
 
 
@@ -74,30 +98,39 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
     n_target = math.ceil(s.n_samples / n_chains) * n_chains
     sweeps_per_batch = max(1, s.batch_size // n_chains)
     first_chain = (replica or 0) * n_chains
-    try:  # every refusal before the first write (the writer itself may repair a file it opens)
+    writer = None
+    try:  # every refusal before the first write (the writer opened on an existing file writes nothing yet)
         try:
             sampler = make_chain_sampler(s.name, action, s, generator)
         except ValueError as err:
             raise ConfigError(f"sampler: {err}") from None
-        n_rows = check_resume(path, action, s.name, cfg.dtype, n_chains, first_chain)
+        writer, n_rows = open_resume(path, action, s.name, cfg.dtype, n_chains, first_chain, seed=cfg.seed,
+                                     replica=replica or 0, config_text=config_text, command=command)
         state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
     except Exception as err:
+        if writer is not None:
+            writer.close()
         if gate is not None:
             gate.ready(err)
         raise
     if gate is not None:
-        gate.ready()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
-                            field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
-                            replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+        try:
+            gate.ready()
+        except Exception:
+            if writer is not None:
+                writer.close()
+            raise
+    if writer is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                                field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
+                                replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+    elif writer.resume_message:
+        warn(writer.resume_message)
     t0 = time.perf_counter()
     if gate is not None:
         gate.accepted()  # config.yaml, only once the ensemble file accepted this config
     try:
-        if writer.n_rows != n_rows:  # the writer cut back a damaged tail: continue from what is left
-            n_rows = writer.n_rows
-            state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
         resumed = n_rows > 0
         if state is not None:
             x, sweep = state

@@ -21,7 +21,8 @@ from ..io import EnsembleWriter, load_checkpoint, read_last_sweep
 from ..io.shards import SHARD_RANKS_ATTR
 from ..samplers import SAMPLERS, ChainState, flow_batches, nmcmc_chains
 from .common import SampleSummary, resolve_device
-from .sample_chains import check_resume
+from ..io.verify import warn
+from .sample_chains import open_resume
 
 __all__ = ["load_flow", "sample_with_flow"]
 
@@ -84,26 +85,36 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
     path = path or out / "ensemble.h5"
     markov, k = SAMPLERS[s.name].markov, s.n_chains
     first_chain = (replica or 0) * k
+    writer = None
     try:  # every refusal (a bad checkpoint, a file that cannot be resumed) before the first write
         action, flow = load_flow(cfg, checkpoint)
-        n_rows = check_resume(path, action, s.name, cfg.dtype, k if markov else None, first_chain, default_n_chains=1)
+        writer, n_rows = open_resume(path, action, s.name, cfg.dtype, k if markov else None, first_chain,
+                                     default_n_chains=1, seed=cfg.seed, replica=replica or 0,
+                                     config_text=config_text, command=command)
         states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
     except Exception as err:
+        if writer is not None:
+            writer.close()
         if gate is not None:
             gate.ready(err)
         raise
     if gate is not None:
-        gate.ready()
-    out.mkdir(parents=True, exist_ok=True)
-    writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
-                            field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
-                            replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+        try:
+            gate.ready()
+        except Exception:
+            if writer is not None:
+                writer.close()
+            raise
+    if writer is None:
+        out.mkdir(parents=True, exist_ok=True)
+        writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                                field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
+                                replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+    elif writer.resume_message:
+        warn(writer.resume_message)
     if gate is not None:
         gate.accepted()
     t0 = time.perf_counter()
-    if writer.n_rows != n_rows:  # the writer cut back a damaged tail: continue from what is left
-        n_rows = writer.n_rows
-        states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + n_rows + 17)
     n_acc = n_prop = 0
     try:

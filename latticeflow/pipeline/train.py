@@ -228,6 +228,18 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
         return _train(cfg, config_text, progress=progress, world=world)
 
 
+def load_resume_checkpoint(ckpt: Path, cfg: Config, action, map_location="cpu") -> dict:
+    """The checkpoint a resumed ``train`` continues from, refused in one line (`ConfigError`) if it cannot be read
+    or was written for another flow or theory. Read-only."""
+    try:
+        state = load_checkpoint(ckpt, map_location=map_location)
+    except ValueError as err:
+        raise ConfigError(f"{err}; move it away to start afresh") from None
+    if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
+        raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
+    return state
+
+
 def _train(cfg: Config, config_text: str, *, progress: bool, world: World) -> dict:
     action, flow, trainer = build_trainer(cfg, world)
     out = cfg.output_dir
@@ -242,12 +254,7 @@ def _train(cfg: Config, config_text: str, *, progress: bool, world: World) -> di
         if not found and cfg.train.init:  # a new run from another run's weights
             init_from, _ = init_flow_from(flow, cfg.train.init, action, map_location=trainer.device)
         if found:
-            try:
-                state = load_checkpoint(ckpt, map_location=trainer.device)
-            except ValueError as err:
-                raise ConfigError(f"{err}; move it away to start afresh") from None
-            if state.get("config_flow") != cfg.flow or state.get("theory") != action.theory:
-                raise ConfigError(f"{ckpt} was written for another flow or theory; use another output.dir")
+            state = load_resume_checkpoint(ckpt, cfg, action, map_location=trainer.device)
             try:
                 trainer.load_state_dict(state)
             except (KeyError, RuntimeError, TypeError, ValueError) as err:

@@ -71,3 +71,22 @@ def test_gate_off_or_interacting_target_trains_as_before():
         runs.append([p.detach().clone() for p in flow.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     assert math.isfinite(rows[-1]["stl_residual"]) and rows[-1]["stl_residual"] > 1e-3
+
+
+def test_landing_gate_does_not_freeze_an_inexact_flow_on_a_large_lattice():
+    """r falls like 1/√V at fixed ESS: the free-field flow of κ = 0.249 on 64×64, trained at κ = 0.2492
+    (reverse ESS ≈ 0.9, r ≈ 1e-3 on its batches), must train, not land (the gate also asks 1 − ESS < tol)."""
+    import torch
+
+    from actions import Phi4
+    from latticeflow.flows import build_flow
+    from latticeflow.training import Trainer
+
+    torch.manual_seed(0)
+    flow = build_flow({}, Phi4((64, 64), kappa=0.249, lam=0.0)).to(torch.float64)
+    trainer = Trainer(flow, Phi4((64, 64), kappa=0.2492, lam=0.0), batch_size=16, lr=1e-3, grad_clip=1.0, seed=0)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in flow.parameters()])
+    metrics = [trainer.step() for _ in range(2)]
+    after = torch.cat([p.detach().reshape(-1) for p in flow.parameters()])
+    assert all(m["reverse_ess"] < 0.999 for m in metrics), metrics
+    assert trainer.n_landed == 0 and float((after - before).abs().max()) > 0
