@@ -1,8 +1,13 @@
 """Neural MCMC: independent Metropolis–Hastings with flow proposals (Albergo et al. 2019; Nicoli et al. 2020).
 
 Proposals x' ~ q_θ come in batches; the chain consumes them in order and accepts x' with probability
-min(1, w(x')/w(x)), w = e^{−S}/q_θ. The chain is exact for p = e^{−S}/Z whatever q_θ (given support),
-so observables are unbiased; the acceptance rate and the autocorrelation measure the flow's quality.
+min(1, w(x')/w(x)), w = e^{−S}/q_θ: with a uniform u per proposal, x' is taken iff
+log u < log w(x') − log w(x). The chain is exact for p = e^{−S}/Z whatever q_θ (given support), so
+observables are unbiased; the acceptance rate and the autocorrelation measure the flow's quality.
+
+The accept/reject step runs on tensors, all chains at once on the proposals' device (`metropolize_chains`,
+`nmcmc_chains`): O(log K) rounds of tensor operations for K proposals per chain instead of a Python loop over
+the proposals, bit for bit the sequential chain, and one host synchronisation per batch.
 """
 from __future__ import annotations
 
@@ -12,10 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .flow import flow_batches
 
-__all__ = ["ChainState", "NMCMCBatch", "NMCMCChainsBatch", "metropolize", "nmcmc_batches", "nmcmc_chains"]
+__all__ = ["ChainState", "NMCMCBatch", "NMCMCChainsBatch", "metropolize", "metropolize_chains", "nmcmc_batches",
+           "nmcmc_chains"]
+
+#: steps per block of the blocked scan (`_steps`): 2–4 tensor operations per step and level, depth log_8 K
+BLOCK = 8
+_INF = math.inf
+_NONE = torch.iinfo(torch.int32).min  # "no acceptance yet" in a block (below every index)
+_SERIAL = 16384  # numbers per tensor operation below torch's intra-op grain (32768)
 
 
 @dataclass
@@ -43,20 +56,182 @@ class NMCMCBatch:
     mc_index: np.ndarray
 
 
-def metropolize(log_weight_proposals: np.ndarray, log_u: np.ndarray, current_log_weight: float) -> np.ndarray:
-    """Index of the chain's state after each proposal (−1 = the state before the batch).
+def _threshold_pass(v: torch.Tensor, tau: torch.Tensor, entry: torch.Tensor, record: bool) -> tuple[torch.Tensor, ...]:
+    """The threshold chain s ← v_t if s < τ_t along dim 1 of ``v``, ``tau`` (N, B, C), all N·C rows at once, from
+    ``entry`` (N, C). Returns the state after the last step and the max of τ over the steps (N, C), and with
+    ``record`` also the state and the max of τ over the earlier steps before each step (N, B, C)."""
+    s, top, before, seen = entry, torch.full_like(entry, -_INF), [], []
+    for v_t, tau_t in zip(v.unbind(1), tau.unbind(1)):
+        if record:
+            before.append(s)
+            seen.append(top)
+        top = torch.maximum(top, tau_t)
+        s = torch.where(s < tau_t, v_t, s)
+    return (s, top, torch.stack(before, 1), torch.stack(seen, 1)) if record else (s, top)
 
-    Proposal i is accepted iff log u_i < log w_i − log w(current); sequential by nature, run on floats.
+
+def _blocks(x: torch.Tensor, nb: int, block: int, fill: float) -> torch.Tensor:
+    """(K, C) time-major → (nb, block, C) (a view unless padded at the end with ``fill``)."""
+    if nb * block != x.shape[0]:
+        x = F.pad(x, (0, 0, 0, nb * block - x.shape[0]), value=fill)
+    return x.view(nb, block, x.shape[1])
+
+
+def _entries(v: torch.Tensor, tau: torch.Tensor, entry: torch.Tensor, block: int) -> torch.Tensor:
+    """State before each step of the chains s ← v_t if s < τ_t, time-major (K, C), from ``entry`` (C,); in
+    O(log_block K) rounds of tensor operations on at most K·C / block numbers each.
+
+    With τ_t ≥ v_t, the chain from −∞ is the lowest and couples with any other at the first step both take.
+    Run every block of ``block`` steps from −∞ (all at once): a block then acts on its entry s as one
+    proposal, s ← v* if s < Θ, with v* its last state from −∞ and Θ = max τ over the block (every step after
+    the block's last acceptance from −∞ has τ ≤ v* ≤ Θ). The blocks as proposals are the same problem,
+    K/block steps long (recursion), which gives each block's entry e. Before step t of a block, the chain from e
+    has taken a step of the block iff e < max τ over the block's earlier steps, and is then in the state of
+    the run from −∞ (coupled); otherwise it is still in e.
     """
-    idx = np.empty(len(log_weight_proposals), dtype=np.int64)
-    cur_i, cur_w = -1, current_log_weight
-    lw = log_weight_proposals.tolist()
-    lu = log_u.tolist()
-    for i, (w, u) in enumerate(zip(lw, lu)):
-        if u < w - cur_w or (cur_w == -math.inf and w > -math.inf):
-            cur_i, cur_w = i, w
-        idx[i] = cur_i
-    return idx
+    k, c = v.shape
+    if k <= block:
+        return _threshold_pass(v.view(1, k, c), tau.view(1, k, c), entry.view(1, c), record=True)[2].view(k, c)
+    nb = -(-k // block)
+    v_end, top, low, seen = _threshold_pass(_blocks(v, nb, block, -_INF), _blocks(tau, nb, block, -_INF),
+                                            v.new_full((nb, c), -_INF), record=True)
+    e = _entries(v_end, top, entry, block).view(nb, 1, c)
+    return torch.where(e < seen, low, e).view(nb * block, c)[:k]
+
+
+def _first_pass(lw: torch.Tensor, lu: torch.Tensor, sanitize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_threshold_pass` from −∞ without recording, τ = log w − log u computed step by step (NaN only where
+    log w is NaN or both are −∞: with ``sanitize`` −∞, never taken; otherwise left to spoil the block's max,
+    which the check in `_steps` then reports)."""
+    s, top = torch.full_like(lw[:, 0], -_INF), None
+    for lw_t, lu_t in zip(lw.unbind(1), lu.unbind(1)):
+        tau_t = lw_t - lu_t
+        if sanitize:
+            tau_t = torch.nan_to_num(tau_t, nan=-_INF, posinf=_INF, neginf=-_INF)
+        top = tau_t if top is None else torch.maximum(top, tau_t)
+        s = torch.where(s < tau_t, lw_t, s)
+    return s, top
+
+
+def _exact_pass(lw: torch.Tensor, lu: torch.Tensor, ids: torch.Tensor, entry: torch.Tensor, fresh_rule: bool
+                ) -> tuple[torch.Tensor, ...]:
+    """The sequential chain's rule along dim 1 of (N, B, C) from ``entry`` (N, C): accept iff
+    log u < log w' − log w (with ``fresh_rule`` also where log w = −∞ and log w' > −∞, which only matters
+    where log u is NaN or +∞). ``ids`` (N, B, 1): the proposals' indices. Returns the index of the state after
+    each step (`_NONE` while still in the entry) and the decisions (N, B, C), and the state and index after the
+    last step (N, C)."""
+    s, si = entry, torch.full(entry.shape, _NONE, dtype=ids.dtype, device=entry.device)
+    index, accepted = [], []
+    for lw_t, lu_t, id_t in zip(lw.unbind(1), lu.unbind(1), ids.unbind(1)):
+        take = lu_t < lw_t - s
+        if fresh_rule:
+            take = take | ((s == -_INF) & (lw_t > -_INF))
+        s, si = torch.where(take, lw_t, s), torch.where(take, id_t, si)
+        index.append(si)
+        accepted.append(take)
+    return torch.stack(index, 1), torch.stack(accepted, 1), s, si
+
+
+def _steps(log_weight: torch.Tensor, log_u: torch.Tensor, current: torch.Tensor, current_run: torch.Tensor,
+           block: int = BLOCK, fresh_rule: bool = False, sanitize: bool = False) -> tuple[torch.Tensor, ...]:
+    """The accept/reject of C chains over K proposals each, time-major, without host synchronisation.
+
+    ``log_weight``, ``log_u``: float64 (K, C), chain c takes row t's proposal at step t (log u < +∞ and not NaN
+    unless ``fresh_rule``); ``current`` (C,): the chains' log-weights (−∞: fresh); ``current_run`` (C,): their
+    rejection runs. Returns ``index`` (K, C) int32, the step whose proposal is the state after each step
+    (negative: the state before the batch); ``accepted`` (K, C); the rejection run after the batch and the
+    longest in it (C,); ``ok``, a 0-d bool tensor: True when this is the sequential chain's result (otherwise
+    use `_steps_checked`). With K·C ≤ 16384 · ``block`` no tensor operation works on more than 16384 numbers
+    (below torch's grain: no intra-op threads, which wait long for each other on a busy machine).
+
+    Independent Metropolis–Hastings takes x' iff log u < log w(x') − log w(x). Each block's entry state comes
+    from the blocked scan (`_entries`) on thresholds, s < τ' = log w' − log u, which can differ from the exact
+    rule by rounding where log w' − log w − log u is within an ulp of 0. The blocks then run the exact rule from
+    those entries (`_exact_pass`), and each block's last state must be the next block's entry, bit for bit: by
+    induction over the blocks, the states and decisions are then the sequential chain's.
+    """
+    k, c = log_weight.shape
+    ok = torch.ones((), dtype=torch.bool, device=log_weight.device)
+    before_batch = (-1 - current_run).to(torch.int32)  # the state before the batch, so that run = step − index
+    if k == 0:
+        return (torch.zeros((0, c), dtype=torch.int32, device=log_weight.device),
+                torch.zeros((0, c), dtype=torch.bool, device=log_weight.device), -1 - before_batch,
+                torch.zeros_like(before_batch), ok)
+    nb = -(-k // block)
+    block = k if nb == 1 else block
+    lw, lu = _blocks(log_weight, nb, block, -_INF), _blocks(log_u, nb, block, 0.0)
+    # padded steps (never taken) count as the last one, so that they add nothing to a rejection run
+    ids = torch.arange(nb * block, dtype=torch.int32, device=lw.device).clamp_max(k - 1).view(nb, block, 1)
+    e = current.view(1, c)
+    if nb > 1:
+        e = _entries(*_first_pass(lw, lu, sanitize), current, block)
+    index, accepted, last, last_id = _exact_pass(lw, lu, ids, e, fresh_rule)
+    if nb > 1:
+        ok = (last[:-1].view(torch.int64) == e[1:].view(torch.int64)).all()
+    # before its first acceptance a block is in the state of the last acceptance before it
+    entry_id = torch.cat([before_batch.view(1, c), torch.maximum(last_id, before_batch).cummax(0).values[:-1]])
+    rows = max(1, _SERIAL // (block * c))
+    longest = before_batch.new_zeros(c)
+    for i in range(0, nb, rows):
+        part = index[i:i + rows]
+        torch.maximum(part, entry_id[i:i + rows, None], out=part)
+        longest = torch.maximum(longest, (ids[i:i + rows] - part).view(-1, c).amax(0))
+    index = index.view(nb * block, c)[:k]
+    return index, accepted.view(nb * block, c)[:k], k - 1 - index[-1], longest, ok
+
+
+def _block_size(k: int, c: int) -> int:
+    """`BLOCK`, doubled until a step of all blocks (K·C / block numbers) stays below torch's intra-op grain."""
+    block = BLOCK
+    while block < k and k * c > _SERIAL * block:
+        block *= 2
+    return block
+
+
+def _steps_checked(log_weight: torch.Tensor, log_u: torch.Tensor, current: torch.Tensor, current_run: torch.Tensor,
+                   fresh_rule: bool = False) -> tuple[torch.Tensor, ...]:
+    """`_steps` until its check holds: again with NaN thresholds sanitised, then step by step (one block of K),
+    the exact rule throughout. Returns (index, accepted, run, longest); one host synchronisation per try."""
+    k, c = log_weight.shape
+    block = _block_size(k, c)
+    for b, sanitize in ((block, False), (block, True), (max(k, 1), False)):
+        *out, ok = _steps(log_weight, log_u, current, current_run, b, fresh_rule, sanitize)
+        if bool(ok):
+            return tuple(out)
+    raise AssertionError("unreachable: a single block is the sequential chain")
+
+
+def metropolize_chains(log_weight: torch.Tensor, log_u: torch.Tensor, current_log_weight: torch.Tensor
+                       ) -> torch.Tensor:
+    """Index of each chain's state after each proposal (−1 = its state before the batch), all chains at once.
+
+    ``log_weight``, ``log_u``: (C, K), chain c consumes ``log_weight[c]`` in order; ``current_log_weight``: (C,),
+    −∞ for a fresh chain (its first proposal with log w' > −∞ is taken). Independent Metropolis–Hastings:
+    proposal t is taken iff log u_t < log w_t − log w(current), w = e^{−S}/q, i.e. with probability
+    min(1, w(x')/w(x)); NaN weights are never taken. Bit for bit the sequential chain on each row (decisions in
+    float64 whatever the input dtype), on the inputs' device, with one host synchronisation.
+    """
+    lw = torch.as_tensor(log_weight).to(torch.float64)
+    lu = torch.as_tensor(log_u).to(device=lw.device, dtype=torch.float64)
+    if lw.dim() != 2 or lu.shape != lw.shape:
+        raise ValueError(f"metropolize_chains: log_weight {tuple(lw.shape)} and log_u {tuple(lu.shape)} must be the "
+                         f"same (C, K)")
+    cur = torch.as_tensor(current_log_weight).to(device=lw.device, dtype=torch.float64).reshape(lw.shape[0])
+    index = _steps_checked(lw.t().contiguous(), lu.t().contiguous(), cur, torch.zeros_like(cur, dtype=torch.int64),
+                           fresh_rule=True)[0]
+    return index.t().clamp_min(-1).long()
+
+
+def metropolize(log_weight_proposals: np.ndarray, log_u: np.ndarray, current_log_weight: float) -> np.ndarray:
+    """Index of the chain's state after each proposal (−1 = the state before the batch), one chain.
+
+    Proposal i is accepted iff log u_i < log w_i − log w(current) (or the chain is fresh, log w = −∞, and
+    log w_i > −∞): `metropolize_chains` with C = 1.
+    """
+    lw = torch.as_tensor(np.asarray(log_weight_proposals, dtype=np.float64)).reshape(1, -1)
+    lu = torch.as_tensor(np.asarray(log_u, dtype=np.float64)).reshape(1, -1)
+    cur = torch.tensor([float(current_log_weight)], dtype=torch.float64, device="cpu")
+    return metropolize_chains(lw, lu, cur)[0].numpy()
 
 
 @dataclass
@@ -73,6 +248,58 @@ class NMCMCChainsBatch:
     proposal_log_weight: np.ndarray  # −S − log q of the proposal consumed at each row (float64)
 
 
+@dataclass
+class _Chains:
+    """The K chains' current states as tensors on the proposals' device (``step`` on the host)."""
+
+    x: torch.Tensor
+    action: torch.Tensor
+    log_q: torch.Tensor
+    log_weight: torch.Tensor  # float64: the value the decisions use
+    step: np.ndarray
+    longest: torch.Tensor
+    current: torch.Tensor
+
+    @classmethod
+    def of(cls, states: list[ChainState], proposals) -> _Chains:
+        dev, dtype = proposals.x.device, proposals.action.dtype
+        col = lambda attr, dt: torch.tensor([getattr(st, attr) for st in states], dtype=dt, device=dev)  # noqa: E731
+        return cls(torch.stack([st.x for st in states]).to(dev), col("action", dtype), col("log_q", dtype),
+                   col("log_weight", torch.float64), np.array([st.step for st in states], dtype=np.int64),
+                   col("longest_rejection_run", torch.int64), col("current_rejection_run", torch.int64))
+
+    @classmethod
+    def fresh(cls, proposals, k: int) -> _Chains:
+        """Every chain at its first proposal with log w = −∞, so that the proposal is taken (if its weight is)."""
+        zeros = torch.zeros(k, dtype=torch.int64, device=proposals.x.device)
+        return cls(proposals.x[:k], proposals.action[:k], proposals.log_q[:k],
+                   torch.full((k,), -_INF, dtype=torch.float64, device=proposals.x.device), np.zeros(k, np.int64),
+                   zeros, zeros)
+
+
+def _log_uniforms(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """log u for ``n`` uniforms of ``generator`` (float64; on the CPU through numpy's log, as in earlier versions,
+    so that seeded chains stay bit for bit the same; elsewhere on the device, without synchronisation)."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else "cpu")
+    log_u = torch.from_numpy(np.log(u.numpy())) if u.device.type == "cpu" else u.log_()
+    return log_u.to(device)
+
+
+def _rows(proposals, chains: _Chains, index: torch.Tensor, run: torch.Tensor, longest: torch.Tensor, k: int):
+    """The rows (x, S, log q, log w) of the chains after each step and their new states, on the device."""
+    b = proposals.x.shape[0]
+    lane = torch.arange(k, device=index.device)
+    # row of each state in [proposals; states before the batch]
+    src = torch.where(index >= 0, index.long() * k + lane, b + lane).view(b)
+    x = torch.cat([proposals.x, chains.x]).index_select(0, src)
+    s, lq, lw = (torch.cat([getattr(proposals, a), getattr(chains, a).to(getattr(proposals, a).dtype)])
+                 .index_select(0, src) for a in ("action", "log_q", "log_weight"))
+    new = _Chains(x[b - k:].clone(), s[b - k:], lq[b - k:], lw[b - k:].double(), chains.step + b // k,
+                  torch.maximum(chains.longest, longest.long()), run.long())
+    return (x, s, lq, lw), new
+
+
 @torch.no_grad()
 def nmcmc_chains(flow, action, n_sweeps: int, sweeps_per_batch: int, n_chains: int,
                  states: list[ChainState] | None = None, generator: torch.Generator | None = None
@@ -82,59 +309,39 @@ def nmcmc_chains(flow, action, n_sweeps: int, sweeps_per_batch: int, n_chains: i
     Each batch holds ``sweeps_per_batch · n_chains`` proposals; proposal r goes to chain r mod K, so the
     flow's cost is that of one batch whatever K. Every proposal has its own uniform, so the chains are
     independent (i.i.d. proposals). Without ``states`` every chain starts from its first proposal
-    (always accepted). Yields the rows and the K chain states after each batch.
+    (always accepted). Yields the rows and the K chain states after each batch. The accept/reject of all chains
+    runs on the proposals' device (`_steps`), with one host transfer per batch (the host-side columns and the
+    states).
     """
     k = n_chains
     if k < 1:
         raise ValueError(f"nmcmc needs n_chains >= 1, got {n_chains}")
+    chains = None
     for proposals in flow_batches(flow, action, n_sweeps * k, sweeps_per_batch * k, generator=generator):
         b = proposals.x.shape[0]
         if b % k:
             raise ValueError(f"nmcmc: a batch of {b} proposals does not split into {k} chains")
-        lw = proposals.log_weight.double().cpu().numpy()
-        log_u = np.log(torch.rand(b, generator=generator, dtype=torch.float64,
-                                  device=generator.device if generator is not None else "cpu").cpu().numpy())
-        if states is None:
-            states = [ChainState(proposals.x[c], float(proposals.action[c]), float(proposals.log_q[c]), -math.inf)
-                      for c in range(k)]
-        take = np.empty(b, dtype=np.int64)
-        accepted = np.empty(b, dtype=bool)
-        for c in range(k):
-            idx = metropolize(lw[c::k], log_u[c::k], states[c].log_weight)
-            acc = np.empty(len(idx), dtype=bool)
-            acc[0] = idx[0] == 0
-            acc[1:] = idx[1:] != idx[:-1]
-            accepted[c::k] = acc
-            take[c::k] = np.where(idx < 0, -1, c + k * idx)
-        device = proposals.x.device
-        keep_old = torch.as_tensor(take < 0, device=device)
-        src = torch.as_tensor(np.maximum(take, 0), device=device)
-        chain_of_row = torch.arange(b, device=device) % k
-        view = (-1,) + (1,) * (proposals.x.dim() - 1)
-        old_x = torch.stack([st.x for st in states])[chain_of_row]
-        x = torch.where(keep_old.view(view), old_x, proposals.x[src])
-        dtype = proposals.action.dtype
-
-        def old(attr: str) -> torch.Tensor:
-            return torch.tensor([getattr(st, attr) for st in states], dtype=dtype, device=device)[chain_of_row]
-
-        s = torch.where(keep_old, old("action"), proposals.action[src])
-        lq = torch.where(keep_old, old("log_q"), proposals.log_q[src])
-        lwr = torch.where(keep_old, old("log_weight"), proposals.log_weight[src])
         n_sw = b // k
-        mc_index = np.empty(b, dtype=np.int64)
-        new_states = []
-        for c, st in enumerate(states):
-            mc_index[c::k] = np.arange(st.step, st.step + n_sw)
-            run, longest = st.current_rejection_run, st.longest_rejection_run
-            for a in accepted[c::k].tolist():  # a flow that misses a region shows long plateaus
-                run = 0 if a else run + 1
-                longest = max(longest, run)
-            last = b - k + c
-            new_states.append(ChainState(x[last].clone(), float(s[last]), float(lq[last]), float(lwr[last]),
-                                         st.step + n_sw, longest, run))
-        states = new_states
-        yield NMCMCChainsBatch(x, s, lq, lwr, accepted, np.tile(np.arange(k), n_sw), mc_index, lw), states
+        lw = proposals.log_weight.double()
+        log_u = _log_uniforms(b, generator, lw.device)
+        if chains is None:
+            chains = _Chains.of(states, proposals) if states is not None else _Chains.fresh(proposals, k)
+        args = (lw.view(n_sw, k), log_u.view(n_sw, k), chains.log_weight, chains.current)
+        index, accepted, run, longest, ok = _steps(*args, block=_block_size(n_sw, k))
+        for attempt in range(2):
+            rows, new = _rows(proposals, chains, index, run, longest, k)
+            host = torch.cat([ok.double().view(1), accepted.view(b).double(), lw, new.action.double(),
+                              new.log_q.double(), new.log_weight, new.longest.double(), new.current.double()]).cpu()
+            if host[0] or attempt:
+                break
+            index, accepted, run, longest = _steps_checked(*args)  # a threshold within an ulp: the exact way
+        host = host.numpy()
+        acc, plw, s_, lq_, lw_, longest_, current_ = np.split(host[1:], np.cumsum([b, b, k, k, k, k]))
+        chains = new
+        states = [ChainState(new.x[c], float(s_[c]), float(lq_[c]), float(lw_[c]), int(new.step[c]),
+                             int(longest_[c]), int(current_[c])) for c in range(k)]
+        mc_index = (chains.step[None, :] - n_sw + np.arange(n_sw)[:, None]).reshape(b)
+        yield NMCMCChainsBatch(*rows, acc > 0.5, np.tile(np.arange(k), n_sw), mc_index, plw), states
 
 
 def nmcmc_batches(flow, action, n_steps: int, batch_size: int, state: ChainState | None = None,
@@ -145,4 +352,5 @@ def nmcmc_batches(flow, action, n_steps: int, batch_size: int, state: ChainState
     needed for an independence sampler)."""
     for batch, states in nmcmc_chains(flow, action, n_steps, batch_size, 1, None if state is None else [state],
                                       generator=generator):
-        yield NMCMCBatch(batch.x, batch.action, batch.log_q, batch.log_weight, batch.accepted, batch.mc_index), states[0]
+        yield (NMCMCBatch(batch.x, batch.action, batch.log_q, batch.log_weight, batch.accepted, batch.mc_index),
+               states[0])
