@@ -31,6 +31,35 @@ def _measure(action, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in action.observables(x).items()}
 
 
+
+def refuse(gate, writer: EnsembleWriter | None, err: BaseException) -> None:
+    """A check refused this rank: close the resumed writer (nothing was written) and tell the MPI gate."""
+    if writer is not None:
+        writer.close()
+    if gate is not None:
+        gate.ready(err)
+
+
+def gated_writer(gate, writer: EnsembleWriter | None, path: Path, action, cfg: Config, sampler: str,
+                 replica: int | None, config_text: str, command: str | None) -> EnsembleWriter:
+    """Pass the MPI gate (every rank's checks passed), then the writer to append with: the resumed one (its
+    damaged-tail message printed now, after the gate) or a new file."""
+    if gate is not None:
+        try:
+            gate.ready()
+        except Exception:
+            if writer is not None:
+                writer.close()
+            raise
+    if writer is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
+                              field_shape=tuple(action.field_shape), sampler=sampler, seed=cfg.seed,
+                              replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
+    if writer.resume_message:
+        warn(writer.resume_message)
+    return writer
+
 def open_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
                 default_n_chains: int = -1, **writer_args) -> tuple[EnsembleWriter | None, int]:
     """Read-only: every check that can refuse appending to the ensemble at ``path``, run before anything is
@@ -108,25 +137,9 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
                                      replica=replica or 0, config_text=config_text, command=command)
         state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
     except Exception as err:
-        if writer is not None:
-            writer.close()
-        if gate is not None:
-            gate.ready(err)
+        refuse(gate, writer, err)
         raise
-    if gate is not None:
-        try:
-            gate.ready()
-        except Exception:
-            if writer is not None:
-                writer.close()
-            raise
-    if writer is None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
-                                field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
-                                replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
-    elif writer.resume_message:
-        warn(writer.resume_message)
+    writer = gated_writer(gate, writer, path, action, cfg, s.name, replica, config_text, command)
     t0 = time.perf_counter()
     if gate is not None:
         gate.accepted()  # config.yaml, only once the ensemble file accepted this config

@@ -17,12 +17,11 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, build_action
 from ..flows import build_flow
-from ..io import EnsembleWriter, load_checkpoint, read_last_sweep
+from ..io import load_checkpoint, read_last_sweep
 from ..io.shards import SHARD_RANKS_ATTR
 from ..samplers import SAMPLERS, ChainState, flow_batches, nmcmc_chains
 from .common import SampleSummary, resolve_device
-from ..io.verify import warn
-from .sample_chains import open_resume
+from .sample_chains import gated_writer, open_resume, refuse
 
 __all__ = ["load_flow", "sample_with_flow"]
 
@@ -93,25 +92,9 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
                                      config_text=config_text, command=command)
         states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
     except Exception as err:
-        if writer is not None:
-            writer.close()
-        if gate is not None:
-            gate.ready(err)
+        refuse(gate, writer, err)
         raise
-    if gate is not None:
-        try:
-            gate.ready()
-        except Exception:
-            if writer is not None:
-                writer.close()
-            raise
-    if writer is None:
-        out.mkdir(parents=True, exist_ok=True)
-        writer = EnsembleWriter(path, theory=action.theory, couplings=action.couplings, shape=tuple(action.shape),
-                                field_shape=tuple(action.field_shape), sampler=s.name, seed=cfg.seed,
-                                replica=replica or 0, config_text=config_text, dtype=cfg.dtype, command=command)
-    elif writer.resume_message:
-        warn(writer.resume_message)
+    writer = gated_writer(gate, writer, path, action, cfg, s.name, replica, config_text, command)
     if gate is not None:
         gate.accepted()
     t0 = time.perf_counter()
