@@ -32,6 +32,8 @@ _GUARD_STALE_SECONDS = 60.0
 
 #: locks held by this process: real directory path -> [lock path, token, depth]
 _HELD: dict[str, list[Any]] = {}
+#: locks rank 0 of this MPI job holds, as seen by the other ranks: lock path -> token (an aborting rank removes them)
+_JOB: dict[str, str] = {}
 
 
 class DirectoryLockedError(OSError):
@@ -190,10 +192,14 @@ def _release(lock: Path, token: str) -> None:
 
 
 def release_held_locks() -> None:
-    """Release every lock this process holds (before ``MPI_Abort``, which skips ``finally`` blocks)."""
+    """Release every lock this process holds, and on other ranks of an MPI job the locks rank 0 holds for the
+    job (before ``MPI_Abort``, which skips ``finally`` blocks and would leave rank 0's lock behind)."""
     for key, (lock, token, _) in list(_HELD.items()):
         _release(lock, token)
         _HELD.pop(key, None)
+    for lock, token in list(_JOB.items()):
+        _release(Path(lock), token)
+        _JOB.pop(lock, None)
 
 
 def _missing_parents(directory: Path) -> list[Path]:
@@ -243,13 +249,17 @@ def directory_lock(directory: str | os.PathLike[str], command: str | None = None
         except OSError as err:
             _remove_created(created)
             failure, error = err, (isinstance(err, DirectoryLockedError), str(err))
+    shared = (str(_HELD[key][0]), _HELD[key][1]) if main and error is None else None
     if world is not None and world.distributed:
-        error = world.bcast(error)
+        error, shared = world.bcast((error, shared))
     if error is not None:  # every rank raises rank 0's refusal (rank 0 its own exception)
         err = failure or (DirectoryLockedError(error[1]) if error[0] else OSError(error[1]))
         if world is not None and world.distributed:
             err.collective_rank = 0  # type: ignore[attr-defined]
         raise err
+    joined = not main and shared is not None and shared[0] not in _JOB
+    if joined:
+        _JOB[shared[0]] = shared[1]
     ok = False
     try:
         yield directory
@@ -257,6 +267,8 @@ def directory_lock(directory: str | os.PathLike[str], command: str | None = None
     finally:
         if ok and world is not None and world.distributed:
             world.barrier()  # no rank is still writing when the lock goes
+        if joined:
+            _JOB.pop(shared[0], None)
         if main:
             held = _HELD.get(key)
             if held is not None:
