@@ -1,6 +1,7 @@
 """Run configuration: YAML → validated, typed dataclasses (keys of architecture.md).
 
-Every section but ``action`` has defaults; unknown keys are errors with a "did you mean" hint;
+The sections are the dataclasses of :mod:`latticeflow.config_schema`, the checks that span keys are in
+:mod:`latticeflow.config_checks`. Every section but ``action`` has defaults; unknown keys are errors with a "did you mean" hint;
 every error names the key and the value (``ConfigError("action.beta must be > 0, got -1.0")``).
 ``--set key.sub=value`` overrides are applied to the YAML tree before validation; values are parsed
 as YAML (``--set action.shape=[16,8]``).
@@ -11,11 +12,13 @@ import dataclasses
 import difflib
 import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .config_checks import validate
+from .config_schema import (SEED_MAX, ActionConfig, Config, ConfigError, OutputConfig, SamplerConfig, TrainConfig,
+                            build_action)
 
 __all__ = [
     "ConfigError", "ActionConfig", "SamplerConfig", "TrainConfig", "OutputConfig", "Config",
@@ -23,138 +26,9 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A config value or key is invalid; the message names the key and the value."""
-
-
-class _OpenKeys:
-    """Keys a registry entry adds to a section (a theory's couplings, a sampler's options), read as attributes
-    from the dict field named by ``_extra``."""
-
-    _extra = ""
-
-    def __getattr__(self, name: str) -> Any:
-        extra = self.__dict__.get(self._extra, {})
-        if name in extra:
-            return extra[name]
-        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
-
-
-@dataclass
-class ActionConfig(_OpenKeys):
-    """``action:`` — ``theory`` (any name in ``actions.THEORIES``), ``shape`` and the theory's couplings
-    (``phi4``: ``kappa``, ``lam`` or ``m2``, ``lam4``; ``u1``: ``beta``), which the theory validates.
-    Couplings read as attributes: ``cfg.action.beta``."""
-
-    theory: str
-    shape: list[int]
-    couplings: dict[str, Any] = field(default_factory=dict)
-    _extra = "couplings"
-
-
-@dataclass
-class SamplerConfig(_OpenKeys):
-    """``sampler:`` — ``hmc`` (``n_samples`` counts configurations over all chains, rounded up to whole sweeps)."""
-
-    name: str = "hmc"
-    n_samples: int = 10000
-    n_chains: int = 16
-    n_thermalize: int = 200
-    n_leapfrog: int = 10
-    step_size: float = 0.1
-    integrator: str = "leapfrog"
-    target_acceptance: float = 0.8
-    step_size_jitter: float = 0.2
-    save_every: int = 1
-    batch_size: int = 1024
-    reference_hmc: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    _extra = "options"
-
-
-@dataclass
-class TrainConfig:
-    """``train:`` — flow training (used by the flow trainers).
-
-    Budget: ``steps`` and, optionally, ``seconds`` of accumulated training wall time (resumes included);
-    training stops at whichever comes first. ``scheduler``: null | plateau | cosine (linear warm-up over
-    ``warmup_steps``, then cosine decay to the absolute learning rate ``lr_min`` at the end of the budget).
-    ``init``: a checkpoint (``latest.pt`` of ``latticeflow train``, or its run directory) whose flow weights
-    start the training (same architecture, any lattice size, coupling or β); a resume takes precedence.
-    ``validation`` (forward-KL / mixed training): a fraction in (0, 1) of ``data`` held out (the last
-    configurations, so the held-out block is the latest stretch of Markov time), or a second ensemble file;
-    its NLL −⟨log q⟩ and forward ESS go into metrics.csv every ``validate_every`` steps (a multiple of ``log_every``; default
-    ``log_every``). ``early_stopping``: keep the flow with the lowest validation NLL (``best.pt``; sampling
-    uses it) and, with ``patience``, stop after that many validations without a new best.
-    """
-
-    objective: str = "reverse_kl"
-    estimator: str = "fast_path"
-    forward_estimator: str | None = None
-    steps: int = 1000
-    seconds: float | None = None
-    batch_size: int = 256
-    lr: float = 1e-3
-    grad_clip: float | None = 1.0
-    scheduler: str | None = None
-    plateau_patience: int = 500
-    plateau_factor: float = 0.5
-    warmup_steps: int = 0
-    lr_min: float = 0.0
-    init: str | None = None
-    data: str | None = None
-    validation: float | str | None = None
-    validate_every: int | None = None
-    early_stopping: bool = False
-    patience: int | None = None
-    forward_weight: float = 0.5
-    reconstruction_weight: float = 10.0
-    max_bad_steps: int = 10
-    landing_tol: float | None = 1e-3
-    checkpoint_every: int = 100
-    log_every: int = 10
-
-
-@dataclass
-class OutputConfig:
-    """``output:`` — ``dir`` defaults to ``runs/<name>``."""
-
-    dir: str | None = None
-
-
-@dataclass
-class Config:
-    """A whole run: ``name`` (a plain directory name), ``seed`` (0 … 2³² − 1), ``device``, ``dtype``,
-    ``threads`` (torch's compute threads; null: as many as available cores, at most torch's default) and
-    the sections."""
-
-    action: ActionConfig
-    name: str = "latticeflow"
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-    dtype: str = "float64"
-    flow: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.output.dir if self.output.dir else os.path.join("runs", self.name))
-
-    @property
-    def torch_dtype(self):
-        import torch
-
-        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
-
-
 _SECTIONS = {"train": TrainConfig, "output": OutputConfig}
 _FREE_SECTIONS = ("flow",)
 _TOP = {f.name for f in dataclasses.fields(Config)}
-#: largest ``seed``: numpy's seed range; the samplers derive torch seeds from it (seed · 1000003 + rows)
-SEED_MAX = 2**32 - 1
 
 
 def _unknown(key: str, allowed: set[str], prefix: str) -> ConfigError:
@@ -274,123 +148,6 @@ def _sampler_section(data: Any) -> SamplerConfig:
     return s
 
 
-def _check_sampler_fits(cfg: Config) -> None:
-    """A chain sampler that cannot take the theory (the cluster sampler on U(1), or at κ <= 0) is refused at
-    load time, before anything is written."""
-    from .samplers import SAMPLERS
-
-    entry = SAMPLERS[cfg.sampler.name]
-    if entry.make is None:
-        return
-    try:
-        entry.make(build_action(cfg.action), cfg.sampler, None)
-    except ValueError as err:
-        msg = str(err)
-        raise ConfigError(msg if msg.startswith(("action.", "sampler.")) else f"sampler.name {cfg.sampler.name!r}: {msg}") from None
-
-
-def _check_memory(cfg: Config) -> None:
-    """Refuse, before anything is allocated or written, a lattice whose largest batch of configurations (the
-    chains of HMC, the batches of flow sampling and training) alone is larger than this machine's memory."""
-    from .resources import memory_problem
-    from .samplers import SAMPLERS
-
-    s = cfg.sampler
-    batches = [(s.n_chains, "sampler.n_chains")]
-    if SAMPLERS[s.name].needs_flow:
-        batches += [(s.batch_size, "sampler.batch_size"), (cfg.train.batch_size, "train.batch_size")]
-    problem = memory_problem(math.prod(build_action(cfg.action).field_shape), cfg.dtype, *max(batches))
-    if problem:
-        raise ConfigError(f"action.shape {list(cfg.action.shape)} does not fit in memory: {problem}")
-
-
-def _validate(cfg: Config) -> None:
-    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0"):
-        raise ConfigError(f"name must be a plain directory name (not empty, '.' or '..', no '/'), got {cfg.name!r}")
-    if not 0 <= cfg.seed <= SEED_MAX:
-        raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {cfg.seed!r}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads must be an integer >= 1 or null, got {cfg.threads!r}")
-    if cfg.dtype not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
-    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {cfg.device!r}")
-    s = cfg.sampler
-    for key in ("n_samples", "n_chains", "n_leapfrog", "save_every", "batch_size"):
-        if getattr(s, key) < 1:
-            raise ConfigError(f"sampler.{key} must be >= 1, got {getattr(s, key)}")
-    if not 0 <= s.step_size_jitter < 1:
-        raise ConfigError(f"sampler.step_size_jitter must be in [0, 1), got {s.step_size_jitter}")
-    if s.reference_hmc < 0:
-        raise ConfigError(f"sampler.reference_hmc must be >= 0, got {s.reference_hmc}")
-    if s.n_thermalize < 0:
-        raise ConfigError(f"sampler.n_thermalize must be >= 0, got {s.n_thermalize}")
-    if not s.step_size > 0:
-        raise ConfigError(f"sampler.step_size must be > 0, got {s.step_size}")
-    if s.integrator not in ("leapfrog", "omelyan"):
-        raise ConfigError(f"sampler.integrator must be 'leapfrog' or 'omelyan', got {s.integrator!r}")
-    if not 0 < s.target_acceptance < 1:
-        raise ConfigError(f"sampler.target_acceptance must be in (0, 1), got {s.target_acceptance}")
-    t = cfg.train
-    if t.objective not in ("reverse_kl", "forward_kl", "mixed"):
-        raise ConfigError(f"train.objective must be 'reverse_kl', 'forward_kl' or 'mixed', got {t.objective!r}")
-    allowed = ("standard", "path_inverse", "fast_path") if t.objective in ("reverse_kl", "mixed") else ("standard", "gdreg", "fast_path")
-    if t.estimator not in allowed:
-        raise ConfigError(f"train.estimator must be one of {', '.join(allowed)} for {t.objective}, got {t.estimator!r}")
-    if t.forward_estimator not in (None, "standard", "gdreg", "fast_path"):
-        raise ConfigError(f"train.forward_estimator must be one of standard, gdreg, fast_path, got {t.forward_estimator!r}")
-    if t.objective != "reverse_kl" and not t.data:
-        raise ConfigError(f"train.data (an HDF5 ensemble of target samples, or 'reference' for the run's HMC "
-                          f"reference ensemble) is required for objective {t.objective}")
-    if t.data == "reference" and cfg.sampler.reference_hmc < 1:
-        raise ConfigError("train.data is 'reference' but sampler.reference_hmc is 0 (no HMC reference ensemble)")
-    if t.scheduler not in (None, "plateau", "cosine"):
-        raise ConfigError(f"train.scheduler must be null, 'plateau' or 'cosine', got {t.scheduler!r}")
-    if t.seconds is not None and not t.seconds > 0:
-        raise ConfigError(f"train.seconds must be > 0, got {t.seconds}")
-    if t.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    if t.warmup_steps and t.scheduler != "cosine":
-        raise ConfigError(f"train.warmup_steps applies to train.scheduler 'cosine' only, got warmup_steps="
-                          f"{t.warmup_steps} with scheduler {t.scheduler!r}")
-    if isinstance(t.validation, float) and not 0 < t.validation < 1:
-        raise ConfigError(f"train.validation must be a fraction in (0, 1) of train.data or an ensemble file, "
-                          f"got {t.validation}")
-    if isinstance(t.validation, str) and not t.validation.strip():
-        raise ConfigError(f"train.validation must be a fraction in (0, 1) or an ensemble file, got {t.validation!r}")
-    if t.validation is not None and t.objective == "reverse_kl":
-        raise ConfigError("train.validation needs target samples: it applies to objective forward_kl or mixed")
-    if not isinstance(t.early_stopping, bool):
-        raise ConfigError(f"train.early_stopping must be true or false, got {t.early_stopping!r}")
-    if t.early_stopping and t.validation is None:
-        raise ConfigError("train.early_stopping needs train.validation (a held-out fraction or file)")
-    if t.validate_every is not None and t.log_every >= 1 and t.validate_every % t.log_every:
-        raise ConfigError(f"train.validate_every must be a multiple of train.log_every ({t.log_every}), "
-                          f"got {t.validate_every}")
-    for key in ("validate_every", "patience"):
-        if getattr(t, key) is not None and getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1 or null, got {getattr(t, key)}")
-    if t.init is not None and not t.init.strip():
-        raise ConfigError(f"train.init must be a checkpoint path or null, got {t.init!r}")
-    if not 0 <= t.forward_weight <= 1:
-        raise ConfigError(f"train.forward_weight must be in [0, 1], got {t.forward_weight}")
-    if not t.reconstruction_weight >= 0:
-        raise ConfigError(f"train.reconstruction_weight must be >= 0, got {t.reconstruction_weight}")
-    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "max_bad_steps", "plateau_patience"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.landing_tol is not None and not 0 <= t.landing_tol < 1:
-        raise ConfigError(f"train.landing_tol must be a number in [0, 1) or null, got {t.landing_tol}")
-    if not 0 < t.lr <= 1:
-        raise ConfigError(f"train.lr must be in (0, 1] (an Adam step size), got {t.lr:g}")
-    if not 0 <= t.lr_min <= t.lr:
-        raise ConfigError(f"train.lr_min must be in [0, train.lr = {t.lr:g}], got {t.lr_min}")
-    if t.scheduler == "cosine" and t.warmup_steps >= t.steps:
-        raise ConfigError(f"train.warmup_steps must be < train.steps ({t.steps}), got {t.warmup_steps}")
-    _check_memory(cfg)
-    _check_sampler_fits(cfg)
-
-
 def config_from_dict(data: Any) -> Config:
     """Validate a parsed YAML tree and return a :class:`Config`."""
     if not isinstance(data, dict):
@@ -421,7 +178,7 @@ def config_from_dict(data: Any) -> Config:
     cfg = Config(**kwargs)
     if cfg.flow.get("family") == "snf":
         _snf_defaults(cfg, data.get("train") or {})
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -489,13 +246,3 @@ def config_to_yaml(cfg: Config) -> str:
                       **{k: v for k, v in cfg.action.couplings.items() if v is not None}}
     data["sampler"].update(data["sampler"].pop("options"))
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def build_action(a: ActionConfig):
-    """The theory object of an ``action:`` section (``actions.build_theory``; e.g. ``actions.Phi4``)."""
-    from actions import build_theory
-
-    try:
-        return build_theory(a.theory, a.shape, a.couplings)
-    except ValueError as err:
-        raise ConfigError(f"action.{err}") from None
