@@ -31,7 +31,7 @@ import errno as _errno
 import math
 import os
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import h5py
@@ -41,7 +41,7 @@ from latticeflow.io._format import FORMAT_VERSION, LIBVER, open_h5_readonly
 from latticeflow.io.checksums import HISTORY, TABLE, crc_of, create_history, create_table
 from latticeflow.io.files import atomic_path, remove_stale
 
-__all__ = ["superblock_eoa", "file_is_clean", "rewrite_committed", "abandon", "confirm_on_disk", "io_error",
+__all__ = ["superblock_eoa", "file_is_clean", "rewrite_committed", "build_file", "abandon", "confirm_on_disk", "io_error",
            "IO_ERRORS"]
 
 #: What h5py raises for a failed read or write of the file.
@@ -102,19 +102,33 @@ def rewrite_committed(
     """
     path = os.path.abspath(os.fspath(path))
     remove_stale(path, "repair")  # left by a repair that was itself killed
+
+    def fill(dst: h5py.File) -> None:
+        with open_h5_readonly(path) as src:
+            _copy(src, dst, names, n_rows, new_attrs, upgrade)
+
+    build_file(path, "repair", fill, n_rows, "rewriting")
+
+
+def build_file(path: str | os.PathLike[str], tag: str, fill: Callable[[h5py.File], None], n_rows: int,
+               doing: str) -> None:
+    """Write a new HDF5 file at ``path`` atomically: ``fill(f)`` writes it under a temporary name (chunk cache off,
+    so a failed write fails where it happens), then it is flushed, confirmed on disk and renamed over ``path``.
+    On any failure the temporary handle is abandoned without another write and removed; a full disk or an I/O
+    error becomes one line (`io_error`, saying that ``path``'s ``n_rows`` committed rows are intact)."""
     try:
-        with atomic_path(path, "repair") as tmp, open_h5_readonly(path) as src:
-            dst = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
+        with atomic_path(path, tag) as tmp:
+            f = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
             try:
-                _copy(src, dst, names, n_rows, new_attrs, upgrade)
-                dst.flush()
-                confirm_on_disk(dst, tmp)
+                fill(f)
+                f.flush()
+                confirm_on_disk(f, tmp)
             except BaseException:
-                abandon(dst)
+                abandon(f)
                 raise
-            dst.close()
+            f.close()
     except IO_ERRORS as exc:
-        raise io_error(exc, path, n_rows, "rewriting") from exc
+        raise io_error(exc, path, n_rows, doing) from exc
 
 
 def _copy(src: h5py.File, dst: h5py.File, names: list[str], n_rows: int,

@@ -45,7 +45,7 @@ import h5py
 import numpy as np
 
 from latticeflow.io._arrays import as_shape, check_rows, to_numpy
-from latticeflow.io.files import atomic_path, remove_stale
+from latticeflow.io.files import remove_stale
 from latticeflow.io._format import (
     FORMAT_VERSION,
     LIBVER,
@@ -59,7 +59,8 @@ from latticeflow.io._format import (
     row_count,
 )
 from latticeflow.io._provenance import provenance
-from latticeflow.io._repair import IO_ERRORS, abandon, confirm_on_disk, file_is_clean, io_error, rewrite_committed
+from latticeflow.io._repair import (IO_ERRORS, abandon, build_file, confirm_on_disk, file_is_clean, io_error,
+                                    rewrite_committed)
 from latticeflow.io.checksums import HISTORY, TABLE, crc_of, create_history, create_table, read_table
 from latticeflow.io.verify import resume_plan, warn
 
@@ -152,19 +153,7 @@ class EnsembleWriter:
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"directory of ensemble file does not exist: {directory}")
         remove_stale(self.path, "create")
-        try:
-            with atomic_path(self.path, "create") as tmp:
-                f = h5py.File(tmp, "x", libver=LIBVER, rdcc_nbytes=0)
-                try:
-                    self._initial_attrs(f, seed, replica, config_text)
-                    f.flush()
-                    confirm_on_disk(f, tmp)
-                except BaseException:
-                    abandon(f)
-                    raise
-                f.close()
-        except IO_ERRORS as exc:
-            raise io_error(exc, self.path, 0, "creating") from exc
+        build_file(self.path, "create", lambda f: self._initial_attrs(f, seed, replica, config_text), 0, "creating")
 
     def _initial_attrs(self, f: h5py.File, seed: int, replica: int, config_text: str) -> None:
         f.attrs["format_version"] = np.int64(FORMAT_VERSION)
