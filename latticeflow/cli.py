@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set action.beta=2.0 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         _threads_option(p)
+        if name in ("train", "run"):
+            p.add_argument("--sizes", default=None, metavar="L1,L2,…",
+                           help="train over lattice sizes, the last the config's own, each from the previous one's "
+                                "weights; train.seconds counts them all (sets train.sizes)")
         if name in ("sample", "run"):
             p.add_argument("--checkpoint", default=None, help="trained flow (default <output.dir>/checkpoints/latest.pt)")
         if name == "run":
@@ -108,11 +112,24 @@ def _thresholds(args) -> dict[str, float]:
             "max_stuck_fraction": args.max_stuck, "pull_max": args.pull_max}
 
 
+def _overrides(args) -> list[str]:
+    """``--set`` overrides, and ``--sizes L1,L2,…`` as ``train.sizes``."""
+    sizes = getattr(args, "sizes", None)
+    if sizes is None:
+        return list(args.overrides)
+    from .config import ConfigError
+
+    parts = [p.strip() for p in str(sizes).split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--sizes must be comma-separated lattice extents such as 16,32, got {sizes!r}")
+    return [*args.overrides, f"train.sizes=[{', '.join(parts)}]"]
+
+
 def _cmd_sample(args, then_analyze: bool) -> int:
     from .config import load_config
     from .pipeline import run, sample
 
-    cfg, text = load_config(args.config, args.overrides)
+    cfg, text = load_config(args.config, _overrides(args))
     _configure_threads(args, cfg)
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
     if then_analyze:
@@ -161,7 +178,7 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .pipeline import train
 
-    cfg, text = load_config(args.config, args.overrides)
+    cfg, text = load_config(args.config, _overrides(args))
     _configure_threads(args, cfg)
     command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
     summary = train(cfg, text, progress=not args.no_progress, command=command)
@@ -169,6 +186,11 @@ def _cmd_train(args) -> int:
     print(f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}) in {summary['seconds']:.1f} s: "
           f"KL up to log Z {final.get('loss', float('nan')):.4f}, reverse ESS/N {final.get('reverse_ess', float('nan')):.3f}, "
           f"{summary['n_skipped']} skipped steps; checkpoint {summary['checkpoint']}")
+    for stage in summary.get("sizes", []):
+        print(f"  L = {stage['L']}: {stage['steps']} steps in {stage['wall_time']:.1f} s "
+              f"({stage['seconds_per_step']:.3f} s/step)" if stage["steps"] else f"  L = {stage['L']}: no steps")
+    if "wall_time_total" in summary:
+        print(f"  schedule over sizes: {summary['wall_time_total']:.1f} s of training in all")
     return 0
 
 

@@ -25,6 +25,34 @@ def _check_sampler_fits(cfg: Config) -> None:
         raise ConfigError(msg if msg.startswith(("action.", "sampler.")) else f"sampler.name {cfg.sampler.name!r}: {msg}") from None
 
 
+def _check_sizes(cfg: Config) -> None:
+    """``train.sizes`` / ``train.size_seconds``: increasing extents ending at the config's hypercubic lattice, a
+    ``train.seconds`` budget for the whole schedule and a positive share of it for every earlier stage."""
+    t = cfg.train
+    if t.sizes is None:
+        if t.size_seconds is not None:
+            raise ConfigError(f"train.size_seconds needs train.sizes, got size_seconds={t.size_seconds}")
+        return
+    sizes, shape = t.sizes, list(cfg.action.shape)
+    if not sizes or any(L < 2 for L in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise ConfigError(f"train.sizes must be increasing lattice extents >= 2, got {sizes}")
+    if len(set(shape)) != 1 or sizes[-1] != shape[0]:
+        raise ConfigError(f"train.sizes must end with the config's lattice extent (action.shape {shape}, "
+                          f"all extents equal), got {sizes}")
+    if len(sizes) > 1 and t.seconds is None:
+        raise ConfigError("train.sizes needs train.seconds, the budget of the whole schedule")
+    if t.size_seconds is not None:
+        ok = isinstance(t.size_seconds, (list, tuple)) and len(t.size_seconds) == len(sizes) - 1 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in t.size_seconds)
+        if not ok:
+            raise ConfigError(f"train.size_seconds must be {len(sizes) - 1} positive number(s), one per stage before "
+                              f"the last of train.sizes {sizes}, got {t.size_seconds!r}")
+        if sum(t.size_seconds) >= t.seconds:
+            raise ConfigError(f"train.size_seconds {list(t.size_seconds)} leave nothing of train.seconds = "
+                              f"{t.seconds:g} for the last size")
+
+
 def _check_memory(cfg: Config) -> None:
     """Refuse, before anything is allocated or written, a lattice whose largest batch of configurations (the
     chains of HMC, the batches of flow sampling and training) alone is larger than this machine's memory."""
@@ -124,5 +152,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr_min must be in [0, train.lr = {t.lr:g}], got {t.lr_min}")
     if t.scheduler == "cosine" and t.warmup_steps >= t.steps:
         raise ConfigError(f"train.warmup_steps must be < train.steps ({t.steps}), got {t.warmup_steps}")
+    _check_sizes(cfg)
     _check_memory(cfg)
     _check_sampler_fits(cfg)

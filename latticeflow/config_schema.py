@@ -78,6 +78,10 @@ class TrainConfig:
     its NLL −⟨log q⟩ and forward ESS go into metrics.csv every ``validate_every`` steps (a multiple of ``log_every``; default
     ``log_every``). ``early_stopping``: keep the flow with the lowest validation NLL (``best.pt``; sampling
     uses it) and, with ``patience``, stop after that many validations without a new best.
+    ``sizes`` (``latticeflow train --sizes 16,32``): a schedule over lattice extents L, the last being the config's
+    own (hypercubic) lattice; each stage trains the same flow and couplings on an L^d lattice from the previous
+    stage's weights, for ``size_seconds`` (one per earlier stage; default a quarter of ``seconds`` shared
+    equally), and ``seconds`` is the budget of the whole schedule (`latticeflow.pipeline.sizes`).
     """
 
     objective: str = "reverse_kl"
@@ -105,6 +109,8 @@ class TrainConfig:
     landing_tol: float | None = 1e-3
     checkpoint_every: int = 100
     log_every: int = 10
+    sizes: list[int] | None = None
+    size_seconds: list[float] | None = None
 
 
 @dataclass

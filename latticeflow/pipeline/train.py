@@ -9,7 +9,8 @@ run would have ended. ``train.seconds`` caps the accumulated training wall time 
 from the flow weights of another run of the same architecture, possibly at another lattice size,
 coupling or β (:func:`latticeflow.training.transfer_state`; optimiser, step and RNG start afresh). It
 applies only when the output directory has no checkpoint yet: a resume takes precedence. The summary
-records it as ``init_from``.
+records it as ``init_from``. ``train.sizes`` (``--sizes 16,32``) trains over a schedule of lattice sizes, each
+from the previous one's weights, every second counted in ``train.seconds`` (:mod:`latticeflow.pipeline.sizes`).
 
 The output directory is locked for the whole call (a second ``train`` or ``sample`` there is refused, see
 :mod:`latticeflow.io.lock`); every check that can refuse the run (``train.init``, the checkpoint to resume,
@@ -38,6 +39,7 @@ from ..io.lock import directory_lock
 from ..training import METRIC_FIELDS, ArchitectureMismatch, Trainer, transfer_state
 from .common import resolve_device
 from .rundir import WriteGate
+from .sizes import train_over_sizes
 
 
 __all__ = ["train", "build_trainer", "load_target_samples", "init_flow_from", "checkpoint_file"]
@@ -225,6 +227,8 @@ def train(cfg: Config, config_text: str = "", *, progress: bool = True, world: W
     """
     world = world or get_world()
     with directory_lock(cfg.output_dir, command, world):
+        if cfg.train.sizes is not None and len(cfg.train.sizes) > 1:  # a schedule over lattice sizes
+            return train_over_sizes(cfg, config_text, _train, progress=progress, world=world)
         return _train(cfg, config_text, progress=progress, world=world)
 
 

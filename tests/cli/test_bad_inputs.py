@@ -133,3 +133,10 @@ def test_set_into_an_empty_section_works(tmp_path):
     path = _write(tmp_path, "c.yaml", GOOD + "train:\n")
     cfg, _ = load_config(path, ["train.lr=1e-3"])
     assert cfg.train.lr == 1e-3
+
+
+@pytest.mark.parametrize("value, needles", [("4,x", ("--sizes must be comma-separated", "4,x")),
+                                            ("4,16", ("must end with the config's lattice extent", "[4, 16]"))])
+def test_sizes_flag_is_checked_before_anything_is_written(capsys, tmp_path, value, needles):
+    cfg = _write(tmp_path, "c.yaml", GOOD + "train: {seconds: 10}\n")
+    _refused(capsys, tmp_path, ["train", cfg, "--sizes", value], *needles)
