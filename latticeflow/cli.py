@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", default=None,
                    help="criticality: comma-separated lattice sizes L (default 16,32,64,128; --quick: 8,16)")
+    p.add_argument("--train-seconds", dest="train_seconds", default=None, metavar="S|L:S,…",
+                   help="criticality: the flow's training seconds at every L, or per L (16:300,32:1800); default --seconds")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     return parser
 

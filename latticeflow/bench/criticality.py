@@ -68,6 +68,31 @@ def _sizes(sizes: str | Iterable[int | str] | None, quick: bool, kappas: Mapping
     return out
 
 
+def _parse_train_seconds(text: str) -> float | dict[int, float]:
+    """``"600"`` (every L) or ``"16:300,32:1800"`` (per L; the others train for ``seconds``).
+
+    Example:
+        >>> _parse_train_seconds("16:300,32:1800")
+        {16: 300.0, 32: 1800.0}
+    """
+    try:
+        if ":" not in text:
+            return float(text)
+        return {int(L): float(v) for L, v in (item.split(":") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise ValueError(f"bench criticality: train_seconds must be S or L:S,L:S…, got {text!r}") from None
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """The peak memory so far: on CUDA the device's allocated peak (reset before each L's training), on the CPU
+    the process's peak resident set (``ru_maxrss``; with ascending L, the peak of the largest L trained so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def observables(x: torch.Tensor) -> torch.Tensor:
     """``(2, B)`` float64 on ``x``'s device: m = V⁻¹ Σ_x φ_x and F = V⁻¹ |Σ_x φ_x e^{ip·x}|² at the smallest
     non-zero momenta (the mean over the directions), per configuration of ``x: (B, L, …, L)``; no host sync."""
@@ -129,6 +154,8 @@ def _train_flow(action: Phi4, previous: torch.nn.Module | None, *, flow_config: 
     settings = dict(objective="reverse_kl", estimator="fast_path", batch_size=batch_size, lr=lr, grad_clip=1.0)
     t_warm = time.perf_counter()
     warm_up(build_flow(dict(flow_config), action).to(device=device, dtype=dtype), action, seed=seed + 12345, **settings)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     flow = build_flow(dict(flow_config), action).to(device=device, dtype=dtype)
@@ -149,6 +176,8 @@ def _train_flow(action: Phi4, previous: torch.nn.Module | None, *, flow_config: 
     wall = time.perf_counter() - t0
     info.update(train_seconds=wall, train_clock_seconds=trainer.wall_time, train_steps=trainer.step_count,
                 train_steps_per_s=trainer.step_count / trainer.wall_time if trainer.wall_time > 0 else None,
+                train_seconds_per_step=trainer.wall_time / trainer.step_count if trainer.step_count else None,
+                train_peak_memory_mb=_peak_memory_mb(device),
                 train_batch=batch_size, n_skipped=trainer.n_skipped, warm_up_seconds=t0 - t_warm)
     return flow, info
 
@@ -245,6 +274,8 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
     if n_chains < 2:
         raise ValueError(f"bench criticality: n_chains must be >= 2 (the chains are the Gamma method's replicas), "
                          f"got {n_chains}")
+    if isinstance(train_seconds, str):
+        train_seconds = _parse_train_seconds(train_seconds)
     budget = {L: float(train_seconds.get(L, seconds) if isinstance(train_seconds, Mapping)
                        else seconds if train_seconds is None else train_seconds) for L in chosen}
     if not all(b > 0 for b in budget.values()):
@@ -312,6 +343,10 @@ def format_criticality_table(result: dict[str, Any]) -> str:
                     + (f"; errors of {', '.join(a['errors_underestimated'])} underestimated" if a["errors_underestimated"]
                        else "") + "); cost "
                     + "; ".join(f"{k} {format_cell(v['value'], '.3g')} ({v['bound']})" for k, v in c.items()))
+        f = p["nmcmc"]
+        if f.get("train_seconds_per_step") is not None:
+            rows.append(f"{'':>4} flow training at L = {p['L']}: {f['train_steps']} steps of batch {f['train_batch']}, "
+                        f"{f['train_seconds_per_step']:.3g} s/step, peak memory {f['train_peak_memory_mb']:.0f} MB")
     notes = [f"{label}: cost ~ L^{format_cell(f['cost']['exponent'], '.2f')}"
              + ("" if f["cost"]["exponent_err"] is None else f" ± {f['cost']['exponent_err']:.2f}")
              + f", tau_int(chi2) ~ L^{format_cell(f['tau_int_chi2']['exponent'], '.2f')}"

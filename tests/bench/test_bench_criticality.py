@@ -56,6 +56,8 @@ def test_quick_criticality_is_strict_json_with_three_samplers_per_size(quick):
             assert p[key]["n_leapfrog"] * p[key]["step_size"] == pytest.approx(1.0, rel=0.5)  # trajectory ≈ 1
         nm = p["nmcmc"]
         assert 0 < nm["reverse_ess"] <= 1 and nm["train_steps"] >= 1 and nm["error"] is None
+        assert nm["train_seconds_per_step"] == pytest.approx(nm["train_clock_seconds"] / nm["train_steps"])
+        assert nm["train_peak_memory_mb"] > 0  # time and memory per step at every L
         assert nm["train_seconds"] >= nm["train_clock_seconds"] >= result["train_seconds"][str(p["L"])]
         assert set(p["agreement"]["pulls"]) == {"chi2", "abs_m"} and len(p["agreement"]["pulls"]["chi2"]) == 3
         assert p["agreement"]["agree"] == (p["agreement"]["max_abs_pull"] <= 4)
@@ -88,6 +90,9 @@ def test_sizes_are_validated():
         run_criticality_bench(sizes="8,x", quick=True, plot=None)
     with pytest.raises(ValueError, match="n_chains must be >= 2"):
         run_criticality_bench(sizes=[8], quick=True, n_chains=1, plot=None)
+    with pytest.raises(ValueError, match="train_seconds must be S or L:S"):
+        run_criticality_bench(sizes=[8], quick=True, train_seconds="8:x", plot=None)
+    assert crit._parse_train_seconds("60") == 60.0
     assert crit._sizes(" 32, 16,16 ", False, KAPPAS) == [16, 32] and crit._sizes(None, False, KAPPAS) == [16, 32, 64, 128]
 
 
@@ -117,6 +122,8 @@ def test_shipped_configs_are_the_kappa_line():
 def test_cli_passes_sizes(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(crit, "run_criticality_bench", lambda **kw: seen.update(kw) or {"benchmark": "criticality"})
-    assert main(["bench", "criticality", "--sizes", "16,32", "--seconds", "5", "--device", "cpu", "--json"]) == 0
+    assert main(["bench", "criticality", "--sizes", "16,32", "--seconds", "5", "--device", "cpu", "--json",
+                 "--train-seconds", "16:300,32:1800"]) == 0
     assert seen["sizes"] == "16,32" and seen["seconds"] == 5.0 and seen["device"] == "cpu"
+    assert seen["train_seconds"] == "16:300,32:1800"
     assert json.loads(capsys.readouterr().out) == {"benchmark": "criticality"}
