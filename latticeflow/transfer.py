@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ArchitectureMismatch", "transfer_state"]
+__all__ = ["ArchitectureMismatch", "transfer_state", "resample_momentum"]
 
 
 class ArchitectureMismatch(ValueError):
@@ -14,10 +14,36 @@ def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 
 
+def resample_momentum(a: torch.Tensor, lattice: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """A function on the periodic momentum grid p_μ = 2πn_μ/L_μ (the last d = len(``lattice``) axes of ``a``, in FFT
+    order) resampled onto the grid of ``lattice``: linear interpolation along each axis on the torus, so an old
+    grid point that is also a new one keeps its value exactly (L → 2L: every other point).
+
+    Example:
+        >>> a = torch.tensor([0.0, 1.0, 2.0, 1.0])  # L = 4: p = 0, π/2, π, 3π/2
+        >>> resample_momentum(a, [8]).tolist()
+        [0.0, 0.5, 1.0, 1.5, 2.0, 1.5, 1.0, 0.5]
+    """
+    d = len(lattice)
+    out = a
+    for axis, n_new in zip(range(a.dim() - d, a.dim()), lattice):
+        n_old = out.shape[axis]
+        f = torch.arange(n_new, dtype=torch.float64, device=a.device) * (n_old / n_new)
+        i0 = torch.floor(f)
+        w = (f - i0).to(out.dtype)
+        i0 = i0.long() % n_old
+        i1 = (i0 + 1) % n_old
+        shape = [1] * out.dim()
+        shape[axis] = n_new
+        w = w.view(shape)
+        out = out.index_select(axis, i0) * (1 - w) + out.index_select(axis, i1) * w
+    return out
+
+
 def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
                    lattice: tuple[int, ...] | list[int] | None = None,
                    source_lattice: tuple[int, ...] | list[int] | None = None,
-                   keep: tuple[type, ...] = ()) -> list[str]:
+                   keep: tuple[type, ...] = (), source_init: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Load the flow weights ``state_dict`` of a flow of the same architecture, trained on a lattice of
     possibly another size (or coupling, or β), into ``flow``; returns the keys not copied as they were.
 
@@ -90,7 +116,12 @@ def transfer_state(flow: torch.nn.Module, state_dict: dict[str, torch.Tensor],
         if key not in parameters:
             merged[key] = new  # a lattice-dependent buffer: the new flow's own
         elif lead_agrees and key in momentum:
-            merged[key] = new  # a momentum-space parameter: the new flow's initialisation
+            merged[key] = new  # a momentum-space parameter: the new flow's initialisation (+ the learned correction)
+            init = None if source_init is None else source_init.get(key)
+            if init is not None and init.shape == old.shape and tuple(new.shape[new.dim() - d:]) == lattice:
+                learned = (old.to(device=new.device, dtype=torch.float64)
+                           - torch.as_tensor(init).to(device=new.device, dtype=torch.float64))
+                merged[key] = new + resample_momentum(learned, lattice).to(new.dtype)
         elif lead_agrees and tuple(new.shape[new.dim() - d:]) == lattice and new.is_floating_point():
             dims = tuple(range(new.dim() - d, new.dim()))
             mean = old.to(device=new.device, dtype=new.dtype).mean(dim=dims, keepdim=True)

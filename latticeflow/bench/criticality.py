@@ -145,10 +145,11 @@ def _run_chains(name: str, action: Phi4, *, seconds: float, n_chains: int, n_the
             "thermalize_seconds": run["thermalize_seconds"], "cpu_seconds": run["cpu_seconds"]}
 
 
-def _train_flow(action: Phi4, previous: torch.nn.Module | None, *, flow_config: Mapping[str, Any], seconds: float,
+def _train_flow(action: Phi4, previous: tuple[torch.nn.Module, Phi4] | None, *, flow_config: Mapping[str, Any], seconds: float,
                 batch_size: int, lr: float, seed: int, dtype: torch.dtype, device: torch.device
                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the flow, load ``previous``'s weights (`transfer_state`, as ``train.init`` does), train it by reverse KL
+    """Build the flow, load the weights of ``previous`` = (flow, its action) (`transfer_state`, as ``train.init`` does,
+    the learned Fourier correction interpolated to the new lattice), train it by reverse KL
     (fast path, cosine schedule) for ``seconds`` of training time; the wall time of all of it is returned, but for
     one untimed step on a copy first (`warm_up`: lazy initialisations, as ``bench quality`` does)."""
     settings = dict(objective="reverse_kl", estimator="fast_path", batch_size=batch_size, lr=lr, grad_clip=1.0)
@@ -162,9 +163,12 @@ def _train_flow(action: Phi4, previous: torch.nn.Module | None, *, flow_config: 
     info: dict[str, Any] = {"transferred_from": None, "transfer_error": None, "error": None,
                             "n_parameters": sum(p.numel() for p in flow.parameters() if p.requires_grad)}
     if previous is not None:
+        previous, previous_action = previous
         try:
+            with torch.random.fork_rng(devices=[]):  # the source's fresh start (its Fourier init), RNG untouched
+                source_init = build_flow(dict(flow_config), previous_action).state_dict()
             transfer_state(flow, previous.state_dict(), lattice=tuple(action.shape),
-                           source_lattice=tuple(previous.field_shape))
+                           source_lattice=tuple(previous.field_shape), source_init=source_init)
             info["transferred_from"] = list(previous.field_shape)
         except ArchitectureMismatch as err:  # trained from scratch, said so
             info["transfer_error"] = str(err)
@@ -306,7 +310,7 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
         trained = (trained if info["transferred_from"] else 0.0) + info["train_seconds"]
         report("nmcmc", {**_run_nmcmc(flow_l, action, seconds=seconds, n_chains=n_chains, seed=seed, device=device,
                                       max_proposals=st["max_proposals"], train_seconds=trained), **info})
-        previous = flow_l
+        previous = (flow_l, action)
         point.update(agreement=_agreement(point),
                      cost_ratio={f"{a}/{b}": _ratio(point[a], point[b]) for a, b in RATIOS})
         out["points"].append(point)

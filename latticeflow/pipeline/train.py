@@ -126,6 +126,22 @@ def _source_couplings(state: dict) -> dict[str, float] | None:
     return out or None
 
 
+def _source_init(state: dict, action) -> dict | None:
+    """The state dict of the checkpoint's flow freshly built on its own lattice and couplings (so that `transfer_state`
+    carries the learned part of momentum-space parameters to another lattice size), or None where the checkpoint
+    does not say them or they do not build."""
+    lattice, couplings, flow_config = _source_lattice(state), _source_couplings(state), state.get("config_flow")
+    if lattice is None or couplings is None or not isinstance(flow_config, dict) or list(lattice) == list(action.shape):
+        return None
+    from actions import build_theory
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the fresh flow's random weights are not used: leave the RNG as it was
+            return build_flow(dict(flow_config), build_theory(action.theory, lattice, couplings)).state_dict()
+    except Exception:  # noqa: BLE001 - an old or foreign checkpoint: the momentum parameters start afresh
+        return None
+
+
 def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, list[str]]:
     """Load the flow weights of the checkpoint ``path`` (``train.init``; a run directory means its
     ``checkpoints/latest.pt``) into ``flow``, adapting lattice-dependent tensors (`transfer_state`). A
@@ -151,7 +167,7 @@ def init_flow_from(flow, path: str, action, map_location="cpu") -> tuple[str, li
     keep = (PlaquetteMarginal,) if _source_couplings(state) not in (None, dict(action.couplings)) else ()
     try:
         adapted = transfer_state(flow, state["flow"], lattice=tuple(action.shape), source_lattice=_source_lattice(state),
-                                 keep=keep)
+                                 keep=keep, source_init=_source_init(state, action))
     except ArchitectureMismatch as err:
         raise ConfigError(f"train.init {file}: {err}") from None
     return str(file), adapted

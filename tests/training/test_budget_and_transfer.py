@@ -211,6 +211,34 @@ def test_fourier_log_scales_keep_the_new_actions_initialisation():
     assert key not in adapted and torch.equal(new.state_dict()[key], old.state_dict()[key])
 
 
+def test_fourier_learned_correction_carries_over_interpolated_in_momentum():
+    """With ``source_init`` (the flow freshly built on the source lattice) the learned part of a(p) carries over:
+    a constant shift exactly, a smooth correction interpolated with the old grid points kept exactly (L → 2L)."""
+    from latticeflow.pipeline.train import _source_init
+    from latticeflow.transfer import resample_momentum
+
+    config = {"family": "spline", "n_layers": 2, "hidden": [4], "vacua": False}
+    small, large = Phi4((4, 4), kappa=0.3, lam=0.5), Phi4((8, 8), kappa=0.3, lam=0.5)
+    old = build_flow(config, small)
+    init_old = {k: v.clone() for k, v in old.state_dict().items()}
+    p = 2 * torch.pi * torch.arange(4, dtype=torch.float64) / 4
+    correction = 0.3 + 0.1 * torch.cos(p)[:, None] * torch.cos(p)[None, :]
+    with torch.no_grad():
+        old.layers[0].raw += correction.to(old.layers[0].raw.dtype)
+    new = build_flow(config, large)
+    own = new.layers[0].raw.detach().clone()
+    transfer_state(new, old.state_dict(), lattice=(8, 8), source_init=init_old)
+    learned = new.layers[0].raw.detach().double() - own.double()
+    assert torch.allclose(learned[::2, ::2], correction, atol=1e-6)  # the old momenta keep their correction
+    assert torch.allclose(learned, resample_momentum(correction, (8, 8)), atol=1e-6)
+    assert learned[1, 0] == pytest.approx(0.3 + 0.1 * 0.5 * (1 + 0), abs=1e-6)  # halfway between p0 = 0 and π/2
+    # the pipeline builds source_init from what a checkpoint says about its lattice, couplings and flow
+    state = {"config": "action: {theory: phi4, shape: [4, 4], kappa: 0.3, lam: 0.5}\n", "config_flow": config}
+    fresh = _source_init(state, large)
+    assert torch.equal(fresh["layers.0.raw"], init_old["layers.0.raw"])
+    assert _source_init({"config": "", "config_flow": config}, large) is None  # unknown source: a(p) starts afresh
+
+
 @pytest.mark.parametrize("other,message", [
     ({**SMALL_FLOW, "hidden": [8]},
      "another architecture (first differing key 'layers.0.net.net.net.0.weight': shape [4, 1, 3, 3] vs [8, 1, 3, 3])"),
