@@ -43,7 +43,7 @@ RATIOS = (("hmc", "nmcmc"), ("cluster", "nmcmc"), ("hmc", "cluster"))  # cost ra
 #: broken-phase mixture between L = 16 and 32 on this line, another architecture)
 DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False}
 SETTINGS = {"seconds": 120.0, "n_chains": 16, "n_thermalize": 300, "max_proposals": 4096, "lr": 1e-3,
-            "train_batch": {8: 128, 16: 128, 32: 64, 64: 64, 128: 64}}
+            "train_batch": {8: 128, 16: 64, 32: 64, 64: 32, 128: 16}}
 QUICK_SETTINGS = {"seconds": 1.0, "n_chains": 8, "n_thermalize": 40, "max_proposals": 256, "lr": 1e-3,
                   "train_batch": {8: 32, 16: 32, 32: 32, 64: 32, 128: 32}}
 MIN_TAU_PER_CHAIN = 50.0
