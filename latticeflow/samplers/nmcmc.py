@@ -24,10 +24,9 @@ from .flow import flow_batches
 __all__ = ["ChainState", "NMCMCBatch", "NMCMCChainsBatch", "metropolize", "metropolize_chains", "nmcmc_batches",
            "nmcmc_chains"]
 
-#: steps per block of the blocked scan (`_steps`): 2–4 tensor operations per step and level, depth log_8 K
+#: steps per block of the blocked scan (`_steps`): 2–6 tensor operations per step and level, depth log_8 K
 BLOCK = 8
 _INF = math.inf
-_NONE = torch.iinfo(torch.int32).min  # "no acceptance yet" in a block (below every index)
 _SERIAL = 16384  # numbers per tensor operation below torch's intra-op grain (32768)
 
 
@@ -56,25 +55,17 @@ class NMCMCBatch:
     mc_index: np.ndarray
 
 
-def _threshold_pass(v: torch.Tensor, tau: torch.Tensor, entry: torch.Tensor, record: bool) -> tuple[torch.Tensor, ...]:
-    """The threshold chain s ← v_t if s < τ_t along dim 1 of ``v``, ``tau`` (N, B, C), all N·C rows at once, from
-    ``entry`` (N, C). Returns the state after the last step and the max of τ over the steps (N, C), and with
-    ``record`` also the state and the max of τ over the earlier steps before each step (N, B, C)."""
-    s, top, before, seen = entry, torch.full_like(entry, -_INF), [], []
-    for v_t, tau_t in zip(v.unbind(1), tau.unbind(1)):
-        if record:
-            before.append(s)
-            seen.append(top)
-        top = torch.maximum(top, tau_t)
-        s = torch.where(s < tau_t, v_t, s)
-    return (s, top, torch.stack(before, 1), torch.stack(seen, 1)) if record else (s, top)
-
-
 def _blocks(x: torch.Tensor, nb: int, block: int, fill: float) -> torch.Tensor:
     """(K, C) time-major → (nb, block, C) (a view unless padded at the end with ``fill``)."""
     if nb * block != x.shape[0]:
         x = F.pad(x, (0, 0, 0, nb * block - x.shape[0]), value=fill)
     return x.view(nb, block, x.shape[1])
+
+
+def _select(bits: torch.Tensor, new: torch.Tensor, take: torch.Tensor, scratch: torch.Tensor) -> None:
+    """``bits`` ← ``new`` where ``take``, in place on the int64 bit patterns of float64 states: bit for bit, and
+    without the data-dependent branches of `torch.where` (which mispredict on random decisions)."""
+    bits.bitwise_xor_(torch.mul(torch.bitwise_xor(bits, new, out=scratch), take, out=scratch))
 
 
 def _entries(v: torch.Tensor, tau: torch.Tensor, entry: torch.Tensor, block: int) -> torch.Tensor:
@@ -90,46 +81,64 @@ def _entries(v: torch.Tensor, tau: torch.Tensor, entry: torch.Tensor, block: int
     the run from −∞ (coupled); otherwise it is still in e.
     """
     k, c = v.shape
+    out = torch.empty_like(v)
     if k <= block:
-        return _threshold_pass(v.view(1, k, c), tau.view(1, k, c), entry.view(1, c), record=True)[2].view(k, c)
+        outs = out.unbind(0)
+        s = outs[0].copy_(entry)
+        for v_t, tau_t, o in zip(v.unbind(0), tau.unbind(0), outs[1:]):
+            s = torch.where(s < tau_t, v_t, s, out=o)
+        return out
     nb = -(-k // block)
-    v_end, top, low, seen = _threshold_pass(_blocks(v, nb, block, -_INF), _blocks(tau, nb, block, -_INF),
-                                            v.new_full((nb, c), -_INF), record=True)
-    e = _entries(v_end, top, entry, block).view(nb, 1, c)
-    return torch.where(e < seen, low, e).view(nb * block, c)[:k]
+    v, tau = _blocks(v, nb, block, -_INF), _blocks(tau, nb, block, -_INF)
+    low, seen = torch.empty_like(v), torch.empty_like(v)  # from −∞: the state, and the max of τ, before each step
+    lows, seens, vs, taus = low.unbind(1), seen.unbind(1), v.unbind(1), tau.unbind(1)
+    s, top = lows[0].fill_(-_INF), seens[0].fill_(-_INF)
+    for v_t, tau_t, low_t, seen_t in zip(vs, taus, lows[1:], seens[1:]):
+        s = torch.where(s < tau_t, v_t, s, out=low_t)
+        top = torch.maximum(top, tau_t, out=seen_t)
+    e = _entries(torch.where(s < taus[-1], vs[-1], s), torch.maximum(top, taus[-1]), entry, block).view(nb, 1, c)
+    out = out.view(nb, block, c) if nb * block == k else torch.empty_like(v)
+    return torch.where(e < seen, low, e, out=out).view(nb * block, c)[:k]
 
 
 def _first_pass(lw: torch.Tensor, lu: torch.Tensor, sanitize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_threshold_pass` from −∞ without recording, τ = log w − log u computed step by step (NaN only where
-    log w is NaN or both are −∞: with ``sanitize`` −∞, never taken; otherwise left to spoil the block's max,
-    which the check in `_steps` then reports)."""
-    s, top = torch.full_like(lw[:, 0], -_INF), None
-    for lw_t, lu_t in zip(lw.unbind(1), lu.unbind(1)):
-        tau_t = lw_t - lu_t
+    """The chains s ← log w_t if s < τ_t = log w_t − log u_t along dim 1 of (N, B, C), from −∞ in every block,
+    all N·C at once. Returns the last states and the max of τ (N, C). τ is NaN only where log w is NaN or both
+    are −∞: with ``sanitize`` −∞, never taken; otherwise left to spoil the block's max, which the check in
+    `_steps` then reports."""
+    n, _, c = lw.shape
+    s = lw.new_full((n, c), -_INF)
+    top, tau = torch.empty_like(s), torch.empty_like(s)
+    bits, scratch = s.view(torch.int64), torch.empty((n, c), dtype=torch.int64, device=s.device)
+    take = torch.empty((n, c), dtype=torch.bool, device=s.device)
+    for t, (lw_t, bits_t, lu_t) in enumerate(zip(lw.unbind(1), lw.view(torch.int64).unbind(1), lu.unbind(1))):
+        tau_t = torch.sub(lw_t, lu_t, out=tau if t else top)
         if sanitize:
-            tau_t = torch.nan_to_num(tau_t, nan=-_INF, posinf=_INF, neginf=-_INF)
-        top = tau_t if top is None else torch.maximum(top, tau_t)
-        s = torch.where(s < tau_t, lw_t, s)
+            torch.nan_to_num(tau_t, nan=-_INF, posinf=_INF, neginf=-_INF, out=tau_t)
+        if t:
+            torch.maximum(top, tau_t, out=top)
+        _select(bits, bits_t, torch.lt(s, tau_t, out=take), scratch)
     return s, top
 
 
-def _exact_pass(lw: torch.Tensor, lu: torch.Tensor, ids: torch.Tensor, entry: torch.Tensor, fresh_rule: bool
-                ) -> tuple[torch.Tensor, ...]:
+def _exact_pass(lw: torch.Tensor, lu: torch.Tensor, entry: torch.Tensor, fresh_rule: bool, accepted: torch.Tensor,
+                index: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The sequential chain's rule along dim 1 of (N, B, C) from ``entry`` (N, C): accept iff
     log u < log w' − log w (with ``fresh_rule`` also where log w = −∞ and log w' > −∞, which only matters
-    where log u is NaN or +∞). ``ids`` (N, B, 1): the proposals' indices. Returns the index of the state after
-    each step (`_NONE` while still in the entry) and the decisions (N, B, C), and the state and index after the
-    last step (N, C)."""
-    s, si = entry, torch.full(entry.shape, _NONE, dtype=ids.dtype, device=entry.device)
-    index, accepted = [], []
-    for lw_t, lu_t, id_t in zip(lw.unbind(1), lu.unbind(1), ids.unbind(1)):
-        take = lu_t < lw_t - s
+    where log u is NaN or +∞). Writes the decisions into ``accepted`` and, into ``index`` (N, B, C), the largest
+    of ``ids`` (N, C, ≥ 1; + t at step t) over the steps taken so far in the block (0: none). Returns the state
+    and that largest id after the last step (N, C)."""
+    s = entry.expand(ids.shape).clone()
+    bits, scratch = s.view(torch.int64), torch.empty(ids.shape, dtype=torch.int64, device=s.device)
+    d, z, last = torch.empty_like(s), torch.empty_like(ids), torch.zeros_like(ids)
+    for t, (lw_t, bits_t, lu_t, acc_t, index_t) in enumerate(zip(lw.unbind(1), lw.view(torch.int64).unbind(1),
+                                                                 lu.unbind(1), accepted.unbind(1), index.unbind(1))):
+        take = torch.lt(lu_t, torch.sub(lw_t, s, out=d), out=acc_t)
         if fresh_rule:
-            take = take | ((s == -_INF) & (lw_t > -_INF))
-        s, si = torch.where(take, lw_t, s), torch.where(take, id_t, si)
-        index.append(si)
-        accepted.append(take)
-    return torch.stack(index, 1), torch.stack(accepted, 1), s, si
+            torch.logical_or(take, (s == -_INF) & (lw_t > -_INF), out=acc_t)
+        _select(bits, bits_t, take, scratch)
+        last = torch.maximum(last, torch.mul(torch.add(ids, t, out=z), take, out=z), out=index_t)
+    return s, last
 
 
 def _steps(log_weight: torch.Tensor, log_u: torch.Tensor, current: torch.Tensor, current_run: torch.Tensor,
@@ -148,34 +157,44 @@ def _steps(log_weight: torch.Tensor, log_u: torch.Tensor, current: torch.Tensor,
     from the blocked scan (`_entries`) on thresholds, s < τ' = log w' − log u, which can differ from the exact
     rule by rounding where log w' − log w − log u is within an ulp of 0. The blocks then run the exact rule from
     those entries (`_exact_pass`), and each block's last state must be the next block's entry, bit for bit: by
-    induction over the blocks, the states and decisions are then the sequential chain's.
+    induction over the blocks, the states and decisions are then the sequential chain's. The states are selected
+    on their bit patterns (`_select`) and the index of each state is the running max of the ids of the steps
+    taken, as integers ≥ 1 (step + 1 + the chain's current run), so the state before the batch is 0.
     """
     k, c = log_weight.shape
-    ok = torch.ones((), dtype=torch.bool, device=log_weight.device)
-    before_batch = (-1 - current_run).to(torch.int32)  # the state before the batch, so that run = step − index
+    dev = log_weight.device
+    ok = torch.ones((), dtype=torch.bool, device=dev)
+    run = current_run.to(torch.int32)
     if k == 0:
-        return (torch.zeros((0, c), dtype=torch.int32, device=log_weight.device),
-                torch.zeros((0, c), dtype=torch.bool, device=log_weight.device), -1 - before_batch,
-                torch.zeros_like(before_batch), ok)
+        return (torch.zeros((0, c), dtype=torch.int32, device=dev), torch.zeros((0, c), dtype=torch.bool, device=dev),
+                run, torch.zeros_like(run), ok)
     nb = -(-k // block)
     block = k if nb == 1 else block
     lw, lu = _blocks(log_weight, nb, block, -_INF), _blocks(log_u, nb, block, 0.0)
-    # padded steps (never taken) count as the last one, so that they add nothing to a rejection run
-    ids = torch.arange(nb * block, dtype=torch.int32, device=lw.device).clamp_max(k - 1).view(nb, block, 1)
     e = current.view(1, c)
     if nb > 1:
         e = _entries(*_first_pass(lw, lu, sanitize), current, block)
-    index, accepted, last, last_id = _exact_pass(lw, lu, ids, e, fresh_rule)
+    off = run + 1  # step j is the integer j + off; the state before the batch (step −1 − run) is 0
+    ids = torch.arange(0, nb * block, block, dtype=torch.int32, device=dev).view(nb, 1) + off
+    accepted = torch.empty((nb, block, c), dtype=torch.bool, device=dev)
+    index = torch.empty((nb, block, c), dtype=torch.int32, device=dev)
+    last, last_id = _exact_pass(lw, lu, e, fresh_rule, accepted, index, ids)
+    # before its first step taken a block is in the state of the last step taken before it (or before the batch)
+    entry = torch.zeros_like(ids)
     if nb > 1:
         ok = (last[:-1].view(torch.int64) == e[1:].view(torch.int64)).all()
-    # before its first acceptance a block is in the state of the last acceptance before it
-    entry_id = torch.cat([before_batch.view(1, c), torch.maximum(last_id, before_batch).cummax(0).values[:-1]])
+        entry[1:] = last_id[:-1].cummax(0).values
+    steps = torch.arange(block, dtype=torch.int32, device=dev).view(block, 1)
     rows = max(1, _SERIAL // (block * c))
-    longest = before_batch.new_zeros(c)
-    for i in range(0, nb, rows):
-        part = index[i:i + rows]
-        torch.maximum(part, entry_id[i:i + rows, None], out=part)
-        longest = torch.maximum(longest, (ids[i:i + rows] - part).view(-1, c).amax(0))
+    longest, chunks = None, zip(index.split(rows), ids.view(nb, 1, c).split(rows), entry.view(nb, 1, c).split(rows))
+    for i, (part, first, before) in enumerate(chunks):
+        torch.maximum(part, before, out=part)
+        step = first + steps
+        if (i + 1) * rows >= nb and nb * block != k:  # padded steps count as the last one: no run grows there
+            torch.minimum(step, off + (k - 1), out=step)
+        run_part = torch.sub(step, part, out=step).amax((0, 1))
+        longest = run_part if longest is None else torch.maximum(longest, run_part)
+        part -= off
     index = index.view(nb * block, c)[:k]
     return index, accepted.view(nb * block, c)[:k], k - 1 - index[-1], longest, ok
 
