@@ -2,7 +2,8 @@
 
 This package imports torch, numpy and scipy only (never ``latticeflow``); one file per theory, each
 registered in `THEORIES` below (a new theory is its file plus one line here): `phi4` (φ⁴ theory in any
-dimension; its Gaussian variational start in `phi4_variational`), `u1` (2D U(1) gauge theory); `gmm` (Gaussian-mixture toy targets), `exact` (free field and 2D U(1)
+dimension; its Gaussian variational start in `phi4_variational`), `u1` (2D U(1) gauge theory), `schwinger`
+(2D U(1) with two Wilson fermions; the Dirac operator in `dirac`); `gmm` (Gaussian-mixture toy targets), `exact` (free field and 2D U(1)
 on the torus), `lattice` (geometry), `theory` (what every theory offers the machinery).
 
 Example:
@@ -17,16 +18,18 @@ from typing import Any
 
 from .gmm import GaussianMixture, ProductMixture
 from .phi4 import Phi4
+from .schwinger import Schwinger
 from .theory import TableRow, Theory
 from .u1 import U1Gauge
 
-__all__ = ["Phi4", "U1Gauge", "GaussianMixture", "ProductMixture", "Theory", "TableRow", "THEORIES",
+__all__ = ["Phi4", "U1Gauge", "Schwinger", "GaussianMixture", "ProductMixture", "Theory", "TableRow", "THEORIES",
            "build_theory"]
 
 #: the registry: ``action.theory`` of a config → its class
 THEORIES: dict[str, type[Theory]] = {
     "phi4": Phi4,
     "u1": U1Gauge,
+    "schwinger": Schwinger,
 }
 
 

@@ -207,8 +207,9 @@ def _correlators(theory, ens, keys: set, chain, mc_index, st: _Stats, extra: dic
             exact_g = float(g_exact[(t, *origin)]) if g_exact is not None else None
             correlator.append({"t": t, **res.as_dict(), "exact": exact_g})
         extra["two_point_G_t0"] = correlator
-    if "observables/zero_momentum_correlator" in keys:
-        c_rows = _replicas(ens, "observables/zero_momentum_correlator", chain, mc_index)
+    name = "observables/" + getattr(theory, "correlator_observable", "zero_momentum_correlator")
+    if name in keys:
+        c_rows = _replicas(ens, name, chain, mc_index)
         m_eff = []
         for t in range(1, L0 // 2):
             data = [[r[:, t - 1] for r in c_rows], [r[:, t] for r in c_rows], [r[:, t + 1] for r in c_rows]]

@@ -40,9 +40,10 @@ def _plot_histogram(result: EnsembleAnalysis, ens, plots: Path, key: str, refere
             hr = reference.extra["charge_histogram"]
             cr = np.asarray(hr["count"], dtype=float)
             ax.step(hr["Q"], cr / cr.sum(), where="mid", color="C3", label="HMC")
-        eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
-        keep = ep > 1e-5 * ep.max()
-        ax.plot(eq[keep], ep[keep], "k.--", label="exact")
+        if "exact_P" in h:  # pure gauge theory: the exact P(Q) on the torus
+            eq, ep = np.asarray(h["exact_Q"]), np.asarray(h["exact_P"])
+            keep = ep > 1e-5 * ep.max()
+            ax.plot(eq[keep], ep[keep], "k.--", label="exact")
         ax.set_xlabel("topological charge Q"); ax.set_ylabel("P(Q)")
         name = "topology_histogram.png"
     else:

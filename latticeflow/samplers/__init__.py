@@ -1,5 +1,5 @@
 """Samplers, one file each, registered in `SAMPLERS` (a new sampler is its file plus one line here):
-HMC (baseline and forward-KL training data), i.i.d. flow samples with importance weights, neural MCMC
+HMC (baseline and forward-KL training data; pseudofermion HMC in `pf_hmc` for theories with fermions), i.i.d. flow samples with importance weights, neural MCMC
 (independent Metropolis–Hastings with flow proposals), and the φ⁴ cluster sampler.
 
 A registry entry says whether the sampler needs a trained flow (``needs_flow``), whether its rows form
@@ -36,8 +36,19 @@ class SamplerEntry:
 
 
 def _hmc(action, s, generator):
-    return HMC(action, n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
-               target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
+    """Plain HMC; for a theory with fermions (``pseudofermion_action``) pseudofermion HMC
+    (``determinant: pseudofermion``, CG to ``cg_tol``) or HMC on the exact-determinant action
+    (``determinant: exact``, small volumes, the check)."""
+    common = dict(n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
+                  target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
+    opts = {**SAMPLERS["hmc"].options, **dict(s.options)}
+    if opts["determinant"] not in ("pseudofermion", "exact"):
+        raise ValueError(f"sampler.determinant must be 'pseudofermion' or 'exact', got {opts['determinant']!r}")
+    if hasattr(action, "pseudofermion_action") and opts["determinant"] == "pseudofermion":
+        from .pf_hmc import PseudofermionHMC
+
+        return PseudofermionHMC(action, cg_tol=opts["cg_tol"], **common)
+    return HMC(action, **common)
 
 
 def _cluster(action, s, generator):
@@ -50,7 +61,9 @@ def _cluster(action, s, generator):
 
 #: the registry: ``sampler.name`` of a config → its entry
 SAMPLERS: dict[str, SamplerEntry] = {
-    "hmc": SamplerEntry(needs_flow=False, markov=True, make=_hmc, description="hybrid Monte Carlo"),
+    "hmc": SamplerEntry(needs_flow=False, markov=True, make=_hmc,
+                        options={"determinant": "pseudofermion", "cg_tol": 1e-10},
+                        description="hybrid Monte Carlo (pseudofermion HMC for theories with fermions)"),
     "nmcmc": SamplerEntry(needs_flow=True, markov=True, description="neural MCMC with flow proposals"),
     "flow": SamplerEntry(needs_flow=True, markov=False, description="i.i.d. flow samples with weights"),
     "cluster": SamplerEntry(needs_flow=False, markov=True, make=_cluster, options={"cluster_every": 1},

@@ -80,18 +80,18 @@ class HMC:
         self.step_size = float(attrs["step_size"])
 
     # -- integrators --------------------------------------------------------------------------------
-    def _leapfrog(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        force, update = self.action.force, self._update
+    def _leapfrog(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor,
+                  force: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        force, update = force or self.action.force, self._update
         p = p - 0.5 * eps * force(x)
         for i in range(self.n_leapfrog):
             x = update(x, p, eps)
             p = p - (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * force(x)
         return self._project(x), p
 
-    def _omelyan(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        force, update, lam = self.action.force, self._update, OMELYAN_LAMBDA
+    def _omelyan(self, x: torch.Tensor, p: torch.Tensor, eps: float | torch.Tensor,
+                 force: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        force, update, lam = force or self.action.force, self._update, OMELYAN_LAMBDA
         for _ in range(self.n_leapfrog):
             p = p - lam * eps * force(x)
             x = update(x, p, 0.5 * eps)
@@ -100,6 +100,18 @@ class HMC:
             p = p - lam * eps * force(x)
         return self._project(x), p
 
+    def _integrate(self, x: torch.Tensor, p: torch.Tensor,
+                   force: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One trajectory of the chosen integrator with this trajectory's (jittered) step size."""
+        integrate = self._leapfrog if self.integrator == "leapfrog" else self._omelyan
+        eps: float | torch.Tensor = self.step_size
+        if self.step_size_jitter:  # random trajectory length: avoids resonant, non-ergodic modes (Mackenzie 1989)
+            # a 0-d float64 tensor on the fields' device (no host sync); the same draw and the same
+            # float64 arithmetic as a Python float, so the chain of a given seed is unchanged
+            u = torch.rand((), generator=self.generator, dtype=torch.float64, device=x.device)
+            eps = self.step_size * (1 + self.step_size_jitter * (2 * u - 1))
+        return integrate(x, p, eps, force)
+
     # -- one trajectory -----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, action_x: torch.Tensor | None = None) -> HMCStep:
         """One trajectory for every chain with Metropolis accept/reject."""
@@ -107,14 +119,7 @@ class HMC:
         p = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         s0 = self.action.action(x) if action_x is None else action_x
         h0 = 0.5 * (p * p).flatten(1).sum(-1) + s0
-        integrate = self._leapfrog if self.integrator == "leapfrog" else self._omelyan
-        eps: float | torch.Tensor = self.step_size
-        if self.step_size_jitter:  # random trajectory length: avoids resonant, non-ergodic modes (Mackenzie 1989)
-            # a 0-d float64 tensor on the fields' device (no host sync); the same draw and the same
-            # float64 arithmetic as a Python float, so the chain of a given seed is unchanged
-            u = torch.rand((), generator=gen, dtype=torch.float64, device=x.device)
-            eps = self.step_size * (1 + self.step_size_jitter * (2 * u - 1))
-        x1, p1 = integrate(x, p, eps)
+        x1, p1 = self._integrate(x, p)
         s1 = self.action.action(x1)
         h1 = 0.5 * (p1 * p1).flatten(1).sum(-1) + s1
         delta_h = h1 - h0

@@ -7,7 +7,8 @@ import torch
 
 from actions import THEORIES, TableRow, Theory, build_theory
 
-CASES = {"phi4": ([4, 4], {"kappa": 0.2, "lam": 0.1}), "u1": ([4, 4], {"beta": 2.0})}
+CASES = {"phi4": ([4, 4], {"kappa": 0.2, "lam": 0.1}), "u1": ([4, 4], {"beta": 2.0}),
+         "schwinger": ([4, 4], {"beta": 2.0, "kappa": 0.25})}
 
 
 def test_every_registered_theory_has_a_test_case():
@@ -48,7 +49,8 @@ def test_theory_offers_the_machinery_interface(name):
     ("phi4", {"kappa": 0.2, "m2": 1.0}, "either (kappa, lam) or (m2, lam4)"),
     ("phi4", {"kapa": 0.2}, "kapa is not a coupling of theory phi4 (did you mean 'kappa'?)"),
     ("u1", {"beta": -1.0}, "beta must be > 0, got -1.0"),
-    ("o3", {}, "theory must be one of phi4, u1, got 'o3'"),
+    ("schwinger", {"beta": 1.0, "kappa": 0.6}, "kappa must be in [0, 0.5), got 0.6"),
+    ("o3", {}, "theory must be one of phi4, u1, schwinger, got 'o3'"),
 ])
 def test_bad_couplings_are_one_line_naming_the_value(name, couplings, message):
     with pytest.raises(ValueError) as err:
