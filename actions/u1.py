@@ -19,7 +19,7 @@ from . import exact
 from .lattice import shift, validate_shape
 from .theory import TableRow, Theory
 
-__all__ = ["U1Gauge", "wrap", "charge_configuration"]
+__all__ = ["U1Gauge", "wrap", "charge_configuration", "winding_field"]
 
 
 def wrap(angle: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,54 @@ def charge_configuration(shape: Sequence[int], q: int) -> torch.Tensor:
     theta1 = 2 * math.pi * q * x0 / volume
     theta0 = torch.where(x0 == l0 - 1, -2 * math.pi * q * x1 / l1, torch.zeros_like(x0))
     return torch.remainder(torch.stack([theta0, theta1]) + math.pi, 2 * math.pi) - math.pi
+
+
+def winding_field(shape: Sequence[int], size: int | None = None) -> torch.Tensor:
+    """Link angles ``(2, L0, L1)`` (float64) of a unit instanton: every plaquette of the ``size`` × ``size``
+    square at the origin (the whole lattice where ``size`` is None) turns by 2π/size² (2π/V), one of them by
+    2π/size² − 2π instead (the same modulo 2π), all other plaquettes by 0; Q changes by +1 (the winding moves of
+    Albandea, Hernández, Ramos, Romero-López, arXiv 2106.14234). For a square, only links inside it move
+    (those on its edges and outside stay): the minimum-norm solution of ΔP = f on those links (least squares,
+    exact since Σ f = 0 and the square's links reach every f with zero sum). The whole lattice gives the
+    uniform-flux instanton with Polyakov loops on average unchanged.
+
+    Example:
+        >>> w = winding_field((6, 6), 4)
+        >>> p = U1Gauge.plaquettes(w[None])[0]
+        >>> round(float(wrap(p).sum() / (2 * math.pi)), 9), round(float(p[0, 0] * 16 / (2 * math.pi)), 9)
+        (1.0, 1.0)
+    """
+    l0, l1 = (int(n) for n in shape)
+    volume = l0 * l1
+    whole = size is None or (size >= l0 and size >= l1)
+    n = volume if whole else int(size) ** 2
+    if not whole and not 2 <= int(size) < min(l0, l1):
+        raise ValueError(f"winding size must be in [2, {min(l0, l1) - 1}] or the whole lattice, got {size}")
+    f = np.zeros((l0, l1))
+    inside = np.ones((l0, l1), bool) if whole else np.zeros((l0, l1), bool)
+    if not whole:
+        inside[:size, :size] = True
+    f[inside] = 2 * math.pi / n
+    f[0, 0] -= 2 * math.pi
+    # plaquette incidence: P(x) = θ₀(x) + θ₁(x+0̂) − θ₀(x+1̂) − θ₁(x), links indexed (μ, x0, x1)
+    idx = np.arange(2 * volume).reshape(2, l0, l1)
+    b = np.zeros((volume, 2 * volume))
+    for x0 in range(l0):
+        for x1 in range(l1):
+            row = x0 * l1 + x1
+            for link, sign in ((idx[0, x0, x1], 1), (idx[1, (x0 + 1) % l0, x1], 1), (idx[0, x0, (x1 + 1) % l1], -1),
+                               (idx[1, x0, x1], -1)):
+                b[row, link] += sign
+    if whole:
+        free = np.ones(2 * volume, bool)
+    else:  # links strictly inside the square (both ends inside, not on its edges)
+        free = np.zeros((2, l0, l1), bool)
+        free[0, :size, 1:size] = True  # θ₀(x) from x to x + 0̂ with 0 < x₁ < size
+        free[1, 1:size, :size] = True  # θ₁(x) from x to x + 1̂ with 0 < x₀ < size
+        free = free.ravel()
+    theta = np.zeros(2 * volume)
+    theta[free] = np.linalg.lstsq(b[:, free], f.ravel(), rcond=None)[0]
+    return torch.from_numpy(theta.reshape(2, l0, l1))
 
 
 class U1Gauge(Theory):

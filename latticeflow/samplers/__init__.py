@@ -1,6 +1,7 @@
 """Samplers, one file each, registered in `SAMPLERS` (a new sampler is its file plus one line here):
 HMC (baseline and forward-KL training data; pseudofermion HMC in `pf_hmc` for theories with fermions), i.i.d. flow samples with importance weights, neural MCMC
-(independent Metropolis–Hastings with flow proposals), and the φ⁴ cluster sampler.
+(independent Metropolis–Hastings with flow proposals), winding HMC (instanton moves for 2D U(1) and the
+Schwinger model) and the φ⁴ cluster sampler.
 
 A registry entry says whether the sampler needs a trained flow (``needs_flow``), whether its rows form
 Markov chains (``markov``: ``chain``/``mc_index`` per row, split into replicas by the analysis), how a chain
@@ -41,7 +42,7 @@ def _hmc(action, s, generator):
     (``determinant: exact``, small volumes, the check)."""
     common = dict(n_leapfrog=s.n_leapfrog, step_size=s.step_size, integrator=s.integrator,
                   target_acceptance=s.target_acceptance, step_size_jitter=s.step_size_jitter, generator=generator)
-    opts = {**SAMPLERS["hmc"].options, **dict(s.options)}
+    opts = {**SAMPLERS["hmc"].options, **{k: v for k, v in dict(s.options).items() if k in SAMPLERS["hmc"].options}}
     if opts["determinant"] not in ("pseudofermion", "exact"):
         raise ValueError(f"sampler.determinant must be 'pseudofermion' or 'exact', got {opts['determinant']!r}")
     if hasattr(action, "pseudofermion_action") and opts["determinant"] == "pseudofermion":
@@ -49,6 +50,16 @@ def _hmc(action, s, generator):
 
         return PseudofermionHMC(action, cg_tol=opts["cg_tol"], **common)
     return HMC(action, **common)
+
+
+def _winding_hmc(action, s, generator):
+    """`_hmc` plus instanton moves (``winding_size``: 0 = the whole lattice; ``winding_moves`` per trajectory)."""
+    from .winding_hmc import WindingHMC
+
+    opts = {**SAMPLERS["winding_hmc"].options, **dict(s.options)}
+    hmc = _hmc(action, s, generator)
+    return WindingHMC(action, hmc, winding_size=opts["winding_size"] or None, winding_moves=opts["winding_moves"],
+                      generator=generator)
 
 
 def _cluster(action, s, generator):
@@ -66,6 +77,10 @@ SAMPLERS: dict[str, SamplerEntry] = {
                         description="hybrid Monte Carlo (pseudofermion HMC for theories with fermions)"),
     "nmcmc": SamplerEntry(needs_flow=True, markov=True, description="neural MCMC with flow proposals"),
     "flow": SamplerEntry(needs_flow=True, markov=False, description="i.i.d. flow samples with weights"),
+    "winding_hmc": SamplerEntry(needs_flow=False, markov=True, make=_winding_hmc,
+                                options={"determinant": "pseudofermion", "cg_tol": 1e-10, "winding_size": 0,
+                                         "winding_moves": 1},
+                                description="2D U(1) (and Schwinger): HMC + instanton (winding) Metropolis moves"),
     "cluster": SamplerEntry(needs_flow=False, markov=True, make=_cluster, options={"cluster_every": 1},
                             description="φ⁴: Swendsen–Wang clusters of the embedded Ising signs + HMC"),
 }
