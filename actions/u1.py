@@ -63,10 +63,10 @@ def winding_field(shape: Sequence[int], size: int | None = None) -> torch.Tensor
     """
     l0, l1 = (int(n) for n in shape)
     volume = l0 * l1
-    whole = size is None or (size >= l0 and size >= l1)
-    n = volume if whole else int(size) ** 2
+    whole = size is None or size == l0 == l1
     if not whole and not 2 <= int(size) < min(l0, l1):
-        raise ValueError(f"winding size must be in [2, {min(l0, l1) - 1}] or the whole lattice, got {size}")
+        raise ValueError(f"winding_size must be in [2, {min(l0, l1) - 1}] or 0 (the whole lattice), got {size}")
+    n = volume if whole else int(size) ** 2
     f = np.zeros((l0, l1))
     inside = np.ones((l0, l1), bool) if whole else np.zeros((l0, l1), bool)
     if not whole:

@@ -173,6 +173,8 @@ def _print_sampled(s: dict) -> None:
     extra = f"acceptance {s['acceptance']:.3f}" if s["acceptance"] == s["acceptance"] else "i.i.d. flow samples"
     if s["exp_minus_delta_h"] == s["exp_minus_delta_h"]:  # HMC
         extra += f", <exp(-dH)> {s['exp_minus_delta_h']:.4f}, step size {s['step_size']:.4g}"
+    if s.get("winding_acceptance", float("nan")) == s.get("winding_acceptance"):
+        extra += f", winding moves accepted {s['winding_acceptance']:.3f}"
     print(f"{verb} {s['path']}: {s['n_rows']} configurations ({s['n_new']} new) in {s['seconds']:.1f} s; {extra}")
 
 

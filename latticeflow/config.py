@@ -175,6 +175,7 @@ def config_from_dict(data: Any) -> Config:
                     not 0 <= value <= SEED_MAX:
                 raise ConfigError(f"seed must be an integer in [0, {SEED_MAX}], got {value!r}")
             kwargs[key] = _coerce(value, typ, key)
+    kwargs.setdefault("sampler", _sampler_section({}))  # the default sampler with its registry options filled
     cfg = Config(**kwargs)
     if cfg.flow.get("family") == "snf":
         _snf_defaults(cfg, data.get("train") or {})

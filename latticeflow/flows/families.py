@@ -314,6 +314,9 @@ def build_u1(opts: dict[str, Any], theory) -> Flow:
 # -- the table ----------------------------------------------------------------------------------------
 
 SCALAR_THEORIES = ("phi4", "gmm")  # real scalar fields: a lattice φ⁴ theory and the Gaussian-mixture toys
+#: 2D U(1) link angles: pure gauge, and the Schwinger model (its determinant is in the target; the plaquette
+#: marginal of pure U(1) at the same β is only a start there)
+GAUGE_THEORIES = ("u1", "schwinger")
 _HIDDEN = Depends(lambda conditioner, theory: [16, 16] if conditioner == "cnn" else [256, 256])
 _CONDITIONER = Depends(lambda conditioner, theory: conditioner)
 _PHYSICS_START = Depends(lambda conditioner, theory: theory is None or hasattr(theory, "quadratic_kernel"))
@@ -345,9 +348,9 @@ FAMILIES: dict[str, FlowFamily] = {f.name: f for f in (
                                   "conditioner": _CONDITIONER, "hidden": _HIDDEN, "kernel_size": 3,
                                   "activation": "tanh"},
                SCALAR_THEORIES, summary="self-normalizing linear layers (Keller et al. 2021)"),
-    FlowFamily("u1", build_u1, _u1_defaults(True), ("u1",), default=True,
+    FlowFamily("u1", build_u1, _u1_defaults(True), GAUGE_THEORIES, default=True,
                summary="plaquette marginal + gauge-equivariant circular splines"),
-    FlowFamily("u1_ncp", build_u1, _u1_defaults(False), ("u1",),
+    FlowFamily("u1_ncp", build_u1, _u1_defaults(False), GAUGE_THEORIES,
                summary="gauge-equivariant NCP mixtures (Kanwar et al. 2020)"),
 )}
 FLOW_FAMILIES = tuple(FAMILIES)

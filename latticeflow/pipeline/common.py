@@ -22,6 +22,7 @@ class SampleSummary:
     step_size: float
     seconds: float
     resumed: bool
+    winding_acceptance: float = float("nan")  # winding HMC: instanton moves accepted (this invocation)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

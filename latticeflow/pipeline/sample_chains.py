@@ -195,7 +195,12 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
                          acceptance=acc_sum / n_traj if n_traj else float("nan"),
                          exp_minus_delta_h=edh_sum / n_traj if n_traj else float("nan"),
                          step_size=float(sampler.state_attrs().get("step_size", float("nan"))),
-                         seconds=time.perf_counter() - t0, resumed=resumed)
+                         seconds=time.perf_counter() - t0, resumed=resumed,
+                         winding_acceptance=_or_nan(getattr(sampler, "winding_acceptance", None)))
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _resume_state(path: Path, n_rows: int, n_chains: int, sampler, generator: torch.Generator, dtype, device,

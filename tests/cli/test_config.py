@@ -18,7 +18,7 @@ PHI4 = {"theory": "phi4", "shape": [8, 8], "kappa": 0.2, "lam": 0.0}
     ({"action": {"theory": "u1", "shape": [8, 8], "beta": 0}}, "action.beta must be > 0, got 0"),
     ({"action": {**PHI4, "kappa": 0.3}}, "action.kappa must satisfy |kappa| < 0.25 at lam = 0"),
     ({"action": {**PHI4, "lam": -0.1}}, "action.lam must be >= 0, got -0.1"),
-    ({"action": {"theory": "phi5", "shape": [8, 8]}}, "action.theory must be one of phi4, u1, got 'phi5'"),
+    ({"action": {"theory": "phi5", "shape": [8, 8]}}, "action.theory must be one of phi4, u1, schwinger, got 'phi5'"),
     ({"action": PHI4, "sampler": {"n_chains": 0}}, "sampler.n_chains must be >= 1, got 0"),
     ({"action": PHI4, "sampler": {"step_size": "big"}}, "sampler.step_size must be a number, got 'big'"),
     ({"action": PHI4, "dtype": "float16"}, "dtype must be 'float32' or 'float64', got 'float16'"),

@@ -42,8 +42,10 @@ def test_winding_field_turns_the_plaquettes_by_one_unit(shape, size):
 
 
 def test_bad_winding_size_names_the_value():
-    with pytest.raises(ValueError, match="winding size"):
+    with pytest.raises(ValueError, match="winding_size must be in"):
         winding_field((6, 8), 6)
+    with pytest.raises(ValueError, match="winding_size must be in"):
+        winding_field((4, 4), 9)
     with pytest.raises(ValueError, match="winding_moves"):
         WindingHMC(U1Gauge((4, 4), 1.0), HMC(U1Gauge((4, 4), 1.0)), winding_moves=-1)
 
