@@ -1,5 +1,6 @@
-"""`latticeflow bench efficiency`: HMC against neural MCMC where HMC freezes: τ_int(Q) and the cost of 10⁴
-independent Q against β for 2D U(1) (Kanwar et al., PRL 125, 121601 (2020), Fig. 3).
+"""`latticeflow bench efficiency`: HMC and winding HMC against neural MCMC where HMC freezes: τ_int(Q) and the
+cost of 10⁴ independent Q against β for 2D U(1) (Kanwar et al., PRL 125, 121601 (2020), Fig. 3; winding HMC:
+Albandea et al., arXiv 2106.14234).
 Protocol: docs/benchmarks.md#efficiency."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..flows.u1_plaquette import PlaquetteMarginal
 from ..io import result_header, strict
 from ..samplers.hmc import HMC, tuned_run
 from ..samplers.nmcmc import nmcmc_chains
+from ..samplers.winding_hmc import WindingHMC
 from ..training import Trainer, transfer_state
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
@@ -31,7 +33,8 @@ SETTINGS = {"hmc_seconds": 60.0, "hmc_chains": 32, "hmc_thermalize": 300, "train
 QUICK_SETTINGS = {"hmc_seconds": 2.0, "hmc_chains": 8, "hmc_thermalize": 40, "train_seconds": 2.0,
                   "train_batch": 32, "nmcmc_chains": 8, "nmcmc_configs": 2048, "nmcmc_batch": 1024, "independent": 1e4}
 MIN_TAU_PER_CHAIN = 50.0
-SAMPLERS = (("hmc", "HMC", "tab:red"), ("nmcmc", "NMCMC (flow)", "tab:blue"))  # result key, label, colour
+SAMPLERS = (("hmc", "HMC", "tab:red"), ("winding_hmc", "winding HMC", "tab:green"),
+            ("nmcmc", "NMCMC (flow)", "tab:blue"))  # result key, label, colour
 
 
 def _series_stats(q: np.ndarray, plaq: np.ndarray, volume: int, beta: float, seconds: float) -> dict[str, Any]:
@@ -59,17 +62,21 @@ def _measure(action: U1Gauge, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.n
     return action.topological_charge(x).round().numpy().reshape(-1, k), action.mean_plaquette(x).numpy().reshape(-1, k)
 
 
-def _run_hmc(action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:
-    """Tuned HMC (`samplers.hmc.tuned_run`: trajectory length ≈ 1) from a random start for ``hmc_seconds``."""
+def _run_hmc(action: U1Gauge, settings: dict, seed: int, winding: bool = False) -> dict[str, Any]:
+    """Tuned HMC (`samplers.hmc.tuned_run`: trajectory length ≈ 1) from a random start for ``hmc_seconds``;
+    with ``winding``, winding HMC (one whole-lattice instanton proposal after every trajectory)."""
     gen, k = torch.Generator().manual_seed(seed), settings["hmc_chains"]
     hmc = HMC(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2, generator=gen)
+    sampler = WindingHMC(action, hmc, generator=gen) if winding else hmc
     x = (torch.rand(k, *action.field_shape, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
-    run = tuned_run(hmc, x, n_thermalize=settings["hmc_thermalize"], seconds=settings["hmc_seconds"],
+    run = tuned_run(sampler, x, n_thermalize=settings["hmc_thermalize"], seconds=settings["hmc_seconds"],
                     measure=lambda x: _measure(action, x, k))
     q, p = (np.concatenate(v).T for v in zip(*run["measurements"]))
     out = _series_stats(q, p, action.volume, action.beta, run["wall_seconds"])
     out.update(acceptance=float(np.mean(run["acceptance"])), step_size=hmc.step_size, n_leapfrog=hmc.n_leapfrog,
                thermalize_seconds=run["thermalize_seconds"])
+    if winding:
+        out["winding_acceptance"] = sampler.winding_acceptance
     return out
 
 
@@ -119,16 +126,19 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
         if L != last_l:
             previous, trained, last_l = None, 0.0, L
         hmc = _run_hmc(action, st, seed)
+        winding = _run_hmc(action, st, seed, winding=True)
         trainer = _train_flow(action, previous, st, seed)
         previous, trained = trainer.flow, trained + trainer.wall_time
         nm = _run_nmcmc(trainer.flow, action, st, seed)
         nm.update(train_seconds=trainer.wall_time, train_seconds_total=trained, train_steps=trainer.step_count,
                   cost_1e4_seconds=nm["cost_1e4_seconds"] + trained)
-        out["points"].append({"L": L, "beta": beta, "hmc": hmc, "nmcmc": nm,
+        out["points"].append({"L": L, "beta": beta, "hmc": hmc, "winding_hmc": winding, "nmcmc": nm,
                               "exact": {"chi_t": u1_topological_susceptibility(beta, L * L),
                                         "plaquette": u1_mean_plaquette(beta, L * L)},
                               "tau_ratio": hmc["tau_int_q"] / nm["tau_int_q"],
-                              "cost_ratio": hmc["cost_1e4_seconds"] / nm["cost_1e4_seconds"]})
+                              "cost_ratio": hmc["cost_1e4_seconds"] / nm["cost_1e4_seconds"],
+                              "winding_tau_ratio": winding["tau_int_q"] / nm["tau_int_q"],
+                              "winding_cost_ratio": winding["cost_1e4_seconds"] / nm["cost_1e4_seconds"]})
         if progress:
             progress(out["points"][-1])
     if plot:
@@ -141,6 +151,8 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
     rows = []
     for p in result["points"]:
         for name, _, _ in SAMPLERS:
+            if name not in p:  # results from before winding HMC joined
+                continue
             r, v = p[name], p[name]["verdict"]
             tau = f"{r['tau_int_q']:.3g}"
             tau = f"> {tau}" if r["tau_int_lower_bound"] else f"{tau}({r['tau_int_q_err']:.2g})"
@@ -153,6 +165,10 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
         rows.append(f"{'':>3} {'':>4} {'ratio':<7} {'HMC/NMCMC':>12} τ_int(Q) {p['tau_ratio']:.3g}"
                     f"{' (HMC a lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}; cost {p['cost_ratio']:.3g}"
                     f" (NMCMC training {p['nmcmc']['train_seconds_total']:.0f} s counted)")
+        if "winding_hmc" in p:
+            rows.append(f"{'':>3} {'':>4} {'ratio':<7} {'winding/NMCMC':>12} τ_int(Q) {p['winding_tau_ratio']:.3g}; "
+                        f"cost {p['winding_cost_ratio']:.3g}; winding moves accepted "
+                        f"{p['winding_hmc']['winding_acceptance']:.3f}")
     return text_table([("L", ">3"), ("beta", ">4g"), ("sampler", "<7"), ("tau_int(Q)", ">12"), ("tau(cosP)", "9.3g"),
                        ("chi_t", ">16"), ("exact", "9.5f"), ("pull", "+6.1f"), ("cfg/s", "7.0f"), ("acc", "5.2f"),
                        ("t(1e4 indep. Q)", ">16"), (" verdict", "")], rows)
@@ -166,6 +182,8 @@ def plot_efficiency(result: dict[str, Any], path: str) -> str:
             pts = [p for p in result["points"] if p["L"] == L]
             b = [p["beta"] for p in pts]
             for name, label, colour in SAMPLERS:
+                if any(name not in p for p in pts):
+                    continue
                 for ax, key in ((ax1, "tau_int_q"), (ax2, "cost_1e4_seconds")):
                     ax.plot(b, [p[name][key] for p in pts], ls, color=colour, label=f"{label} {L}x{L}")
                     for p in pts:

@@ -28,7 +28,7 @@ def test_quick_efficiency_json_structure(quick):
     keys = {"tau_int_q", "tau_int_plaquette", "tau_int_lower_bound", "configs_per_s", "chi_t", "chi_t_err",
             "chi_t_pull", "plaquette", "plaquette_pull", "verdict", "cost_1e4_seconds", "acceptance"}
     for p in result["points"]:
-        for name in ("hmc", "nmcmc"):
+        for name in ("hmc", "winding_hmc", "nmcmc"):
             assert keys <= set(p[name]), keys - set(p[name])
             assert p[name]["configs_per_s"] > 0 and p[name]["tau_int_q"] >= 0.5
             assert set(p[name]["verdict"]) == {"reliable", "reasons"}
@@ -40,7 +40,9 @@ def test_quick_efficiency_json_structure(quick):
     assert second["nmcmc"]["train_seconds_total"] == pytest.approx(
         first["nmcmc"]["train_seconds_total"] + second["nmcmc"]["train_seconds"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "HMC/NMCMC" in format_efficiency_table(result)
+    assert "HMC/NMCMC" in format_efficiency_table(result) and "winding/NMCMC" in format_efficiency_table(result)
+    for p in result["points"]:
+        assert 0 <= p["winding_hmc"]["winding_acceptance"] <= 1 and p["winding_cost_ratio"] > 0
 
 
 def test_a_frozen_or_short_chain_reports_a_lower_bound():
