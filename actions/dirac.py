@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["links", "apply_dirac", "apply_dirac_dagger", "apply_gamma5", "dirac_matrix", "dirac_derivative",
-           "free_eigenvalues", "conjugate_gradient"]
+           "log_abs_det", "inverse", "free_eigenvalues", "conjugate_gradient"]
 
 
 def _roll(psi: torch.Tensor, mu: int, step: int) -> torch.Tensor:
@@ -95,6 +95,18 @@ def dirac_matrix(theta: torch.Tensor, kappa: float) -> torch.Tensor:
     basis = torch.eye(n, dtype=cdtype, device=theta.device).view(1, n, l0, l1, 2)
     columns = apply_dirac(theta, basis.expand(b, n, l0, l1, 2), kappa)  # column j = D e_j
     return columns.reshape(b, n, n).transpose(1, 2)
+
+
+def log_abs_det(d: torch.Tensor) -> torch.Tensor:
+    """log |det d| of ``(B, n, n)`` matrices, ``(B,)`` real, differentiable: one LU per matrix. torch 2.13's CPU
+    batched LU returns invalid pivots for n ≥ 256 once `torch.set_num_threads` (2) has been called (MKL error
+    "Parameter 6 was incorrect on entry to ZLASWP"), so the batch is never handed to it at once."""
+    return torch.stack([torch.linalg.slogdet(m).logabsdet for m in d.unbind(0)])
+
+
+def inverse(d: torch.Tensor) -> torch.Tensor:
+    """d⁻¹ of ``(B, n, n)`` matrices, one LU per matrix (see `log_abs_det`)."""
+    return torch.stack([torch.linalg.inv(m) for m in d.unbind(0)])
 
 
 def dirac_derivative(theta: torch.Tensor, left: torch.Tensor, right: torch.Tensor, kappa: float) -> torch.Tensor:

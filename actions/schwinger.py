@@ -99,7 +99,7 @@ class Schwinger(U1Gauge):
         """log det(D†D) = 2 log |det D|, ``(B,)`` (dense LU; differentiable)."""
         if self.kappa == 0:
             return torch.zeros(theta.shape[0], dtype=theta.dtype, device=theta.device)
-        return 2.0 * torch.linalg.slogdet(self.dirac_matrix(theta)).logabsdet
+        return 2.0 * dirac.log_abs_det(self.dirac_matrix(theta))
 
     def gauge_action(self, theta: torch.Tensor) -> torch.Tensor:
         """S_g = −β Σ_x cos P(x), ``(B,)``."""
@@ -115,7 +115,7 @@ class Schwinger(U1Gauge):
             return torch.zeros_like(theta)
         b, _, l0, l1 = theta.shape
         n = 2 * l0 * l1
-        inverse = torch.linalg.inv(self.dirac_matrix(theta))
+        inverse = dirac.inverse(self.dirac_matrix(theta))
         rows = inverse.conj().reshape(b, n, l0, l1, 2)  # left_j = conj(row j of D⁻¹)
         unit = torch.eye(n, dtype=inverse.dtype, device=theta.device).view(1, n, l0, l1, 2).expand(b, n, l0, l1, 2)
         return -2.0 * dirac.dirac_derivative(theta, rows, unit, self.kappa).real
@@ -160,7 +160,7 @@ class Schwinger(U1Gauge):
     # -- observables ----------------------------------------------------------------------------------
     def propagator(self, theta: torch.Tensor) -> torch.Tensor:
         """G = D_m⁻¹ = 2κ D⁻¹, ``(B, 2V, 2V)`` (dense)."""
-        return 2.0 * self.kappa * torch.linalg.inv(self.dirac_matrix(theta))
+        return 2.0 * self.kappa * dirac.inverse(self.dirac_matrix(theta))
 
     def fermion_observables(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Σ = V⁻¹ Re tr G, ``(B,)``, and C_π(t), ``(B, L0)`` (module docstring)."""
