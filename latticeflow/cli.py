@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", default=None,
-                   help="criticality: comma-separated lattice sizes L (default 16,32,64,128; --quick: 8,16)")
+                   help="criticality: comma-separated lattice sizes L (default 16,32,64,128; --quick: 8,16); "
+                        "efficiency --theory schwinger: only these L of 8,16")
+    p.add_argument("--theory", default=None, help="efficiency: u1 (default: pure gauge, exact values) or schwinger "
+                                                  "(two Wilson fermions, bench_efficiency_schwinger.png)")
     p.add_argument("--train-seconds", dest="train_seconds", default=None, metavar="S|L:S,…",
                    help="criticality: the flow's training seconds at every L, or per L (16:300,32:1800); default --seconds")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")

@@ -114,9 +114,24 @@ def _run_nmcmc(flow, action: U1Gauge, settings: dict, seed: int) -> dict[str, An
 
 def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | None = None, seed: int = 0,
                          seconds: float | None = None, progress: Callable[[dict], None] | None = None,
-                         plot: str | None = "bench_efficiency.png") -> dict[str, Any]:
-    """Run the HMC / NMCMC comparison over ``points`` (default `POINTS`, or `QUICK_POINTS` with ``quick``);
-    ``seconds`` overrides the HMC seconds per point (``settings["hmc_seconds"]``)."""
+                         plot: str | None = None, theory: str = "u1", sizes=None) -> dict[str, Any]:
+    """Run the HMC / winding HMC / NMCMC comparison over ``points`` (default `POINTS`, or `QUICK_POINTS` with
+    ``quick``); ``seconds`` overrides the HMC seconds per point (``settings["hmc_seconds"]``). ``theory``:
+    ``u1`` (pure gauge, exact values) or ``schwinger`` (`efficiency_schwinger`, there ``sizes`` keeps only those L);
+    ``plot``: the PNG (default bench_efficiency.png, bench_efficiency_schwinger.png)."""
+    if theory not in ("u1", "schwinger"):
+        raise ValueError(f"--theory must be u1 or schwinger, got {theory!r}")
+    if sizes is not None:
+        try:
+            sizes = [int(v) for v in (sizes.split(",") if isinstance(sizes, str) else sizes)]
+        except ValueError:
+            raise ValueError(f"--sizes must be comma-separated lattice sizes such as 8,16, got {sizes!r}") from None
+    if theory == "schwinger":
+        from .efficiency_schwinger import run_schwinger_efficiency
+
+        return run_schwinger_efficiency(quick=quick, points=points, settings=settings, seed=seed, seconds=seconds,
+                                        sizes=sizes, progress=progress, plot=plot or "bench_efficiency_schwinger.png")
+    plot = plot or "bench_efficiency.png"
     st = {**(QUICK_SETTINGS if quick else SETTINGS), **(settings or {}),
           **({} if seconds is None else {"hmc_seconds": seconds})}
     out = result_header("efficiency", quick=quick, settings=st, points=[])
@@ -148,6 +163,10 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
 
 def format_efficiency_table(result: dict[str, Any]) -> str:
     """One row per (L, β, sampler): τ_int(Q), χ_t against exact, configurations/s, cost to 10⁴ independent Q."""
+    if result.get("theory") == "schwinger":
+        from .efficiency_schwinger import format_schwinger_table
+
+        return format_schwinger_table(result)
     rows = []
     for p in result["points"]:
         for name, _, _ in SAMPLERS:
@@ -197,6 +216,10 @@ def plot_efficiency(result: dict[str, Any], path: str) -> str:
 
 
 def progress_line(p: dict) -> str:
+    if "kappa" in p:
+        from .efficiency_schwinger import progress_line as schwinger_line
+
+        return schwinger_line(p)
     return (f"{p['L']}x{p['L']} beta={p['beta']:g}: tau_int(Q) HMC {p['hmc']['tau_int_q']:.3g}"
             f"{' (lower bound)' if p['hmc']['tau_int_lower_bound'] else ''}, NMCMC {p['nmcmc']['tau_int_q']:.3g}; "
             f"acceptance {p['nmcmc']['acceptance']:.2f}")
