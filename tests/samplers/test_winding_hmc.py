@@ -102,3 +102,24 @@ def test_winding_hmc_samples_all_sectors_of_u1_at_beta_6():
     p = gamma_method(list(np.array(plaq).T))
     assert abs(p.mean - exact.u1_mean_plaquette(6.0, 64)) < 3 * p.error
     assert 0.1 < sampler.winding_acceptance < 0.6
+
+
+def test_winding_move_beyond_the_exact_volume_accepts_at_a_pseudofermion_field():
+    """Where the determinant is too dear to store (V > max_exact_volume), the move is accepted on
+    S_g + φ†(D†D)⁻¹φ at φ drawn from the heat bath at the current fields: exact for the joint (θ, φ) chain."""
+    theory = Schwinger((4, 4), beta=2.0, kappa=0.24)
+    theory.max_exact_volume = 8  # pretend 4×4 is large
+    gen = torch.Generator().manual_seed(3)
+    sampler = WindingHMC(theory, PseudofermionHMC(theory, cg_tol=1e-12), generator=gen)
+    assert sampler._pseudofermion
+    x = theory.project(0.4 * torch.randn(64, 2, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(2)))
+    state = gen.get_state()
+    proposal = sampler._proposal(x)
+    phi = theory.pseudofermion_heatbath(x, gen)
+    u = torch.rand(64, generator=gen, dtype=F64)
+    gen.set_state(state)
+    new, stored = sampler.wind(x)
+    delta = theory.pseudofermion_action(proposal, phi, 1e-12) - theory.pseudofermion_action(x, phi, 1e-12)
+    take = torch.log(u) < -delta
+    assert torch.equal(new, torch.where(take.view(-1, 1, 1, 1), proposal, x))
+    assert torch.allclose(stored, theory.gauge_action(new))  # what such an ensemble stores
