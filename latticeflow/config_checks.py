@@ -88,6 +88,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sampler.step_size_jitter must be in [0, 1), got {s.step_size_jitter}")
     if s.reference_hmc < 0:
         raise ConfigError(f"sampler.reference_hmc must be >= 0, got {s.reference_hmc}")
+    if s.reference_winding < 0:
+        raise ConfigError(f"sampler.reference_winding must be >= 0, got {s.reference_winding}")
     if s.n_thermalize < 0:
         raise ConfigError(f"sampler.n_thermalize must be >= 0, got {s.n_thermalize}")
     if not s.step_size > 0:

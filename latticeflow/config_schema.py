@@ -60,6 +60,7 @@ class SamplerConfig(_OpenKeys):
     save_every: int = 1
     batch_size: int = 1024
     reference_hmc: int = 0
+    reference_winding: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     _extra = "options"
 

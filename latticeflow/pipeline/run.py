@@ -22,7 +22,7 @@ from ..analysis import forward_ess
 from ..config import Config, build_action
 from ..io import open_ensemble, write_json
 from ..io.lock import directory_lock
-from ..samplers import REFERENCE_SAMPLER, SAMPLERS
+from ..samplers import REFERENCE_SAMPLER, SAMPLERS, WINDING_SAMPLER
 from .analyze import EnsembleAnalysis, analyze
 from .report import write_report
 from .sample import sample
@@ -98,11 +98,14 @@ every ensemble but the reference HMC). τ_int is a
                      "configs_per_s": rate, "train_seconds": t,
                      "cost_seconds": None if not rate else t + n_independent * 2 * q.tau_int / rate}
     costs = {n: o["cost_seconds"] for n, o in out.items()}
-    ref = REFERENCE_SAMPLER
-    if ref in costs and len(costs) == 2 and all(costs.values()):
-        flow = next(n for n in costs if n != ref)
-        out["cost_ratio"] = costs[ref] / costs[flow]
-        out["tau_ratio"] = out[ref]["tau_int_q"] / out[flow]["tau_int_q"]
+    ref, refs = REFERENCE_SAMPLER, (REFERENCE_SAMPLER, WINDING_SAMPLER)
+    flows = [n for n in costs if n not in refs]
+    if len(flows) == 1 and costs[flows[0]]:
+        flow = flows[0]
+        for name, prefix in ((ref, ""), (WINDING_SAMPLER, "winding_")):
+            if name in costs and costs[name]:
+                out[f"{prefix}cost_ratio"] = costs[name] / costs[flow]
+                out[f"{prefix}tau_ratio"] = out[name]["tau_int_q"] / out[flow]["tau_int_q"]
     return out
 
 
@@ -115,7 +118,8 @@ def format_cost_comparison(cost: dict[str, Any], n_independent: float = 1e4) -> 
         if what == "tau":
             return f"{lb}{o['tau_int_q']:.3g} ± {o['tau_int_q_err']:.2g}"
         if what == "chi":
-            pull = "" if not o["chi_t_err"] else f" ({(o['chi_t'] - o['chi_t_exact']) / o['chi_t_err']:+.1f}σ)"
+            pull = ("" if not o["chi_t_err"] or o["chi_t_exact"] is None
+                    else f" ({(o['chi_t'] - o['chi_t_exact']) / o['chi_t_err']:+.1f}σ)")
             return f"{o['chi_t']:.5f}({1e5 * o['chi_t_err']:.0f}){pull}"
         if what == "rate":
             return "—" if not o["configs_per_s"] else f"{o['configs_per_s']:.0f}"
@@ -126,11 +130,13 @@ def format_cost_comparison(cost: dict[str, Any], n_independent: float = 1e4) -> 
     for label, what in (("tau_int(Q)", "tau"), ("chi_t (pull vs exact)", "chi"), ("configurations/s", "rate"),
                         ("training", "train"), (f"time to {n_independent:.0e} indep. Q", "cost")):
         lines.append(f"{label:<24}" + "".join(f"{cell(cost[n], what):>22}" for n in names))
-    if "cost_ratio" in cost:
-        lower = cost[REFERENCE_SAMPLER]["tau_int_lower_bound"]
-        lines.append(f"HMC / flow: tau_int(Q) {'> ' if lower else ''}{cost['tau_ratio']:.3g}, cost "
-                     f"{'> ' if lower else ''}{cost['cost_ratio']:.3g} (training counted); exact chi_t "
-                     f"{next(cost[n]['chi_t_exact'] for n in names):.6g}")
+    exact = next(cost[n]["chi_t_exact"] for n in names)
+    for name, prefix, label in ((REFERENCE_SAMPLER, "", "HMC"), (WINDING_SAMPLER, "winding_", "winding HMC")):
+        if f"{prefix}cost_ratio" in cost:
+            lower = "> " if cost[name]["tau_int_lower_bound"] else ""
+            lines.append(f"{label} / flow: tau_int(Q) {lower}{cost[f'{prefix}tau_ratio']:.3g}, cost "
+                         f"{lower}{cost[f'{prefix}cost_ratio']:.3g} (training counted)"
+                         + ("" if exact is None else f"; exact chi_t {exact:.6g}"))
     return "\n".join(lines)
 
 
@@ -173,6 +179,8 @@ def _check_steps(cfg: Config, config_text: str, checkpoint: str | None, world) -
         files = []
         if s.name != ref and s.reference_hmc > 0:
             files.append((out / "ensemble_hmc.h5", ref, s.n_chains, -1))
+        if s.name != WINDING_SAMPLER and s.reference_winding > 0:
+            files.append((out / f"ensemble_{WINDING_SAMPLER}.h5", WINDING_SAMPLER, s.n_chains, -1))
         files.append((out / "ensemble.h5", s.name, s.n_chains if entry.markov else None,
                       1 if entry.needs_flow else -1))
         for path, name, n_chains, default in files:
@@ -222,6 +230,12 @@ def _run(cfg: Config, config_text: str, *, command: str | None, progress: bool, 
         hmc_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name=ref, options={},
                                                                        n_samples=cfg.sampler.reference_hmc))
         hmc = sample(hmc_cfg, config_text, command=command, progress=progress, path=out / "ensemble_hmc.h5")
+    winding = None
+    if cfg.sampler.name != WINDING_SAMPLER and cfg.sampler.reference_winding > 0:  # gauge theories: HMC + instantons
+        w_cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, name=WINDING_SAMPLER, options={},
+                                                                     n_samples=cfg.sampler.reference_winding))
+        winding = sample(w_cfg, config_text, command=command, progress=progress,
+                         path=out / f"ensemble_{WINDING_SAMPLER}.h5")
     if entry.needs_flow and checkpoint is None:
         summary["training"] = train(cfg, config_text, progress=progress)
     sampled = sample(cfg, config_text, command=command, progress=progress, checkpoint=checkpoint)
@@ -233,6 +247,9 @@ def _run(cfg: Config, config_text: str, *, command: str | None, progress: bool, 
     results = {cfg.sampler.name: analyze(sampled.path, thresholds=thresholds, reference=reference)}
     if hmc is not None:
         results[ref] = reference
+    if winding is not None:
+        results[WINDING_SAMPLER] = analyze(winding.path, thresholds=thresholds,
+                                           reference=reference if hmc is not None else None)
     tables = [results[cfg.sampler.name].table()]
     summary["verdict"] = results[cfg.sampler.name].extra["verdict"]
     summary["ensembles"] = {name: {"path": r.path, "verdict": r.extra["verdict"]} for name, r in results.items()}
@@ -240,11 +257,15 @@ def _run(cfg: Config, config_text: str, *, command: str | None, progress: bool, 
         if entry.needs_flow:
             summary["forward_ess"] = flow_forward_ess(cfg, hmc.path, checkpoint, progress=progress)
         tables.append(results[ref].table())
+        if winding is not None:
+            tables.append(results[WINDING_SAMPLER].table())
         tables.append(comparison_table(results))
         theory = build_action(cfg.action)
         if theory.cost_observable is not None:
             rates = {cfg.sampler.name: sampled.n_new / sampled.seconds if sampled.n_new else None,
                      ref: hmc.n_new / hmc.seconds if hmc.n_new else None}
+            if winding is not None:
+                rates[WINDING_SAMPLER] = winding.n_new / winding.seconds if winding.n_new else None
             t_train = float((summary.get("training") or {}).get("final", {}).get("wall_time") or 0.0)
             summary["cost"] = cost_comparison(results, rates, t_train, observable=theory.cost_observable,
                                               estimate=theory.cost_estimate,

@@ -24,7 +24,7 @@ __all__ = ["MAY_DIFFER", "config_difference", "config_problem", "WriteGate"]
 
 #: keys of ``config.yaml`` a resume may change: budgets (raised to extend a run) and bookkeeping that changes
 #: neither the physics nor the sampler or the training (``threads`` and ``progress``, where configs have them)
-MAY_DIFFER = ("name", "output.dir", "sampler.n_samples", "sampler.reference_hmc", "train.steps", "train.seconds",
+MAY_DIFFER = ("name", "output.dir", "sampler.n_samples", "sampler.reference_hmc", "sampler.reference_winding", "train.steps", "train.seconds",
               "train.log_every", "train.checkpoint_every", "threads", "progress")
 
 

@@ -22,7 +22,7 @@ from .nmcmc import ChainState, NMCMCBatch, NMCMCChainsBatch, metropolize, nmcmc_
 
 __all__ = ["HMC", "HMCStep", "Sweep", "hmc_chains", "FlowBatch", "flow_batches", "ChainState", "NMCMCBatch",
            "NMCMCChainsBatch", "metropolize", "nmcmc_batches", "nmcmc_chains", "SamplerEntry", "SAMPLERS",
-           "REFERENCE_SAMPLER", "make_chain_sampler"]
+           "REFERENCE_SAMPLER", "WINDING_SAMPLER", "make_chain_sampler"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
 
 #: the sampler of a run's reference ensemble (``sampler.reference_hmc``)
 REFERENCE_SAMPLER = "hmc"
+#: the sampler of a run's second reference ensemble (``sampler.reference_winding``, gauge theories)
+WINDING_SAMPLER = "winding_hmc"
 
 
 def make_chain_sampler(name: str, action, sampler_config, generator):
