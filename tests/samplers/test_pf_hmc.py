@@ -94,3 +94,14 @@ def test_kappa_zero_reproduces_pure_u1():
     assert abs(plaq.mean - exact.u1_mean_plaquette(1.5, 36)) < 3 * plaq.error
     chi_t = _gm(data["q2"] / 36)
     assert abs(chi_t.mean - exact.u1_topological_susceptibility(1.5, 36)) < 3 * chi_t.error
+
+
+def test_exact_determinant_trajectory_is_reversible():
+    sw = Schwinger((4, 4), beta=2.0, kappa=0.26)
+    hmc = HMC(sw, n_leapfrog=6, step_size=0.1, integrator="omelyan", step_size_jitter=0.0)
+    theta = _links(3, (4, 4), seed=2)
+    p = torch.randn_like(theta)
+    x1, p1 = hmc._integrate(theta, p)
+    x2, p2 = hmc._integrate(x1, -p1)
+    diff = torch.remainder(x2 - theta + math.pi, 2 * math.pi) - math.pi
+    assert diff.abs().max() < 1e-10 and (p2 + p).abs().max() < 1e-10
