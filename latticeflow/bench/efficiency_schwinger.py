@@ -159,7 +159,7 @@ def run_schwinger_efficiency(*, quick: bool = False, points=None, settings: dict
         nm = _run_nmcmc(trainer.flow, theory, st, seed)
         nm.update(train_seconds=trainer.wall_time, train_seconds_total=trained, train_steps=trainer.step_count,
                   cost_1e4_seconds=nm["cost_1e4_seconds"] + trained)
-        m_pi = hmc["m_pi"]
+        m_pi = winding["m_pi"]  # from winding HMC: plain HMC's chains freeze at large β
         out["points"].append({"L": L, "beta": beta, "kappa": kappa, "m_pi_L": None if math.isnan(m_pi) else m_pi * L,
                               "hmc": hmc, "winding_hmc": winding, "nmcmc": nm,
                               "cost_ratio": hmc["cost_1e4_seconds"] / nm["cost_1e4_seconds"],
