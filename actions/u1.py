@@ -58,7 +58,7 @@ def winding_field(shape: Sequence[int], size: int | None = None) -> torch.Tensor
     Example:
         >>> w = winding_field((6, 6), 4)
         >>> p = U1Gauge.plaquettes(w[None])[0]
-        >>> round(float(wrap(p).sum() / (2 * math.pi)), 9), round(float(p[0, 0] * 16 / (2 * math.pi)), 9)
+        >>> round(float(wrap(p).sum() / (2 * math.pi)), 9), round(float(p[1, 1] * 16 / (2 * math.pi)), 9)
         (1.0, 1.0)
     """
     l0, l1 = (int(n) for n in shape)

@@ -33,6 +33,8 @@ SETTINGS = {"hmc_seconds": 60.0, "hmc_chains": 32, "hmc_thermalize": 300, "train
 QUICK_SETTINGS = {"hmc_seconds": 2.0, "hmc_chains": 8, "hmc_thermalize": 40, "train_seconds": 2.0,
                   "train_batch": 32, "nmcmc_chains": 8, "nmcmc_configs": 2048, "nmcmc_batch": 1024, "independent": 1e4}
 MIN_TAU_PER_CHAIN = 50.0
+#: ``--theory``: whether the theory has its own module (`efficiency_schwinger`)
+THEORIES = {"u1": False, "schwinger": True}
 SAMPLERS = (("hmc", "HMC", "tab:red"), ("winding_hmc", "winding HMC", "tab:green"),
             ("nmcmc", "NMCMC (flow)", "tab:blue"))  # result key, label, colour
 
@@ -119,14 +121,14 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
     ``quick``); ``seconds`` overrides the HMC seconds per point (``settings["hmc_seconds"]``). ``theory``:
     ``u1`` (pure gauge, exact values) or ``schwinger`` (`efficiency_schwinger`, there ``sizes`` keeps only those L);
     ``plot``: the PNG (default bench_efficiency.png, bench_efficiency_schwinger.png)."""
-    if theory not in ("u1", "schwinger"):
-        raise ValueError(f"--theory must be u1 or schwinger, got {theory!r}")
+    if theory not in THEORIES:
+        raise ValueError(f"--theory must be {' or '.join(THEORIES)}, got {theory!r}")
     if sizes is not None:
         try:
             sizes = [int(v) for v in (sizes.split(",") if isinstance(sizes, str) else sizes)]
         except ValueError:
             raise ValueError(f"--sizes must be comma-separated lattice sizes such as 8,16, got {sizes!r}") from None
-    if theory == "schwinger":
+    if THEORIES[theory]:  # the Schwinger model: its own module
         from .efficiency_schwinger import run_schwinger_efficiency
 
         return run_schwinger_efficiency(quick=quick, points=points, settings=settings, seed=seed, seconds=seconds,
@@ -163,7 +165,7 @@ def run_efficiency_bench(*, quick: bool = False, points=None, settings: dict | N
 
 def format_efficiency_table(result: dict[str, Any]) -> str:
     """One row per (L, β, sampler): τ_int(Q), χ_t against exact, configurations/s, cost to 10⁴ independent Q."""
-    if result.get("theory") == "schwinger":
+    if THEORIES.get(result.get("theory", "u1")):
         from .efficiency_schwinger import format_schwinger_table
 
         return format_schwinger_table(result)

@@ -20,8 +20,8 @@ from ..samplers.nmcmc import nmcmc_chains
 from ..samplers.pf_hmc import PseudofermionHMC
 from ..samplers.hmc import tuned_run
 from ..samplers.winding_hmc import WindingHMC
-from ..training import Trainer
-from .efficiency import _anneal_from
+from ..flows.u1_plaquette import PlaquetteMarginal
+from ..training import Trainer, transfer_state
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_schwinger_efficiency", "format_schwinger_table", "plot_schwinger"]
 
@@ -106,6 +106,11 @@ def _run_hmc(theory: Schwinger, st: dict, seed: int, winding: bool) -> dict[str,
     if winding:
         out["winding_acceptance"] = sampler.winding_acceptance
     return out
+
+
+def _anneal_from(flow, previous, lattice: tuple[int, ...]) -> None:
+    """``previous``'s weights into ``flow`` (another β), the plaquette-marginal layer kept at the new β."""
+    transfer_state(flow, previous.state_dict(), lattice=lattice, keep=(PlaquetteMarginal,))
 
 
 def _train_flow(theory: Schwinger, previous, st: dict, seed: int) -> Trainer:
