@@ -13,11 +13,12 @@ import torch
 
 from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
-from ..analysis import figure, reverse_ess, tau_int_summary, text_table
+from ..analysis import reverse_ess, tau_int_summary, text_table
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..flows.u1_plaquette import PlaquetteMarginal
 from ..io import result_header, strict
+from .beta_plots import plot_tau_and_cost
 from ..samplers.hmc import HMC, tuned_run
 from ..samplers.nmcmc import nmcmc_chains
 from ..samplers.winding_hmc import WindingHMC
@@ -197,24 +198,7 @@ def format_efficiency_table(result: dict[str, Any]) -> str:
 
 def plot_efficiency(result: dict[str, Any], path: str) -> str:
     """τ_int(Q) against β (log scale; open markers: HMC lower bounds) and the cost to 10⁴ independent Q."""
-    with figure(path, 1, 2, figsize=(10, 4)) as (fig, axes):
-        ax1, ax2 = axes[0]
-        for L, ls in zip(sorted({p["L"] for p in result["points"]}), ("-", "--")):
-            pts = [p for p in result["points"] if p["L"] == L]
-            b = [p["beta"] for p in pts]
-            for name, label, colour in SAMPLERS:
-                if any(name not in p for p in pts):
-                    continue
-                for ax, key in ((ax1, "tau_int_q"), (ax2, "cost_1e4_seconds")):
-                    ax.plot(b, [p[name][key] for p in pts], ls, color=colour, label=f"{label} {L}x{L}")
-                    for p in pts:
-                        ax.plot([p["beta"]], [p[name][key]], "o", color=colour,
-                                mfc="none" if p[name]["tau_int_lower_bound"] else colour)
-        ax1.set(yscale="log", xlabel="β", ylabel="τ_int(Q)", title="autocorrelation of Q (open: lower bound)")
-        ax2.set(yscale="log", xlabel="β", ylabel="seconds", title="time to 10⁴ independent Q (training included)")
-        for ax in (ax1, ax2):
-            ax.legend(fontsize=8)
-    return path
+    return plot_tau_and_cost(result, path, SAMPLERS, "2D U(1): autocorrelation of Q (open: lower bound)")
 
 
 def progress_line(p: dict) -> str:

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from actions import Schwinger
-from ..analysis import figure, reverse_ess, tau_int_summary, text_table
+from ..analysis import reverse_ess, tau_int_summary, text_table
 from ..analysis.verdict import markov_checks, verdict
 from ..flows import build_flow
 from ..io import result_header, strict
+from .beta_plots import plot_tau_and_cost
 from ..samplers.nmcmc import nmcmc_chains
 from ..samplers.pf_hmc import PseudofermionHMC
 from ..samplers.hmc import tuned_run
@@ -207,24 +208,10 @@ def format_schwinger_table(result: dict[str, Any]) -> str:
 
 def plot_schwinger(result: dict[str, Any], path: str) -> str:
     """τ_int(Q) and the cost of 10⁴ independent Q against β, one line per sampler and L (open: lower bounds)."""
-    with figure(path, 1, 2, figsize=(10, 4)) as (fig, axes):
-        ax1, ax2 = axes[0]
-        for L, ls in zip(sorted({p["L"] for p in result["points"]}), ("-", "--", ":")):
-            pts = [p for p in result["points"] if p["L"] == L]
-            b = [p["beta"] for p in pts]
-            for name, label, colour in SAMPLERS:
-                for ax, key in ((ax1, "tau_int_q"), (ax2, "cost_1e4_seconds")):
-                    ax.plot(b, [p[name][key] for p in pts], ls, color=colour, label=f"{label} {L}x{L}")
-                    for p in pts:
-                        ax.plot([p["beta"]], [p[name][key]], "o", color=colour,
-                                mfc="none" if p[name]["tau_int_lower_bound"] else colour)
-        ax1.set(yscale="log", xlabel="β", ylabel="τ_int(Q)", title="Schwinger N_f = 2: autocorrelation of Q")
-        ax2.set(yscale="log", xlabel="β", ylabel="seconds", title="time to 10⁴ independent Q (training included)")
-        for ax in (ax1, ax2):
-            ax.legend(fontsize=7)
-        kappas = ", ".join(f"β={p['beta']:g}: κ={p['kappa']:g}" for p in result["points"] if p["L"] == result["points"][0]["L"])
-        fig.suptitle(f"2D U(1) + 2 Wilson fermions ({kappas})", fontsize=9)
-    return path
+    first = result["points"][0]["L"]
+    kappas = ", ".join(f"β={p['beta']:g}: κ={p['kappa']:g}" for p in result["points"] if p["L"] == first)
+    return plot_tau_and_cost(result, path, SAMPLERS, "Schwinger N_f = 2: autocorrelation of Q",
+                             suptitle=f"2D U(1) + 2 Wilson fermions ({kappas})", legend_size=7)
 
 
 def progress_line(p: dict) -> str:
