@@ -15,14 +15,13 @@ from actions import U1Gauge
 from actions.exact import u1_mean_plaquette, u1_topological_susceptibility
 from ..analysis import reverse_ess, tau_int_summary, text_table
 from ..analysis.verdict import markov_checks, verdict
-from ..flows import build_flow
-from ..flows.u1_plaquette import PlaquetteMarginal
 from ..io import result_header, strict
 from .beta_plots import plot_tau_and_cost
+from .gauge_flow import anneal_from, train_gauge_flow
 from ..samplers.hmc import HMC, tuned_run
 from ..samplers.nmcmc import nmcmc_chains
 from ..samplers.winding_hmc import WindingHMC
-from ..training import Trainer, transfer_state
+from ..training import Trainer
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_efficiency_bench", "format_efficiency_table", "plot_efficiency"]
 
@@ -83,21 +82,11 @@ def _run_hmc(action: U1Gauge, settings: dict, seed: int, winding: bool = False) 
     return out
 
 
-def _anneal_from(flow, previous, lattice: tuple[int, ...]) -> None:
-    """Load ``previous``'s weights into ``flow`` (same architecture, another β), except the plaquette-
-    marginal layer, which keeps ``flow``'s own exact single-plaquette initialisation at the new β."""
-    transfer_state(flow, previous.state_dict(), lattice=lattice, keep=(PlaquetteMarginal,))
+_anneal_from = anneal_from  # the name the tests know
 
 
 def _train_flow(action: U1Gauge, previous, settings: dict, seed: int) -> Trainer:
-    torch.manual_seed(seed)
-    flow = build_flow({"family": "u1"}, action).to(torch.float32)
-    if previous is not None:
-        _anneal_from(flow, previous, tuple(action.shape))
-    trainer = Trainer(flow, action, objective="reverse_kl", estimator="fast_path",
-                      batch_size=settings["train_batch"], lr=1e-3, scheduler="cosine", warmup_steps=10, seed=seed)
-    trainer.train(10 ** 6, seconds=settings["train_seconds"], log_every=10 ** 6, progress=False)
-    return trainer
+    return train_gauge_flow(action, previous, settings["train_batch"], settings["train_seconds"], seed)
 
 
 def _run_nmcmc(flow, action: U1Gauge, settings: dict, seed: int) -> dict[str, Any]:

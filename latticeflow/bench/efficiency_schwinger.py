@@ -14,15 +14,14 @@ import torch
 from actions import Schwinger
 from ..analysis import reverse_ess, tau_int_summary, text_table
 from ..analysis.verdict import markov_checks, verdict
-from ..flows import build_flow
 from ..io import result_header, strict
 from .beta_plots import plot_tau_and_cost
+from .gauge_flow import train_gauge_flow
 from ..samplers.nmcmc import nmcmc_chains
 from ..samplers.pf_hmc import PseudofermionHMC
 from ..samplers.hmc import tuned_run
 from ..samplers.winding_hmc import WindingHMC
-from ..flows.u1_plaquette import PlaquetteMarginal
-from ..training import Trainer, transfer_state
+from ..training import Trainer
 
 __all__ = ["POINTS", "QUICK_POINTS", "run_schwinger_efficiency", "format_schwinger_table", "plot_schwinger"]
 
@@ -109,23 +108,11 @@ def _run_hmc(theory: Schwinger, st: dict, seed: int, winding: bool) -> dict[str,
     return out
 
 
-def _anneal_from(flow, previous, lattice: tuple[int, ...]) -> None:
-    """``previous``'s weights into ``flow`` (another β), the plaquette-marginal layer kept at the new β."""
-    transfer_state(flow, previous.state_dict(), lattice=lattice, keep=(PlaquetteMarginal,))
-
-
 def _train_flow(theory: Schwinger, previous, st: dict, seed: int) -> Trainer:
     """The default gauge-equivariant `u1` flow on the Schwinger target (exact log det in the reverse KL), float32,
     from the previous β's weights where there is one (its plaquette-marginal layer at this β)."""
-    torch.manual_seed(seed)
-    flow = build_flow({"family": "u1"}, theory).to(torch.float32)
-    if previous is not None:
-        _anneal_from(flow, previous, tuple(theory.shape))
     L = theory.shape[0]
-    trainer = Trainer(flow, theory, objective="reverse_kl", estimator="fast_path",
-                      batch_size=_per_l(st["train_batch"], L), lr=1e-3, scheduler="cosine", warmup_steps=10, seed=seed)
-    trainer.train(10 ** 6, seconds=_per_l(st["train_seconds"], L), log_every=10 ** 6, progress=False)
-    return trainer
+    return train_gauge_flow(theory, previous, _per_l(st["train_batch"], L), _per_l(st["train_seconds"], L), seed)
 
 
 def _run_nmcmc(flow, theory: Schwinger, st: dict, seed: int) -> dict[str, Any]:
