@@ -12,7 +12,7 @@ import pkgutil
 import pytest
 import torch
 
-from actions import Phi4, ProductMixture, U1Gauge
+from actions import Phi4, ProductMixture, Schwinger, U1Gauge
 from actions.exact import free_field_log_z
 import latticeflow.flows as flows
 from latticeflow.flows import (FAMILIES, FLOW_FAMILIES, Bijection, FlowError, FourierScaling, SplineCoupling,
@@ -24,6 +24,7 @@ from .helpers import F64, maxabs
 DEFAULT_LATTICE = {
     "phi4": lambda: Phi4((4, 4), kappa=0.3, lam=0.02),
     "u1": lambda: U1Gauge((4, 4), beta=1.0),
+    "schwinger": lambda: Schwinger((4, 4), beta=1.0, kappa=0.2),
     "gmm": lambda: ProductMixture(dim=6),
 }
 CASES = [(family, theory) for family, entry in FAMILIES.items() for theory in entry.theories]
