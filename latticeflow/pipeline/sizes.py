@@ -16,6 +16,7 @@ own entries; ``wall_time_total`` is the schedule's training time.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,21 @@ def train_over_sizes(cfg: Config, config_text: str, train_one: Callable[..., dic
         spent += float(summary["wall_time"])
         entries.append(_entry(L, summary, stage.output_dir))
     last_init = str(cfg.output_dir / "sizes" / f"L{cfg.train.sizes[-2]}")
-    # the last stage's budget: what the earlier stages left (each may run over its share by its last step)
-    final = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, seconds=max(float(cfg.train.seconds) - spent, 1e-3), init=last_init))
+    # the last stage's budget: what the earlier stages left (each may run over its share by its last step),
+    # decided once and kept (a rerun reads the earlier stages' wall time back from their checkpoints, which can
+    # differ from the first run's by a hair, and must not buy the last stage another step)
+    budget_file = cfg.output_dir / "sizes" / "last_stage_seconds.json"
+    budget = max(float(cfg.train.seconds) - spent, 1e-3)
+    try:
+        kept = json.loads(budget_file.read_text())
+        if float(kept["train_seconds"]) != float(cfg.train.seconds):  # the budget was changed: decide again
+            raise ValueError("train.seconds changed")
+        budget = float(kept["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        world = kwargs.get("world")
+        if world is None or world.is_main:
+            write_json(budget_file, {"seconds": budget, "train_seconds": float(cfg.train.seconds)})
+    final = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seconds=budget, init=last_init))
     summary = train_one(final, config_text, **kwargs)
     entries.append(_entry(cfg.train.sizes[-1], summary, cfg.output_dir))
     summary["sizes"] = entries
