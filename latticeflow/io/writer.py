@@ -132,6 +132,7 @@ class EnsembleWriter:
         self._closed = False
         self._failed: str | None = None
         self._names: frozenset[str] | None = None
+        self._measured: list[str] = []  # datasets `latticeflow measure` added (new rows cannot have them)
         self._n_rows = 0
         self._n_batches = 0  # committed rows of the checksum table
         self._n_runs = 0  # committed entries of the history
@@ -197,6 +198,7 @@ class EnsembleWriter:
                 names_in_file = list_datasets(f)
                 lengths = [f[name].shape[0] for name in names_in_file]
                 file_dtype = f["samples"].dtype.name if "samples" in f else attrs.get("dtype")
+                self._measured = [n for n in names_in_file if "measured_by" in f[n].attrs]
             except (OSError, RuntimeError, KeyError) as exc:
                 if n_rows > 0:
                     raise ValueError(f"damaged ensemble {self.path}: {exc}") from exc
@@ -346,6 +348,10 @@ class EnsembleWriter:
             arrays["log_weight"] = -np.asarray(arrays["action"], np.float64) - arrays["log_q"]
         if self._names is not None and frozenset(arrays) != self._names:
             missing = sorted(self._names - set(arrays))
+            if set(missing) & set(self._measured):
+                raise ValueError(f"{self.path} holds {', '.join(sorted(set(missing) & set(self._measured)))}, added "
+                                 "by `latticeflow measure`, which new rows would lack: sample more into another file "
+                                 "(or a copy without it), then measure again; nothing was written")
             extra = sorted(set(arrays) - self._names)
             raise ValueError(
                 f"every batch must write the same datasets as the file {self.path}: "
