@@ -242,6 +242,11 @@ class EnsembleWriter:
         return self._n_rows
 
     @property
+    def measured(self) -> list[str]:
+        """Datasets of the existing file that `latticeflow measure` added (new rows could not have them)."""
+        return list(self._measured)
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

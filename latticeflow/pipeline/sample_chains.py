@@ -61,12 +61,14 @@ def gated_writer(gate, writer: EnsembleWriter | None, path: Path, action, cfg: C
     return writer
 
 def open_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | None, first_chain: int = 0,
-                default_n_chains: int = -1, **writer_args) -> tuple[EnsembleWriter | None, int]:
+                default_n_chains: int = -1, n_target: int | None = None,
+                **writer_args) -> tuple[EnsembleWriter | None, int]:
     """Read-only: every check that can refuse appending to the ensemble at ``path``, run before anything is
     written (theory, couplings, shape, sampler, structure and checksums, and for chains ``n_chains`` and whole
     sweeps). Returns ``(writer, rows kept)``: the writer opened on the existing file (it writes nothing before
     its first append; a damaged tail is cut back then, its message in ``writer.resume_message``), or
-    ``(None, 0)`` if there is no file yet. The last sweep is checked at the rows kept, after the cut."""
+    ``(None, 0)`` if there is no file yet. The last sweep is checked at the rows kept, after the cut. A file with
+    observables added by `latticeflow measure` is refused if it would grow (below ``n_target`` rows)."""
     if not Path(path).exists():
         return None, 0
     with open_h5_readonly(path) as f:
@@ -91,6 +93,10 @@ def open_resume(path: Path, action, sampler: str, dtype: str, n_chains: int | No
                             field_shape=tuple(action.field_shape), sampler=sampler, dtype=dtype, quiet=True,
                             **writer_args)  # read-only here: computes the rows a damaged tail leaves
     n_rows = writer.n_rows
+    if n_target is not None and n_rows < n_target and writer.measured:
+        writer.close()
+        raise ValueError(f"{path} holds {', '.join(writer.measured)}, added by `latticeflow measure`, which new rows "
+                         f"would lack: sample more into another directory, then measure again; nothing was written")
     if n_rows and n_chains is not None:
         try:
             read_last_sweep(path, n_rows, n_chains, first_chain, datasets=(), default_n_chains=default_n_chains)
@@ -133,7 +139,8 @@ def sample_chains(cfg: Config, config_text: str = "", *, command: str | None = N
             sampler = make_chain_sampler(s.name, action, s, generator)
         except ValueError as err:
             raise ConfigError(f"sampler: {err}") from None
-        writer, n_rows = open_resume(path, action, s.name, cfg.dtype, n_chains, first_chain, seed=cfg.seed,
+        writer, n_rows = open_resume(path, action, s.name, cfg.dtype, n_chains, first_chain, n_target=n_target,
+                                     seed=cfg.seed,
                                      replica=replica or 0, config_text=config_text, command=command)
         state = _resume_state(path, n_rows, n_chains, sampler, generator, dtype, device, first_chain) if n_rows else None
     except Exception as err:

@@ -88,7 +88,7 @@ def sample_with_flow(cfg: Config, config_text: str = "", *, checkpoint: str | No
     try:  # every refusal (a bad checkpoint, a file that cannot be resumed) before the first write
         action, flow = load_flow(cfg, checkpoint)
         writer, n_rows = open_resume(path, action, s.name, cfg.dtype, k if markov else None, first_chain,
-                                     default_n_chains=1, seed=cfg.seed, replica=replica or 0,
+                                     default_n_chains=1, n_target=s.n_samples, seed=cfg.seed, replica=replica or 0,
                                      config_text=config_text, command=command)
         states = _resume_chains(path, n_rows, k, first_chain, dtype, device) if n_rows and markov else None
     except Exception as err:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from actions.exact import u1_wilson_loop
 from latticeflow.analysis import gamma_method_derived
@@ -19,9 +20,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "wilson_lo
 
 def test_creutz_ratio_of_measured_wilson_loops_matches_the_exact_torus_value(tmp_path):
     beta, shape = 2.0, (8, 8)
-    cfg = config_from_dict({"name": "u1", "seed": 5, "action": {"theory": "u1", "shape": list(shape), "beta": beta},
-                            "sampler": {"n_samples": 4096, "n_chains": 16, "n_thermalize": 100, "batch_size": 1024},
-                            "output": {"dir": str(tmp_path)}})
+    settings = {"name": "u1", "seed": 5, "action": {"theory": "u1", "shape": list(shape), "beta": beta},
+                "sampler": {"n_samples": 4096, "n_chains": 16, "n_thermalize": 100, "batch_size": 1024},
+                "output": {"dir": str(tmp_path)}}
+    cfg = config_from_dict(settings)
     sample(cfg, "", progress=False)
     path = tmp_path / "ensemble.h5"
     s = measure(path, f"{EXAMPLE}:wilson_loops", progress=False)
@@ -44,3 +46,9 @@ def test_creutz_ratio_of_measured_wilson_loops_matches_the_exact_torus_value(tmp
     assert abs(chi.mean - exact) < 3 * chi.error, (chi, exact)
     rows = analyze(str(path), reference=None).extra["measured"]["wilson_loops"]
     assert rows["shape"] == [4] and abs(rows["mean"][1] - w[2]) < 4 * rows["error"][1]
+    # more sampling would leave the measured observable short: refused before anything is written
+    before = [(p.name, p.read_bytes()) for p in sorted(tmp_path.iterdir()) if p.is_file()]
+    more = config_from_dict({**settings, "sampler": {**settings["sampler"], "n_samples": 8192}})
+    with pytest.raises(ValueError, match="added by `latticeflow measure`"):
+        sample(more, "", progress=False)
+    assert [(p.name, p.read_bytes()) for p in sorted(tmp_path.iterdir()) if p.is_file()] == before
