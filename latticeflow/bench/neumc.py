@@ -136,17 +136,25 @@ def _theirs(theory, seconds: float, seed: int, batch_size: int) -> dict[str, Any
 
 
 def run_neumc_bench(*, seconds: float | None = None, quick: bool = False, seeds: list[int] | None = None,
-                    batch_sizes: tuple[int, ...] = (1024, 128)) -> dict[str, Any]:
-    """Both flows trained for ``seconds`` each (600; ``quick``: 10 s on 4×4), then judged alike; per seed. NeuMC
-    runs at its published batch (1024) and at 128 (8× more steps in the same time, fairer on 2 cores)."""
+                    contenders: str | None = None) -> dict[str, Any]:
+    """Every contender trained for ``seconds`` (600; ``quick``: 10 s on 4×4), then judged alike; per seed.
+    ``contenders`` (``--targets``): comma-separated of ``latticeflow``, ``neumc_b1024`` (NeuMC's published batch),
+    ``neumc_b128`` (8× more steps in the same time; fairer on 2 cores); default all three, one after the other.
+    Two single-thread processes with one contender each (``--threads 1 --targets …``) run side by side compare
+    them at equal wall time on a shared machine."""
+    names = [c.strip() for c in (contenders or "latticeflow,neumc_b1024,neumc_b128").split(",") if c.strip()]
+    for c in names:
+        if c != "latticeflow" and not (c.startswith("neumc_b") and c[7:].isdigit() and int(c[7:]) > 0):
+            raise ValueError(f"bench neumc: --targets must name latticeflow or neumc_b<batch>, got {c!r}")
     seconds = float(seconds or (10 if quick else 600))
     shape = (4, 4) if quick else POINT["shape"]
     theory = build_theory("schwinger", shape, {"beta": POINT["beta"], "kappa": POINT["kappa"]})
     rows = []
     for seed in seeds or [0]:
-        row = {"seed": seed, "latticeflow": _ours(theory, seconds, seed)}
-        for b in ((64,) if quick else batch_sizes):
-            row[f"neumc_b{b}"] = _theirs(theory, seconds, seed, b)
+        row: dict[str, Any] = {"seed": seed}
+        for c in names:
+            row[c] = _ours(theory, seconds, seed) if c == "latticeflow" else \
+                _theirs(theory, seconds, seed, min(int(c[7:]), 64) if quick else int(c[7:]))
         rows.append(row)
     return {"point": {**POINT, "shape": list(shape)}, "seconds": seconds, "threads": torch.get_num_threads(),
             "eval_samples": _EVAL, "runs": rows}
