@@ -6,6 +6,8 @@ A is diagonal in momentum space, p_μ = 2π n_μ / L_μ:
     A(p) = 2 (1 − 2κ Σ_μ cos p_μ),   positive definite iff 0 < κ < 1/(2d) (we require κ > 0),
     G(x) = ⟨φ_0 φ_x⟩ = V⁻¹ Σ_p e^{ipx} / A(p),      χ₂ = V⟨m²⟩ = Σ_x G(x) = 1/A(0),
     ln Z = (V/2) ln 2π − ½ Σ_p ln A(p),             ⟨S⟩/V = ½ (equipartition).
+    ⟨|φ̃(p)|²⟩/V = 1/A(p), so the second-moment correlation length (p_min = 2π/L e_μ, L = L0)
+    ξ₂ = √((A(p_min)/A(0) − 1)/(4 sin²(π/L))) = √(κ/(1 − 2dκ)) for every L.
 
 2D U(1) (Wilson 1974) with S = −β Σ_x cos P(x) on an L0 × L1 torus with V = L0 L1 plaquettes, measure
 ∏_links dθ/2π. Expanding e^{β cos P} = Σ_n I_n(β) e^{inP} and integrating every link forces one common
@@ -40,6 +42,7 @@ __all__ = [
     "free_field_zero_momentum_correlator",
     "free_field_log_z",
     "free_field_action_density",
+    "free_field_second_moment_xi",
     "u1_log_z",
     "u1_mean_plaquette",
     "u1_wilson_loop",
@@ -101,6 +104,17 @@ def free_field_log_z(shape: Sequence[int], kappa: float) -> float:
 def free_field_action_density() -> float:
     """⟨S⟩/V = ½ tr(A A⁻¹)/V = ½ for any shape and κ (equipartition of a Gaussian)."""
     return 0.5
+
+
+def free_field_second_moment_xi(shape: Sequence[int], kappa: float) -> float:
+    """ξ₂ = √((χ₂/F − 1)/(4 sin²(π/L))) with χ₂ = 1/A(0), F = ⟨|φ̃(p_min)|²⟩/V = 1/A(p_min), p_min = 2π/L e_0
+    (L = L0 ≥ 2); equal to √(κ/(1 − 2dκ)) on every lattice."""
+    a = free_field_kernel(shape, kappa)
+    length = a.shape[0]
+    if length < 2:
+        raise ValueError(f"shape needs L0 >= 2 for a nonzero momentum, got {list(shape)!r}")
+    ratio = float(a[(1,) + (0,) * (a.ndim - 1)] / a.flat[0])
+    return math.sqrt((ratio - 1) / (4 * math.sin(math.pi / length) ** 2))
 
 
 # ------------------------------------------------------------------------------------------------

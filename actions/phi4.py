@@ -20,7 +20,20 @@ from . import exact, phi4_variational
 from .lattice import momentum_cos_sum, shift, validate_shape
 from .theory import TableRow, Theory, check_coupling_keys
 
-__all__ = ["Phi4", "standard_action"]
+__all__ = ["Phi4", "standard_action", "second_moment_xi"]
+
+
+def second_moment_xi(chi2: float, f: float, length: int, signed: bool = False) -> float:
+    """Second-moment correlation length ξ₂ = √((χ₂/F − 1)/(4 sin²(π/L))) from χ₂ = V⟨m²⟩ and
+    F = ⟨|φ̃(p_min)|²⟩/V, p_min = 2π/L (Cooper, Freedman & Preston 1982; Caracciolo et al., PRL 74, 2969 (1995)).
+
+    Where χ₂/F < 1 (no positive estimate: ξ ≪ 1, within noise of χ₂/F = 1) NaN, or with ``signed``
+    −√((1 − χ₂/F)/(4 sin²(π/L))), continuous through 0, so that the Gamma method's error propagation of the
+    analysis table always has a finite value."""
+    ratio = chi2 / f if f > 0 else math.nan
+    if not math.isfinite(ratio) or length < 2 or (ratio < 1 and not signed):
+        return math.nan
+    return math.copysign(math.sqrt(abs(ratio - 1) / (4 * math.sin(math.pi / length) ** 2)), ratio - 1)
 
 
 def standard_action(phi: torch.Tensor, m2: float, lam4: float) -> torch.Tensor:
@@ -47,6 +60,8 @@ class Phi4(Theory):
     theory = "phi4"
     coupling_keys = ("kappa", "lam", "m2", "lam4")
     histogram_observable = "m"
+    scan_observables = ("binder U", "chi = V(<m^2>-<|m|>^2)", "xi/L")
+    crossing_observable = "binder U"
 
     def __init__(self, shape: Sequence[int], kappa: float, lam: float) -> None:
         self.shape = validate_shape(shape, "shape")
@@ -187,8 +202,8 @@ class Phi4(Theory):
 
     # -- analysis -----------------------------------------------------------------------------------
     def table_rows(self) -> list[TableRow]:
-        """m, |m|, χ₂ = V⟨m²⟩, χ = V(⟨m²⟩ − ⟨|m|⟩²), U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), S/V, G(t, 0, …) at t = 0, 1, L0/2
-        (exact free-field values at λ = 0)."""
+        """m, |m|, χ₂ = V⟨m²⟩, χ = V(⟨m²⟩ − ⟨|m|⟩²), U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), ξ₂/L (`second_moment_xi` of χ₂ and
+        F = ⟨fourier_pmin⟩, L = L0; negative where χ₂/F < 1), S/V, G(t, 0, …) at t = 0, 1, L0/2 (exact free-field values at λ = 0)."""
         v = float(self.volume)
         free = self.free
         g = exact.free_field_propagator(self.shape, self.kappa) if free else None
@@ -200,6 +215,14 @@ class Phi4(Theory):
                      exact=exact.free_field_chi2(self.shape, self.kappa) if free else None),
             TableRow("chi = V(<m^2>-<|m|>^2)", ("m2", "abs_m"), func=lambda m2, am: v * (m2 - am**2)),
             TableRow("binder U", ("m4", "m2"), func=lambda m4, m2: 1 - m4 / (3 * m2**2), exact=0.0 if free else None),
+        ]
+        length = self.shape[0]
+        if length > 1:
+            rows.append(TableRow("xi/L", ("m2", "fourier_pmin"),
+                                 func=lambda m2, f: second_moment_xi(v * m2, f, length, signed=True) / length,
+                                 exact=exact.free_field_second_moment_xi(self.shape, self.kappa) / length
+                                 if free else None))
+        rows += [
             TableRow("S/V", ("action_density",), main=True,
                      exact=exact.free_field_action_density() if free else None),
         ]
@@ -232,12 +255,30 @@ class Phi4(Theory):
         """C(t) = Σ_y G(t, y) per configuration (t along axis 0, y the other d − 1 axes), ``(B, L0)``."""
         return self.two_point(phi).flatten(2).sum(-1) if self.ndim > 1 else self.two_point(phi)
 
+    def fourier_pmin(self, phi: torch.Tensor) -> torch.Tensor:
+        """F = |φ̃(p_min)|²/V averaged over the lowest nonzero momenta p_min = 2π/L e_μ of the axes μ of
+        extent L = L0 (all d axes on a hypercube), φ̃(p) = Σ_x φ_x e^{ipx}; ``(B,)``.
+
+        Each |φ̃|² is that of the profile Σ_{x⊥} φ_x along μ: O(V) work, no FFT of the whole lattice.
+        """
+        length = self.shape[0]
+        n = torch.arange(length, dtype=phi.dtype, device=phi.device)
+        cos, sin = torch.cos(2 * math.pi * n / length), torch.sin(2 * math.pi * n / length)
+        axes = [mu for mu, extent in enumerate(self.shape) if extent == length]
+        total = torch.zeros(phi.shape[0], dtype=phi.dtype, device=phi.device)
+        for mu in axes:
+            others = tuple(1 + nu for nu in range(self.ndim) if nu != mu)
+            profile = phi.sum(dim=others) if others else phi  # (B, L)
+            total = total + (profile @ cos) ** 2 + (profile @ sin) ** 2
+        return total / (len(axes) * self.volume)
+
     def observables(self, phi: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-configuration measurements (first axis B): m, |m|, m², m⁴, S/V, G(x) ``(B, *shape)``,
-        C(t) ``(B, L0)``; m = V⁻¹ Σ_x φ_x, G(x) = V⁻¹ Σ_y φ_y φ_{y+x}, C(t) = Σ_y G(t, y).
+        """Per-configuration measurements (first axis B): m, |m|, m², m⁴, S/V, F = |φ̃(p_min)|²/V
+        (`fourier_pmin`), G(x) ``(B, *shape)``, C(t) ``(B, L0)``; m = V⁻¹ Σ_x φ_x, G(x) = V⁻¹ Σ_y φ_y φ_{y+x},
+        C(t) = Σ_y G(t, y).
 
         Ensemble quantities follow from these: χ₂ = V⟨m²⟩, χ = V(⟨m²⟩ − ⟨|m|⟩²),
-        U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), m_eff(t) = arccosh[(C(t−1) + C(t+1))/(2C(t))].
+        U = 1 − ⟨m⁴⟩/(3⟨m²⟩²), ξ₂ = √((χ₂/⟨F⟩ − 1)/(4 sin²(π/L))), m_eff(t) = arccosh[(C(t−1) + C(t+1))/(2C(t))].
         """
         m = self.magnetization(phi)
         g = self.two_point(phi)
@@ -247,6 +288,7 @@ class Phi4(Theory):
             "m2": m**2,
             "m4": m**4,
             "action_density": self.action(phi) / self.volume,
+            "fourier_pmin": self.fourier_pmin(phi),
             "two_point": g,
             "zero_momentum_correlator": g.flatten(2).sum(-1) if self.ndim > 1 else g,
         }

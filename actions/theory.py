@@ -10,6 +10,8 @@ asks the theory object, never its name:
 - ``symmetry(x)``, ``observables(x) -> {name: (B, …)}`` (normalisations in each theory's docstring);
 - ``table_rows()``: the rows of the analysis table with their exact values where known; rows marked
   ``main`` enter the trust verdict;
+- ``scan_rows()`` and ``crossing_observable``: the rows a coupling scan (`latticeflow scan`) plots against the
+  scanned coupling, and the one whose curves for successive lattice sizes cross at the critical coupling;
 - ``extra_analysis(observables)``: theory-specific plain-numpy extras (a charge histogram, say);
 - ``log_z_exact()``: the exact ln Z (Lebesgue measure on the field space) where known.
 """
@@ -65,6 +67,11 @@ class Theory:
     cost_observable: str | None = None
     #: the table row reported beside it (with its pull against the exact value)
     cost_estimate: str | None = None
+    #: the table rows a coupling scan plots against the scanned coupling (None: the ``main`` rows)
+    scan_observables: tuple[str, ...] | None = None
+    #: the scan row whose curves for successive lattice sizes cross at the critical coupling (a Binder
+    #: cumulant, say); None: the theory has no such crossing
+    crossing_observable: str | None = None
     shape: tuple[int, ...]
 
     @classmethod
@@ -104,6 +111,12 @@ class Theory:
 
     def table_rows(self) -> list[TableRow]:
         return []
+
+    def scan_rows(self) -> tuple[str, ...]:
+        """Names of the table rows a coupling scan plots: ``scan_observables``, else the ``main`` rows."""
+        if self.scan_observables is not None:
+            return tuple(self.scan_observables)
+        return tuple(r.name for r in self.table_rows() if r.main)
 
     def extra_analysis(self, observables: Mapping[str, Any], weights: Any = None) -> dict[str, Any]:
         return {}

@@ -108,6 +108,7 @@ class U1Gauge(Theory):
     histogram_observable = "topological_charge"
     cost_observable = "Q"
     cost_estimate = "chi_t = <Q^2>/V"
+    scan_observables = ("<cos P>", "chi_t = <Q^2>/V")
 
     def __init__(self, shape: Sequence[int], beta: float) -> None:
         self.shape = validate_shape(shape, "shape")

@@ -1,4 +1,5 @@
-"""Command line: ``latticeflow sample|train|run CONFIG [--set key.sub=value …]``, ``latticeflow analyze FILE [--json]``.
+"""Command line: ``latticeflow sample|train|run CONFIG [--set key.sub=value …]``, ``latticeflow analyze FILE [--json]``,
+``latticeflow scan CONFIG --over key=start:stop:count …`` (a grid of runs) and ``latticeflow scan --report DIR``.
 
 User errors (bad config keys or values, missing files, an ensemble of another theory) print one line
 ``latticeflow: error: …`` and exit with status 2; there is no traceback unless ``LATTICEFLOW_DEBUG=1``.
@@ -48,11 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "ensemble_hmc.h5 beside FILE, as `run` does; 'none': no reference)")
     p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S (Wolff 2004)")
     p.add_argument("--pyerrors", metavar="PATH", default=None,
-                   help="also export the scalar per-configuration observables (chains as replicas 'name|r01', …) "
+                   help="also export every per-configuration observable (chains as replicas 'name|r01', …) "
                         "as a pyerrors json.gz file")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="also draw C(t) with the correlated cosh fit and m_eff(t) with the fitted mass")
+    p = sub.add_parser("measure", help="add a per-configuration observable computed by your own function to an "
+                                       "ensemble (observables/<name>, resumable; analyze includes it)")
+    p.add_argument("file", help="HDF5 ensemble (or the master file of an MPI run)")
+    p.add_argument("--observable", required=True, metavar="MODULE:FUNCTION",
+                   help="function of a batch of fields (B, *field_shape) returning (B,) or (B, ...); "
+                        "MODULE importable from here, or path/to/file.py")
+    p.add_argument("--name", default=None, help="dataset name observables/<name> (default: the function's name)")
+    p.add_argument("--numpy", action="store_true", help="pass numpy arrays instead of torch tensors")
+    p.add_argument("--device", default="cpu", help="torch device of the fields (cpu, cuda)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="configurations per call (default: ~32 MiB of fields, at most 4096)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_option(p)
     p = sub.add_parser("verify", help="check ensemble files: structure and every batch's checksums "
                                       "(one line per damaged batch, exit 2 on damage)")
     p.add_argument("files", nargs="+", metavar="ENSEMBLE", help="HDF5 ensemble (or MPI master) files")
+    _threads_option(p)
+    p = sub.add_parser("scan", help="a resumable grid of runs over couplings and sizes (one run directory per point), "
+                                    "or --report DIR: table, report.json and plots of a scan")
+    p.add_argument("config", nargs="?", default=None, help="YAML run config (not with --report)")
+    p.add_argument("--over", action="append", default=[], metavar="KEY=VALUES",
+                   help="scanned key: start:stop:count (inclusive) or a comma list, e.g. action.kappa=0.30:0.345:10 or "
+                        "'action.shape=[16,16],[32,32]' (repeatable: the Cartesian product)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key at every point, e.g. --set sampler.n_samples=20000 (repeatable)")
+    p.add_argument("--report", default=None, metavar="DIR", help="report on the scan in DIR instead of running one")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--plot", default=None, metavar="PNG", help="the report's plot (default <scan dir>/scan.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _threads_option(p)
     from .bench import BENCHES
 
@@ -212,6 +241,12 @@ def _cmd_analyze(args) -> int:
         from .pipeline.analyze import export_pyerrors
 
         print(f"wrote {export_pyerrors(args.file, args.pyerrors)}", file=sys.stderr)
+    if args.plot:
+        from .analysis.correlators import plot_correlator
+
+        size = "x".join(map(str, result.shape))
+        coup = ", ".join(f"{k}={v:g}" for k, v in result.couplings.items())
+        print(f"wrote {plot_correlator(args.plot, result.extra, f'{result.theory} {size}, {coup}')}", file=sys.stderr)
     if args.json:
         from .io import dumps_json
 
@@ -219,6 +254,51 @@ def _cmd_analyze(args) -> int:
     else:
         print(result.table())
     return 3 if args.strict and not result.extra["verdict"]["reliable"] else 0
+
+
+def _cmd_measure(args) -> int:
+    """``latticeflow measure FILE --observable MODULE:FUNCTION``: one summary line."""
+    from .pipeline.measure import measure
+
+    command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
+    s = measure(args.file, args.observable, args.name, numpy_input=args.numpy, device=args.device,
+                batch_size=args.batch_size, progress=not args.no_progress, command=command)
+    resumed = sum(d["resumed_from"] for d in s["files"])
+    shape = "scalar" if not s["shape"] else "shape " + "x".join(map(str, s["shape"]))
+    print(f"measured {s['observable']} on {s['n_rows']} configurations ({shape}) into observables/{s['name']} of "
+          f"{args.file}" + (f"; resumed after {resumed} rows" if resumed else ""))
+    return 0
+
+
+def _cmd_scan(args) -> int:
+    """``latticeflow scan CONFIG --over KEY=VALUES …``: run the grid, then the report; ``scan --report DIR``: the
+    report alone. Exit 1 if a point failed (the others still ran)."""
+    from .io import dumps_json
+    from .pipeline.scan import plan_scan, run_scan
+    from .pipeline.scan_report import format_scan_report, scan_report
+
+    if args.report is not None:
+        if args.config is not None or args.over:
+            raise ValueError("scan --report DIR takes no CONFIG and no --over")
+        _configure_threads(args)
+        report = scan_report(args.report, args.plot)
+        print(dumps_json(report) if args.json else format_scan_report(report))
+        return 0
+    if args.config is None:
+        raise ValueError("scan needs a CONFIG and --over KEY=VALUES (or --report DIR)")
+    scan = plan_scan(args.config, args.over, args.overrides)
+    _configure_threads(args, scan.points[0].cfg)
+    command = " ".join(shlex.quote(a) for a in ["latticeflow", *sys.argv[1:]])
+    out = run_scan(scan, command=command, progress=not args.no_progress, plot=args.plot)
+    report = out.get("report")
+    if report is not None:  # rank 0
+        print(dumps_json(report) if args.json else format_scan_report(report))
+        files = ", ".join(str(f) for f in (scan.dir / "scan.json", report.get("json"), report.get("plot")) if f)
+        print(f"scan: {out['n_points']} points: {out['ran']} run, {out['skipped']} already finished, "
+              f"{len(out['failed'])} failed, in {out['seconds']:.0f} s; wrote {files}", file=sys.stderr)
+    for name, err in out["failed"].items():
+        print(f"latticeflow: scan point {name} failed: {err} (rerun the same command to retry)", file=sys.stderr)
+    return 1 if out["failed"] else 0
 
 
 def _cmd_verify(args) -> int:
@@ -326,7 +406,7 @@ def _main(args, reraise: bool = False) -> int:
     from .io import EnsembleMismatchError
 
     try:
-        if args.command not in ("sample", "train", "run"):  # those read threads: from their config first
+        if args.command not in ("sample", "train", "run", "scan"):  # those read threads: from their config first
             _configure_threads(args)
         if args.command == "train":
             return _cmd_train(args)
@@ -338,6 +418,10 @@ def _main(args, reraise: bool = False) -> int:
             return _cmd_bench(args)
         if args.command == "verify":
             return _cmd_verify(args)
+        if args.command == "scan":
+            return _cmd_scan(args)
+        if args.command == "measure":
+            return _cmd_measure(args)
     except (ConfigError, EnsembleMismatchError, FileNotFoundError, ValueError, OSError) as err:
         if reraise or os.environ.get("LATTICEFLOW_DEBUG"):
             raise

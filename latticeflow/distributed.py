@@ -13,18 +13,21 @@ rendezvous address come from MPI (rank 0 picks a free port and broadcasts it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["find_mpiexec", "launch_env", "World", "get_world", "launched_by_mpi", "launcher_size", "seed_for_rank", "init_torch_distributed",
+__all__ = ["find_mpiexec", "launch_env", "World", "get_world", "single_process", "launched_by_mpi", "launcher_size",
+           "seed_for_rank", "init_torch_distributed",
            "all_reduce_step", "broadcast_module", "shutdown", "abort_on_error", "collective_check",
            "MPI_ENV_VARS"]
 
@@ -139,6 +142,20 @@ def get_world() -> World:
     _WORLD = World(rank=comm.rank, size=comm.size, local_rank=local.rank, local_size=local.size, comm=comm)
     local.Free()
     return _WORLD
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[World]:
+    """Within the block `get_world()` is a world of one rank (rank 0 of 1, no communicator): this rank runs a job
+    of its own (a point of `latticeflow scan`) without any collective, as a one-process run would (the config's
+    seed itself, no shard files, its own directory lock). The process's world is restored afterwards."""
+    global _WORLD
+    saved = _WORLD
+    _WORLD = World()
+    try:
+        yield _WORLD
+    finally:
+        _WORLD = saved
 
 
 def seed_for_rank(seed: int, rank: int) -> int:

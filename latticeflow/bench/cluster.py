@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from actions import Phi4
+from actions.phi4 import second_moment_xi
 from ..analysis import pull, tau_int_summary, text_table
 from ..io import result_header, strict
 from ..samplers.cluster import Cluster
@@ -27,9 +28,9 @@ QUICK = {"shape": (8, 8), "seconds": 1.0, "n_chains": 8, "n_thermalize": 40}
 
 
 def _second_moment_xi(chi2: float, f: float, length: int) -> float | None:
-    if not (f > 0 and chi2 / f > 1):
-        return None
-    return math.sqrt(chi2 / f - 1) / (2 * math.sin(math.pi / length))
+    """`actions.phi4.second_moment_xi`, None where it has no estimate (JSON-friendly)."""
+    xi = second_moment_xi(chi2, f, length)
+    return None if math.isnan(xi) else xi
 
 
 def _run(sampler_class: Callable[..., Any], action: Phi4, *, seconds: float, n_chains: int, n_thermalize: int,
@@ -40,13 +41,9 @@ def _run(sampler_class: Callable[..., Any], action: Phi4, *, seconds: float, n_c
     sampler = sampler_class(action, n_leapfrog=10, step_size=0.1, target_acceptance=0.8, step_size_jitter=0.2,
                             generator=gen, **extra)
     x = torch.randn(n_chains, *action.shape, generator=gen, dtype=torch.float64)
-    dims = tuple(range(1, action.ndim + 1))
-    p_min = [tuple(1 if nu == mu else 0 for nu in range(action.ndim))  # smallest momenta along the long axes
-             for mu, n in enumerate(action.shape) if n == action.shape[0]]
 
-    def measure(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ft = torch.fft.fftn(x, dim=dims)
-        return x.flatten(1).mean(1), sum(ft[(slice(None),) + p].abs() ** 2 for p in p_min) / (len(p_min) * action.volume)
+    def measure(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # m and F = |φ̃(p_min)|²/V (axes of extent L0)
+        return x.flatten(1).mean(1), action.fourier_pmin(x)
 
     run = tuned_run(sampler, x, n_thermalize=n_thermalize, seconds=seconds, measure=measure,
                     trajectory_length=trajectory_length)

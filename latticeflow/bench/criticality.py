@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from actions import Phi4
+from actions.phi4 import second_moment_xi
 from ..analysis import figure, format_cell, pull, reverse_ess, tau_int_summary, text_table
 from ..config import SamplerConfig
 from ..flows import build_flow
@@ -116,8 +117,8 @@ def _summary(obs: np.ndarray, shape: Sequence[int], wall_seconds: float, train_s
                              for s in (volume * m * m, np.abs(m), f)]
     configurations = m.size
     rate = configurations / wall_seconds if wall_seconds > 0 else math.nan
-    ratio = chi2["mean"] / fmom["mean"] if fmom["mean"] > 0 else math.nan
-    xi = math.sqrt(ratio - 1) / (2 * math.sin(math.pi / length)) if ratio > 1 else None
+    xi = second_moment_xi(chi2["mean"], fmom["mean"], length)
+    xi = None if math.isnan(xi) else xi
     return {"n_chains": m.shape[0], "chain_length": m.shape[1], "configurations": configurations,
             "wall_seconds": wall_seconds, "configs_per_s": rate,
             "chi2": chi2["mean"], "chi2_err": chi2["error"], "tau_int_chi2": chi2["tau_int"],

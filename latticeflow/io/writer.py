@@ -133,6 +133,8 @@ class EnsembleWriter:
         self._failed: str | None = None
         self._names: frozenset[str] | None = None
         self._measured: list[str] = []  # datasets `latticeflow measure` added (new rows cannot have them)
+        self._dropped_warned = False
+        self._from_file = False  # True: the dataset set is an existing file's (an older version may lack observables)
         self._n_rows = 0
         self._n_batches = 0  # committed rows of the checksum table
         self._n_runs = 0  # committed entries of the history
@@ -232,6 +234,7 @@ class EnsembleWriter:
         self._n_rows = good
         self._rows_dropped = n_rows - good
         self._names = frozenset(names_in_file) or None
+        self._from_file = self._names is not None
         self._needs_rewrite = not clean
 
     # -- writing -----------------------------------------------------------------
@@ -351,6 +354,15 @@ class EnsembleWriter:
         check_rows(arrays)
         if log_q is not None and log_weight is None:
             arrays["log_weight"] = -np.asarray(arrays["action"], np.float64) - arrays["log_q"]
+        newer = sorted(k for k in set(arrays) - (self._names or set(arrays))
+                       if k.startswith("observables/") and self._from_file)
+        if newer:  # observables this version measures but the file (written by an older one) lacks
+            for key in newer:
+                del arrays[key]
+            if not self._dropped_warned:
+                warn(f"{self.path} has no {', '.join(newer)} (written before that observable existed); the rows "
+                     "appended now leave it out too, so every dataset keeps one value per row")
+                self._dropped_warned = True
         if self._names is not None and frozenset(arrays) != self._names:
             missing = sorted(self._names - set(arrays))
             if set(missing) & set(self._measured):

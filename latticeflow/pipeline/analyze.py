@@ -47,7 +47,9 @@ class EnsembleAnalysis:
     def table(self) -> str:
         coup = ", ".join(f"{k}={v:g}" for k, v in self.couplings.items())
         title = f"{self.path}: {self.theory} {'x'.join(map(str, self.shape))}, {coup}, {self.n_rows} configurations"
-        text = format_table(self.rows, title=title)
+        from ..analysis.correlators import correlator_lines
+
+        text = format_table(self.rows, title=title) + "".join("\n" + line for line in correlator_lines(self.extra))
         return text + ("\n" + format_verdict(self.extra["verdict"]) if "verdict" in self.extra else "")
 
     def judge(self, thresholds: dict[str, float] | None = None, reference: "EnsembleAnalysis | None" = None) -> dict:
@@ -182,15 +184,41 @@ def _series(ens, spec_input, chain, mc_index, cache: dict) -> list[np.ndarray]:
 
 
 def _table(theory, ens, chain, mc_index, st: _Stats, rows: list) -> None:
-    """The theory's table rows (`actions.TableRow`): primary means or derived functions of means."""
+    """The theory's table rows (`actions.TableRow`): primary means or derived functions of means; a row whose input
+    the ensemble lacks (written before that observable existed) is left out."""
     cache: dict = {}
+    stored = set(ens.keys())
     for spec in theory.table_rows():
+        if any(f"observables/{i if isinstance(i, str) else i[0]}" not in stored for i in spec.inputs):
+            continue
         data = [_series(ens, i, chain, mc_index, cache) for i in spec.inputs]
         if spec.func is None:
             result = st.primary([spec.factor * r for r in data[0]])
         else:
             result = st.derived(spec.func, data)
         rows.append(ObservableRow(spec.name, result, spec.exact))
+
+
+def _measured(ens, keys: set, chain, mc_index, st: _Stats, rows: list, extra: dict) -> None:
+    """Observables added by `latticeflow measure`: a scalar is one more table row; an array gets its per-component
+    mean, error and τ_int in ``extra["measured"][name]`` (components beyond 256 are left to the user)."""
+    from ..io.measured import MEASURED_ATTR
+
+    for key in sorted(keys):
+        if not key.startswith("observables/") or MEASURED_ATTR not in ens.dataset(key).attrs:
+            continue
+        name = key.split("/", 1)[1]
+        reps = [np.asarray(r, dtype=np.float64) if np.isrealobj(r) else np.asarray(r.real, dtype=np.float64)
+                for r in _replicas(ens, key, chain, mc_index)]
+        if reps[0].ndim == 1:
+            rows.append(ObservableRow(name, st.primary(reps), None))
+            continue
+        shape = reps[0].shape[1:]
+        flat = [r.reshape(len(r), -1) for r in reps]
+        comps = [st.primary([f[:, i] for f in flat]) for i in range(min(flat[0].shape[1], 256))]
+        extra.setdefault("measured", {})[name] = {
+            "shape": list(shape), "mean": [c.mean for c in comps], "error": [c.error for c in comps],
+            "tau_int": [c.tau_int for c in comps]}
 
 
 def _correlators(theory, ens, keys: set, chain, mc_index, st: _Stats, extra: dict) -> None:
@@ -223,6 +251,25 @@ def _correlators(theory, ens, keys: set, chain, mc_index, st: _Stats, extra: dic
             except (ValueError, ZeroDivisionError):
                 m_eff.append({"t": t, "mean": float("nan"), "error": float("nan")})
         extra["effective_mass"] = m_eff
+        if st.w is None:  # Markov chains only: i.i.d. reweighted flow samples get m_eff(t) alone
+            extra.update(_correlator_fit(c_rows, L0, st.S))
+
+
+def _correlator_fit(c_rows: list[np.ndarray], L0: int, S: float) -> dict[str, Any]:
+    """C(t) with Gamma-method errors and the correlated fit A (e^{−m t} + e^{−m (L0−t)}) over t = 1 … L0/2
+    (T = L0; t = 0 has contact terms, and C(L0 − t) = C(t) repeats the first half), with the full
+    windowed covariance (`latticeflow.analysis.gamma_array`); a failed fit is one line under "error"."""
+    from ..analysis.gamma_array import correlated_fit, gamma_method_array
+
+    res = gamma_method_array(c_rows, S=S)
+    out: dict[str, Any] = {"correlator": [{"t": t, "mean": float(res.mean[t]), "error": float(res.error[t]),
+                                           "tau_int": float(res.tau_int[t])} for t in range(L0)]}
+    try:
+        fit = correlated_fit(np.arange(L0), res.mean, res.covariance, model="cosh", T=L0, t_min=1, t_max=L0 // 2)
+        out["correlator_fit"] = {**fit.as_dict(), "covariance_positive_semidefinite": res.positive_semidefinite}
+    except ValueError as err:
+        out["correlator_fit"] = {"error": str(err), "t_min": 1, "t_max": L0 // 2}
+    return out
 
 
 def _free_energy(log_weight: np.ndarray, theory) -> dict[str, Any]:
@@ -291,6 +338,7 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
         st = _Stats(S, log_weight if weighted else None)
         _table(theory, ens, chain, mc_index, st, rows)
         _correlators(theory, ens, keys, chain, mc_index, st, extra)
+        _measured(ens, keys, chain, mc_index, st, rows, extra)
         extra.update(theory.extra_analysis(_Observables(ens, keys), st.w))
         if "accepted" in keys:
             acc = [r.astype(np.float64) for r in _replicas(ens, "accepted", chain, mc_index)]
@@ -330,8 +378,9 @@ def analyze(path: str, S: float = 2.0, thresholds: dict[str, float] | None = Non
 
 
 def export_pyerrors(path: str, out: str) -> str:
-    """Scalar per-configuration observables of a Markov-chain ensemble as a pyerrors json.gz file
-    (replicas ``<file stem>|r01``, … one per chain, in Monte Carlo order)."""
+    """Every per-configuration observable of a Markov-chain ensemble as a pyerrors json.gz file (replicas
+    ``<file stem>|r01``, … one per chain, in Monte Carlo order): scalars as "Obs", C(t) as "Corr", higher-rank
+    arrays such as G(x) as "Array" (`latticeflow.analysis.export`)."""
 
     from ..analysis import dump_pyerrors_json
 
@@ -341,10 +390,10 @@ def export_pyerrors(path: str, out: str) -> str:
             raise ValueError(f"{path}: pyerrors export needs a Markov chain ensemble (hmc or nmcmc), not i.i.d. flow samples")
         chain, mc = ens["chain"], ens["mc_index"]
         obs = {}
-        for key in sorted(k for k in keys if k.startswith("observables/")):
-            values = ens[key]
-            if values.ndim == 1:
-                obs[key.split("/", 1)[1]] = split_replicas(values.astype(np.float64), chain, mc)
+        for key in sorted(k for k in keys if k.startswith("observables/")):  # scalars: "Obs"; arrays: "Corr"/"Array"
+            values, name = ens[key], key.split("/", 1)[1]
+            parts = {f"{name}.re": values.real, f"{name}.im": values.imag} if np.iscomplexobj(values) else {name: values}
+            obs.update({n: split_replicas(v.astype(np.float64), chain, mc) for n, v in parts.items()})
         obs["action"] = split_replicas(ens["action"], chain, mc)
         theory = ens.theory
     written = dump_pyerrors_json(out, obs, ensemble=Path(path).stem, description=f"latticeflow {theory} ensemble {path}")

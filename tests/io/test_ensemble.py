@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from latticeflow.io import (
+    verify_ensemble,
     FORMAT_VERSION,
     EnsembleMismatchError,
     EnsembleWriter,
@@ -149,6 +150,22 @@ def test_dataset_set_must_not_change(tmp_path: Path) -> None:
     with EnsembleWriter(path, **KW) as w:  # also across a reopen
         with pytest.raises(ValueError, match="unexpected \\['chain'\\]"):
             w.append(batch["samples"], batch["action"], chain=np.zeros(4, int))
+
+
+def test_a_file_without_a_newer_observable_resumes_without_it(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "ens.h5"
+    with EnsembleWriter(path, **KW) as w:
+        batch = rows(0, 4)
+        w.append(batch["samples"], batch["action"], observables={"chi": np.zeros(4)})
+    with EnsembleWriter(path, **KW) as w:  # a newer version also measures "xi": the older file goes on without it
+        w.append(batch["samples"], batch["action"], observables={"chi": np.ones(4), "xi": np.ones(4)})
+        with pytest.raises(ValueError, match="missing \\['observables/chi'\\]"):
+            w.append(batch["samples"], batch["action"], observables={"xi": np.ones(4)})
+    assert "has no observables/xi" in capsys.readouterr().err
+    with open_ensemble(path) as ens:
+        assert ens.n_rows == 8 and "observables/xi" not in ens.keys()
+        np.testing.assert_array_equal(ens["observables/chi"], [0, 0, 0, 0, 1, 1, 1, 1])
+    assert verify_ensemble(path).ok
 
 
 def test_bad_batches_name_the_array(tmp_path: Path) -> None:
