@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import fft as _fft
-from scipy import optimize, stats
 
 from .gamma import GammaResult, _analyse, _check_S, _max_lag, _to_numpy, gamma_method_derived
 
@@ -341,6 +340,8 @@ def correlated_fit(t: np.ndarray, mean: np.ndarray, covariance: np.ndarray,
     m0 = math.log(ratio) if ratio > 1 else 0.5
     m0 = min(max(m0, 1e-3), 10.0)
     a0 = ys[0] / _model(model, T, ts[:1], np.array([1.0, m0]))[0][0]
+
+    from scipy import optimize, stats  # here, not at import: scipy.stats costs every process ~0.3 s
 
     def solve(p0: np.ndarray) -> optimize.OptimizeResult:
         return optimize.least_squares(lambda p: whiten(_model(model, T, ts, p)[0] - ys), p0,
