@@ -33,7 +33,9 @@ def correlator_lines(extra: Mapping[str, Any]) -> list[str]:
         lines.append(f"correlated cosh fit of C(t), t = {fit['t_min']}..{fit['t_max']} (T = {fit['T']:g}): "
                      f"m = {format_value_error(fit['mass'], fit['mass_error'])}, "
                      f"A = {format_value_error(fit['amplitude'], fit['amplitude_error'])}, "
-                     f"chi2/dof = {fit['chi2_dof']:.2f} (dof {fit['dof']}, p = {fit['p_value']:.2g})")
+                     f"chi2/dof = {fit['chi2_dof']:.2f} (dof {fit['dof']}, p = {fit['p_value']:.2g})"
+                     + ("" if fit.get("plateau_found", True) else "; no t_min with p >= 0.05: no plateau, excited states")
+                     + ("" if fit.get("covariance", "windowed").startswith("windowed") else f"; covariance: {fit['covariance']}"))
     return lines
 
 

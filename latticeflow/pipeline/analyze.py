@@ -255,20 +255,42 @@ def _correlators(theory, ens, keys: set, chain, mc_index, st: _Stats, extra: dic
             extra.update(_correlator_fit(c_rows, L0, st.S))
 
 
-def _correlator_fit(c_rows: list[np.ndarray], L0: int, S: float) -> dict[str, Any]:
-    """C(t) with Gamma-method errors and the correlated fit A (e^{−m t} + e^{−m (L0−t)}) over t = 1 … L0/2
-    (T = L0; t = 0 has contact terms, and C(L0 − t) = C(t) repeats the first half), with the full
-    windowed covariance (`latticeflow.analysis.gamma_array`); a failed fit is one line under "error"."""
+def _correlator_fit(c_rows: list[np.ndarray], L0: int, S: float, p_min: float = 0.05) -> dict[str, Any]:
+    """C(t) with Gamma-method errors and the correlated fit A (e^{−m t} + e^{−m (L0−t)}) over t = t_min … L0/2
+    (T = L0; C(L0 − t) = C(t) repeats the first half) with the full windowed covariance
+    (`latticeflow.analysis.gamma_array`). t_min is the smallest t ≥ 1 whose fit has p ≥ ``p_min`` (excited
+    states die off: the plateau search a physicist does by eye); with none, the largest t_min with a fit, flagged.
+    Where the windowed covariance is not positive definite, the window-0 correlation scaled by the Gamma-method
+    errors is used (pyerrors' choice), and said so. A failed fit is one line under "error"."""
     from ..analysis.gamma_array import correlated_fit, gamma_method_array
 
     res = gamma_method_array(c_rows, S=S)
     out: dict[str, Any] = {"correlator": [{"t": t, "mean": float(res.mean[t]), "error": float(res.error[t]),
                                            "tau_int": float(res.tau_int[t])} for t in range(L0)]}
-    try:
-        fit = correlated_fit(np.arange(L0), res.mean, res.covariance, model="cosh", T=L0, t_min=1, t_max=L0 // 2)
-        out["correlator_fit"] = {**fit.as_dict(), "covariance_positive_semidefinite": res.positive_semidefinite}
-    except ValueError as err:
-        out["correlator_fit"] = {"error": str(err), "t_min": 1, "t_max": L0 // 2}
+    cov, how = res.covariance, "windowed (Gamma method)"
+    if not res.positive_semidefinite or np.linalg.eigvalsh(cov[1:L0 // 2 + 1, 1:L0 // 2 + 1]).min() <= 0:
+        x = np.concatenate([np.asarray(r, dtype=np.float64).reshape(len(r), -1) for r in c_rows])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho0 = np.nan_to_num(np.corrcoef(x, rowvar=False))
+        cov, how = rho0 * np.outer(res.error, res.error), "window-0 correlation × Gamma-method errors"
+    t_max, chosen, last, error = L0 // 2, None, None, "no fit window with at least one degree of freedom"
+    for t_min in range(1, max(t_max - 1, 1)):
+        try:
+            fit = correlated_fit(np.arange(L0), res.mean, cov, model="cosh", T=L0, t_min=t_min, t_max=t_max)
+        except ValueError as err:
+            error = str(err)
+            continue
+        last = fit
+        if fit.p_value >= p_min:
+            chosen = fit
+            break
+    if last is None:
+        out["correlator_fit"] = {"error": error, "t_min": 1, "t_max": t_max}
+        return out
+    fit = chosen or last
+    out["correlator_fit"] = {**fit.as_dict(), "covariance": how, "t_min_rule": f"smallest t_min with p >= {p_min:g}",
+                             "plateau_found": chosen is not None,
+                             "covariance_positive_semidefinite": res.positive_semidefinite}
     return out
 
 
