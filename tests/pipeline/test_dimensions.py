@@ -1,6 +1,7 @@
 """φ⁴ in any dimension d = 1 … 4, end to end: config → HMC ensemble → analysis table with exact free-field
 values in d dimensions (3D: 6³ within 3σ)."""
 import pytest
+import torch
 
 from latticeflow.config import config_from_dict
 from latticeflow.pipeline import analyze, sample
@@ -43,6 +44,7 @@ def test_hmc_reproduces_the_exact_free_field_in_3d_and_4d(tmp_path, shape, kappa
 def test_interacting_3d_point_agrees_between_hmc_cluster_and_nmcmc(tmp_path):
     """8³, κ = 0.15, λ = 0.5 (symmetric phase): |m|, χ₂ and S/V of HMC, the cluster sampler and NMCMC with the
     default (spline) flow, briefly trained, agree pairwise within 4σ (seed 0), and every verdict is reliable."""
+    torch.set_num_threads(2)  # 8³ lattices: large enough for two threads (the conftest fixture restores one)
     from latticeflow.config import config_from_dict as cfd
     from latticeflow.pipeline import train
 

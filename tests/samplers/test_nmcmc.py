@@ -107,6 +107,7 @@ def test_nmcmc_and_reweighting_reproduce_exact_u1():
 def test_nmcmc_with_z2nice_agrees_with_hmc_in_the_broken_phase():
     """κ = 0.3, λ = 0.022 on 8×8 (two vacua): ⟨|m|⟩, χ₂ and the Binder cumulant of NMCMC with a trained
     Z2Nice flow agree with HMC within 3σ of the combined error; τ_int of |m| is reported for both."""
+    torch.set_num_threads(2)  # training batches large enough for two threads (the conftest fixture restores one)
     from latticeflow.analysis import gamma_method_derived
     from latticeflow.samplers import HMC
 

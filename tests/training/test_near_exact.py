@@ -31,6 +31,7 @@ def default_trainer(flow, action, seed: int) -> Trainer:
 
 @pytest.mark.slow
 def test_free_field_16x8_kappa024_float32_stays_above_0999_for_100_steps():
+    torch.set_num_threads(2)  # batch 256 of a 16x8 spline flow: large enough for two threads (the fixture restores one)
     action = Phi4((16, 8), kappa=0.24, lam=0.0)
     torch.manual_seed(0)
     flow = build_flow({}, action).to(torch.float32)
