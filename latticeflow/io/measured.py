@@ -135,6 +135,11 @@ class PartialMeasurement:
         """Per-row shape of the values (after the first batch)."""
         return tuple(self._f["values"].shape[1:]) if self._f is not None else ()
 
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the values (after the first batch)."""
+        return self._f["values"].dtype
+
     def rows(self, start: int, stop: int) -> np.ndarray:
         return self._f["values"][start:stop]
 
@@ -180,7 +185,7 @@ def commit_observable(path: str | os.PathLike[str], name: str, partial: PartialM
             table = read_table(src, n_rows)
             _copy(src, dst, names, n_rows, None)
             shape = partial.shape
-            dtype = partial._f["values"].dtype
+            dtype = partial.dtype
             row_bytes = max(1, dtype.itemsize * math.prod(shape))
             chunk = max(1, min(max(n_rows, 1), _CHUNK_BYTES // row_bytes))
             out = dst.create_dataset(dataset, shape=(n_rows, *shape), maxshape=(None, *shape), dtype=dtype,
