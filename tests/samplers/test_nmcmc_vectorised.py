@@ -14,6 +14,7 @@ from actions import Phi4
 from latticeflow.flows import build_flow
 from latticeflow.samplers.nmcmc import metropolize, metropolize_chains, nmcmc_chains
 from latticeflow.samplers import nmcmc as nm
+from latticeflow.samplers.scan_cpu import steps_numpy
 
 
 def reference(lw, log_u, current, run=0, longest=0):
@@ -69,6 +70,12 @@ def test_blocked_accept_reject_is_the_sequential_loop_on_random_inputs(block):
         lw, log_u, current, runs, longest = _inputs(rng, c, k)
         args = [torch.tensor(a) for a in (lw, log_u, current, runs)]
         *out, ok = nm._steps(*args, block=block)
+        for sanitize in (False, True):  # the CPU's numpy twin is the tensor version, bit for bit, check included
+            *twin, ok_twin = steps_numpy(lw, log_u, current, runs, block, sanitize=sanitize)
+            *ref, ok_ref = nm._steps(*args, block=block, sanitize=sanitize)
+            assert ok_twin == bool(ok_ref)
+            for a, b in zip(twin, ref):
+                assert np.array_equal(a, b.numpy()) and a.dtype == b.numpy().dtype
         if bool(ok):
             n_ok += 1
             _check(lw, log_u, current, runs, longest, out)
