@@ -46,6 +46,15 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``proc`` holds the lock of ``out`` (on a loaded machine its start, torch's import, takes seconds)."""
+    t0 = time.monotonic()
+    while not (out / LOCK_NAME).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, f"no lock in {out} after {timeout} s"
+        time.sleep(0.05)
+
+
 def _one_line_error(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("latticeflow: error:") and "Traceback" not in stderr, stderr
@@ -55,7 +64,7 @@ def _one_line_error(stderr: str) -> str:
 def test_S3_second_writer_is_refused_naming_the_holder_and_the_first_completes_intact(tmp_path):
     (tmp_path / "c.yaml").write_text(PHI4)
     first = _start(["sample", "c.yaml"], tmp_path)
-    time.sleep(0.5)
+    _wait_for_lock(tmp_path / "out", first)
     second = _start(["sample", "c.yaml"], tmp_path)
     out2, err2 = second.communicate(timeout=300)
     still_running = first.poll() is None
@@ -80,7 +89,7 @@ def test_S3_second_writer_is_refused_naming_the_holder_and_the_first_completes_i
 def test_S3_second_train_is_refused_and_metrics_have_no_duplicate_steps(tmp_path):
     (tmp_path / "c.yaml").write_text(FLOW.replace("STEPS", "150"))
     first = _start(["train", "c.yaml"], tmp_path)
-    time.sleep(0.5)
+    _wait_for_lock(tmp_path / "out", first)
     second = _start(["train", "c.yaml"], tmp_path)
     _, err2 = second.communicate(timeout=300)
     still_running = first.poll() is None
