@@ -72,6 +72,10 @@ def circular_pad(x: torch.Tensor, pad: int, ndim: int = 2) -> torch.Tensor:
     return _CircularPad.apply(x, pad, ndim)
 
 
+#: the channels-last memory format of a lattice dimension's convolution input (CPU; see `_Periodic.forward`)
+_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
 class _Periodic:
     """Circular padding + valid convolution over the last ``ndim`` axes (mixed into ``nn.ConvNd``)."""
 
@@ -83,7 +87,12 @@ class _Periodic:
         self.pad = dilation * (kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(circular_pad(x, self.pad, self.ndim))
+        x = circular_pad(x, self.pad, self.ndim)
+        if x.device.type == "cpu" and self.ndim in _CHANNELS_LAST:
+            # oneDNN's convolutions, forward and backward, are 2–3× faster channels-last for the 16-channel
+            # layers of lattice flows (1.9× per training step, 2 cores); a no-op once the stack is channels-last
+            x = x.contiguous(memory_format=_CHANNELS_LAST[self.ndim])
+        return super().forward(x)
 
 
 class PeriodicConv1d(_Periodic, nn.Conv1d):

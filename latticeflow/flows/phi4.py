@@ -41,6 +41,15 @@ def check_conditioner(kind: str, shape: Sequence[int]) -> None:
                         f"got shape {list(shape)}; use 'fc'")
 
 
+def at_sites(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """A CNN's output ``(B, C, L0, …)`` at the flat sites ``idx``: ``(B, C, n)``. A channels-last output (the CPU
+    convolutions) is gathered in its own layout, so that no copy converts it forth and its gradient back."""
+    if out.is_contiguous() or out.dim() not in (4, 5):
+        return out.flatten(2).index_select(2, idx)
+    b, c = out.shape[:2]
+    return out.movedim(1, -1).reshape(b, -1, c).index_select(1, idx).transpose(1, 2)
+
+
 class SiteConditioner(nn.Module):
     """c(x_a) for a scalar field: CNN on the masked field, or an MLP from the a-sites to the b-sites.
 
@@ -62,7 +71,7 @@ class SiteConditioner(nn.Module):
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
         if self.kind == "cnn":
-            return self.net(x_frozen.unsqueeze(1)).flatten(2).index_select(2, self.idx_b)
+            return at_sites(self.net(x_frozen.unsqueeze(1)), self.idx_b)
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 
 
@@ -83,7 +92,7 @@ class ParitySiteConditioner(SiteConditioner):
     def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "cnn":
             even, odd = self.net(x_frozen.unsqueeze(1))
-            return even.flatten(2).index_select(2, self.idx_b), odd.flatten(2).index_select(2, self.idx_b)
+            return at_sites(even, self.idx_b), at_sites(odd, self.idx_b)
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 
 
