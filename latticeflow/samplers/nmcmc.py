@@ -213,13 +213,14 @@ def _steps_checked(log_weight: torch.Tensor, log_u: torch.Tensor, current: torch
     """`_steps` until its check holds: again with NaN thresholds sanitised, then step by step (one block of K),
     the exact rule throughout. Returns (index, accepted, run, longest); one host synchronisation per try."""
     k, c = log_weight.shape
-    block = _block_size(k, c)
     cpu = log_weight.device.type == "cpu"
-    if cpu:  # the numpy twin: the same scan, bit for bit, at a fraction of torch's cost per operation
-        args = (log_weight.numpy(), log_u.numpy(), current.numpy(), current_run.numpy())
+    # on the CPU the numpy twin (the same scan, bit for bit, at a fraction of torch's cost per operation) with
+    # blocks of `BLOCK`; elsewhere the tensor version with blocks below torch's intra-op grain
+    block = BLOCK if cpu else _block_size(k, c)
+    args = (log_weight.numpy(), log_u.numpy(), current.numpy(), current_run.numpy()) if cpu else None
     for b, sanitize in ((block, False), (block, True), (max(k, 1), False)):
         if cpu:
-            *out, ok = steps_numpy(*args, BLOCK if b == block else b, fresh_rule, sanitize)
+            *out, ok = steps_numpy(*args, b, fresh_rule, sanitize)
             out = [torch.from_numpy(np.ascontiguousarray(o)) for o in out]
         else:
             *out, ok = _steps(log_weight, log_u, current, current_run, b, fresh_rule, sanitize)

@@ -20,24 +20,13 @@ import numpy as np
 __all__ = ["steps_numpy"]
 
 _INF = np.inf
-_WORKSPACE: dict[str, np.ndarray] = {}
 
 
-def _buffer(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A scratch array kept between calls (its pages stay mapped: a fresh 0.5 MB array page-faults on a first
-    touch, which after other work costs more than the scan itself). Never returned to the caller."""
-    buf = _WORKSPACE.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = _WORKSPACE[name] = np.empty(shape, dtype=dtype)
-    return buf
-
-
-def _blocks(x: np.ndarray, nb: int, block: int, fill: float, name: str | None = None) -> np.ndarray:
+def _blocks(x: np.ndarray, nb: int, block: int, fill: float) -> np.ndarray:
     """(K, C) time-major → (block, nb, C) block-major, contiguous (padded at the end with ``fill``): step t of
-    every block is then the contiguous slice ``[t]``, three times faster to work on than a strided one. Into
-    the scratch buffer ``name`` if given."""
+    every block is then the contiguous slice ``[t]``, three times faster to work on than a strided one."""
     k, c = x.shape
-    out = np.empty((block, nb, c), x.dtype) if name is None else _buffer(name, (block, nb, c), x.dtype)
+    out = np.empty((block, nb, c), x.dtype)
     full = k // block
     np.copyto(out[:, :full], x[:full * block].reshape(full, block, c).transpose(1, 0, 2))
     if full < nb:  # the last block, padded
@@ -50,13 +39,6 @@ def _time_major(x: np.ndarray, k: int) -> np.ndarray:
     """(block, nb, C) block-major → (K, C) time-major (the first K steps)."""
     b, nb, c = x.shape
     return np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(nb * b, c)[:k]
-
-
-def _select(bits: np.ndarray, new: np.ndarray, take: np.ndarray, scratch: np.ndarray) -> None:
-    """``bits`` ← ``new`` where ``take``, in place on int64 bit patterns (bit for bit, branch-free)."""
-    np.bitwise_xor(bits, new, out=scratch)
-    np.multiply(scratch, take, out=scratch)
-    np.bitwise_xor(bits, scratch, out=bits)
 
 
 def _entries(v: np.ndarray, tau: np.ndarray, entry: np.ndarray, block: int) -> np.ndarray:
@@ -108,7 +90,7 @@ def _exact_pass(lw: np.ndarray, lu: np.ndarray, entry: np.ndarray, fresh_rule: b
         if fresh_rule:
             np.logical_or(take, (s == -_INF) & (lw_t > -_INF), out=take)
         s = np.where(take, lw_t, s)
-    index = np.multiply(steps, accepted, out=_buffer("index", steps.shape, steps.dtype))
+    index = np.multiply(steps, accepted)
     for t in range(1, len(index)):  # a running max along dim 0 (numpy's accumulate is slow along it)
         np.maximum(index[t - 1], index[t], out=index[t])
     return s, index
@@ -127,15 +109,14 @@ def steps_numpy(log_weight: np.ndarray, log_u: np.ndarray, current: np.ndarray, 
     nb = -(-k // block)
     block = k if nb == 1 else block
     with np.errstate(invalid="ignore"):
-        lw, lu = _blocks(log_weight, nb, block, -_INF, "lw"), _blocks(log_u, nb, block, 0.0, "lu")
+        lw, lu = _blocks(log_weight, nb, block, -_INF), _blocks(log_u, nb, block, 0.0)
         e = current.reshape(1, c)
         if nb > 1:
             e = _entries(*_first_pass(lw, lu, sanitize), current, block)
         off = run + 1  # step j is the integer j + off; the state before the batch (step −1 − run) is 0
-        steps = np.add(np.arange(0, nb * block, block, dtype=np.int32).reshape(nb, 1) + off,
-                       np.arange(block, dtype=np.int32).reshape(block, 1, 1),
-                       out=_buffer("steps", (block, nb, c), np.dtype(np.int32)))
-        accepted = _buffer("accepted", (block, nb, c), np.dtype(bool))
+        steps = (np.arange(0, nb * block, block, dtype=np.int32).reshape(nb, 1) + off
+                 + np.arange(block, dtype=np.int32).reshape(block, 1, 1))
+        accepted = np.empty((block, nb, c), dtype=bool)
         last, index = _exact_pass(lw, lu, e, fresh_rule, accepted, steps)
     ok = True
     if nb > 1:
