@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -280,6 +281,8 @@ def abort_on_error(world: World, message: str, code: int = 1) -> None:
     release_held_locks()
     print(f"latticeflow: error on rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    if world.size > 1:  # let the launcher forward the line first: MPI_Abort's kill can race it (seen once in CI)
+        time.sleep(0.5)
     world.abort(code)
 
 
