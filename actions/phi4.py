@@ -158,6 +158,25 @@ class Phi4(Theory):
         """The Z2 transformation φ ↦ −φ."""
         return -phi
 
+    # -- one site given its neighbours (the decimation of `latticeflow.flows.site_conditional`) ------------------
+    def site_potential(self, phi: torch.Tensor) -> torch.Tensor:
+        """U(φ) = (1 − 2λ)φ² + λφ⁴, the on-site part of S, elementwise.
+
+        A site x given the rest has the density p(φ_x | rest) ∝ exp(−U(φ_x) + b_x φ_x), b_x = `neighbour_field`.
+
+        Example:
+            >>> Phi4((4, 4), kappa=0.3, lam=0.5).site_potential(torch.tensor([0.0, 1.0, 2.0])).tolist()
+            [0.0, 0.5, 8.0]
+        """
+        phi2 = phi * phi
+        return (1 - 2 * self.lam) * phi2 + self.lam * phi2 * phi2
+
+    def neighbour_field(self, phi: torch.Tensor) -> torch.Tensor:
+        """b_x = 2κ Σ_{±μ} φ_{x±μ̂}, ``(B, L0, …) -> (B, L0, …)``: the field a site feels from its 2d neighbours,
+        S = Σ_x [U(φ_x) − ½ b_x φ_x]."""
+        return 2 * self.kappa * sum(shift(phi, mu, 1, self.ndim) + shift(phi, mu, -1, self.ndim)
+                                    for mu in range(self.ndim))
+
     def quadratic_kernel(self) -> np.ndarray:
         """A(p) = 2(1 − 2λ) − 4κ Σ_μ cos p_μ: the quadratic part S₂ = ½ Σ_p A(p)|φ̃_p|²/V of the action
         on the FFT momentum grid (numpy order, float64); the free-field kernel at λ = 0."""

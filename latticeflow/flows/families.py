@@ -31,6 +31,10 @@ Keys (all optional; defaults per family, see `flow_defaults`):
                 density (two vacua in the broken phase, identity where that density is unimodal): false
   n_bins, bound spline: K bins on [−bound, bound] with identity tails (φ⁴: 8, 4.0); U(1): K bins on the circle (8)
   z2            spline: mirrored parameters, T(−z) = −T(z) (true)
+  decimate      spline on φ⁴: the couplings model the even sublattice only (`latticeflow.flows.decimation`) and
+                every odd site is drawn from its exact conditional density given its neighbours
+                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false and no zero_mode
+                (false)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
   transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
@@ -88,6 +92,8 @@ from .u1 import NCPCoupling
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
 from .zero_mode import ZeroModeSpline
+from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
+from .site_conditional import SiteConditional
 
 __all__ = ["FlowFamily", "Depends", "FAMILIES", "FLOW_FAMILIES", "default_family", "families_for", "flow_defaults"]
 
@@ -207,12 +213,35 @@ def _coupling_flow(theory, opts: Mapping[str, Any], make: Callable[[tuple[int, .
     return Flow(base, first + [layer for i in range(opts["n_layers"]) for layer in make(shape, i)])
 
 
+def _decimated_spline(theory, opts: Mapping[str, Any], **kw: Any) -> Flow:
+    """N(0, 1) → [`SublatticeFourierScaling`] → even-site `SublatticeSplineCoupling` × n_layers → `SiteConditional`."""
+    if not hasattr(theory, "site_potential"):
+        raise _err("decimate", f"needs a theory with a site potential and neighbour field (φ⁴), "
+                               f"got {type(theory).__name__}")
+    if opts["vacua"] is True or _bool(opts, "zero_mode"):
+        raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua and flow.zero_mode false")
+    shape = tuple(theory.shape)
+    _check_checkerboard(shape, opts)
+    first = [SublatticeFourierScaling.from_action(theory)] if _bool(opts, "fourier") else []
+    couplings = [SublatticeSplineCoupling(shape, i % 2, **kw) for i in range(opts["n_layers"])]
+    if len(shape) < 2:
+        raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
+    # σ of the grid bound: the Hartree field's local width (1 for a theory without a Gaussian vacuum)
+    scale = (math.sqrt(float(np.mean(1.0 / theory.gaussian_vacuum(False).kernel)))
+             if hasattr(theory, "gaussian_vacuum") else 1.0)
+    last = SiteConditional(shape, 1, theory.site_potential, theory.neighbour_field, field_scale=scale)
+    return Flow(StandardNormal(theory.field_shape), first + couplings + [last])
+
+
 def build_spline(opts: dict[str, Any], theory) -> Flow:
-    """Rational-quadratic spline couplings (`SplineCoupling`), Z2-mirrored by default."""
+    """Rational-quadratic spline couplings (`SplineCoupling`), Z2-mirrored by default; ``decimate``: on the
+    even sublattice, the odd sites from their exact conditional."""
     n_bins, bound, z2 = _check_spline(opts)
     if z2:
         _odd_activation(opts, "a Z2-equivariant spline")
     kw = _conditioner_kwargs(opts)
+    if _bool(opts, "decimate"):
+        return _decimated_spline(theory, opts, n_bins=n_bins, bound=bound, z2=z2, **kw)
     return _coupling_flow(theory, opts, lambda shape, i: [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound,
                                                                          z2=z2, **kw)])
 
@@ -335,7 +364,7 @@ def _u1_defaults(spline: bool) -> dict[str, Any]:
 
 FAMILIES: dict[str, FlowFamily] = {f.name: f for f in (
     FlowFamily("spline", build_spline, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto", n_bins=8, bound=4.0,
-                                                          z2=True),
+                                                          z2=True, decimate=False),
                SCALAR_THEORIES, default=True, summary="Gaussian start + Z2-mirrored rational-quadratic splines"),
     FlowFamily("z2affine", build_z2affine, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto"),
                SCALAR_THEORIES, summary="Gaussian start + Z2-equivariant affine couplings"),

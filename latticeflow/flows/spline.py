@@ -29,12 +29,12 @@ class SplineCoupling(Coupling):
 
     def __init__(self, shape: Sequence[int], parity: int, *, n_bins: int = 8, bound: float = 4.0, z2: bool = True,
                  conditioner: str = "cnn", hidden: Sequence[int] = (16, 16), kernel_size: int = 3,
-                 activation: str = "tanh", dilation: int | Sequence[int] = 1) -> None:
+                 activation: str = "tanh", dilation: int | Sequence[int] = 1, mask: torch.Tensor | None = None) -> None:
         if n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {n_bins}")
         if not bound > 0:
             raise ValueError(f"bound must be > 0, got {bound}")
-        mask = checkerboard_mask(shape, parity)
+        mask = checkerboard_mask(shape, parity) if mask is None else mask  # ``mask``: other b-sites than a parity's
         super().__init__(mask)
         self.n_bins, self.bound, self.z2 = n_bins, float(bound), z2
         n_out = 3 * n_bins - 1  # widths K, heights K, interior derivatives K − 1

@@ -33,6 +33,9 @@ CONFIGS = {
                       "bound": 2.5, "zero_mode": True},  # Fourier + ZeroModeSpline (broken-phase init) first
     "spline-symmetric-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
                              "bound": 2.5, "vacua": False},  # StandardNormal + Hartree Fourier start
+    # even sublattice only (SublatticeFourierScaling, SublatticeSplineCoupling), odd sites from SiteConditional
+    "spline-decimated-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
+                             "bound": 2.5, "vacua": False, "decimate": True},
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
     "z2affine-fc": {"family": "z2affine", "conditioner": "fc", "n_layers": 4, "hidden": [32, 32]},
     # other dimensions (lattice in SHAPES): periodic Conv3d / Conv1d conditioners, fc in d = 4 (no Conv4d)

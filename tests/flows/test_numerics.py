@@ -66,7 +66,7 @@ def test_every_ncp_layer_is_finite_on_edge_plaquettes(a):
         assert _all_finite(g_new, r_new)
 
 
-@pytest.mark.parametrize("name", PHI4)
+@pytest.mark.parametrize("name", [n for n in PHI4 if "decimated" not in n])  # its odd sites live on [−R, R]
 def test_phi4_flows_are_finite_and_invertible_at_large_field(name):
     flow, _ = make_flow(name)
     gen = torch.Generator().manual_seed(20)

@@ -25,6 +25,8 @@ FAMILIES = {
     "spline-fc": ({"family": "spline", "conditioner": "fc", "n_layers": 4, "hidden": [16, 16], "n_bins": 4,
                    "bound": 2.5}, (4, 4)),
     "z2affine-cnn": ({"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]}, (6, 4)),
+    "spline-decimated-cnn": ({"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
+                              "bound": 2.5, "vacua": False, "decimate": True}, (6, 4)),
     "u1_ncp": ({"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2}, (8, 4)),
     "u1_spline": ({"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
                    "marginal": False}, (8, 4)),
