@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seconds", dest="train_seconds", default=None, metavar="S|L:S,…",
                    help="criticality: the flow's training seconds at every L, or per L (16:300,32:1800); default --seconds")
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
+    p.add_argument("--flow", default=None, metavar="YAML",
+                   help="criticality: the flow's options as a YAML mapping, e.g. '{family: spline, vacua: false}' "
+                        "(default: the decimated spline flow, '{family: spline, vacua: false, decimate: true}')")
     return parser
 
 

@@ -28,11 +28,11 @@ def _theory(family: str):
     return U1 if "u1" in FAMILIES[family].theories else PHI4
 
 
-def _build(family: str, action=None):
+def _build(family: str, action=None, **extra):
     """A small float64 flow of ``family`` on the CPU (built before the default device turns ``meta``)."""
     with torch.device(CPU):
         torch.manual_seed(0)
-        opts = {"family": family, "n_layers": 2}
+        opts = {"family": family, "n_layers": 2, **extra}
         if family not in ("snf",) and "u1" not in FAMILIES[family].theories:
             opts["hidden"] = [4]
         return build_flow(opts, action or _theory(family)).double()
@@ -61,7 +61,14 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 @pytest.mark.parametrize("family,broken", [(f, False) for f in sorted(FAMILIES)] + [("spline", True)])
 def test_flow_of_every_family_runs_on_cpu_under_a_meta_default(family, broken, meta_default):
-    flow = _build(family, BROKEN if broken else None)
+    _run_flow(_build(family, BROKEN if broken else None))
+
+
+def test_decimated_flow_runs_on_cpu_under_a_meta_default(meta_default):
+    _run_flow(_build("spline", decimate=True, vacua=False))
+
+
+def _run_flow(flow) -> None:
     x, log_q = flow.sample(3, generator=_gen())
     _on_cpu(x, log_q)
     z = flow.base.sample((3,), generator=_gen(1))

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from actions import Phi4
 from actions.phi4 import second_moment_xi
@@ -40,9 +41,10 @@ SAMPLERS = (("hmc", "HMC", "tab:red"), ("cluster", "cluster (Brower-Tamayo)", "t
 CHAIN_SAMPLERS = ("hmc", "cluster")
 PAIRS = (("hmc", "cluster"), ("hmc", "nmcmc"), ("cluster", "nmcmc"))  # agreement of χ₂ and |m|
 RATIOS = (("hmc", "nmcmc"), ("cluster", "nmcmc"), ("hmc", "cluster"))  # cost ratios
-#: a symmetric start at every L, so that the weights carry over L → 2L (with vacua auto the base switches to the
-#: broken-phase mixture between L = 16 and 32 on this line, another architecture)
-DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False}
+#: the decimated spline flow (even sublattice; odd sites from their exact conditional) with a symmetric start at
+#: every L, so that the weights carry over L → 2L (with vacua auto the base switches to the broken-phase mixture
+#: between L = 16 and 32 on this line, another architecture); ``--flow`` picks another
+DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False, "decimate": True}
 SETTINGS = {"seconds": 120.0, "n_chains": 16, "n_thermalize": 300, "max_proposals": 4096, "lr": 1e-3,
             "train_batch": {8: 128, 16: 64, 32: 64, 64: 32, 128: 16}}
 QUICK_SETTINGS = {"seconds": 1.0, "n_chains": 8, "n_thermalize": 40, "max_proposals": 256, "lr": 1e-3,
@@ -286,6 +288,11 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
     if not all(b > 0 for b in budget.values()):
         raise ValueError(f"bench criticality: train_seconds must be > 0, got {train_seconds!r}")
     dtype, device = resolve_dtype(dtype), torch.device(device)
+    if isinstance(flow, str):
+        parsed = yaml.safe_load(flow)
+        if not isinstance(parsed, Mapping):
+            raise ValueError(f"bench criticality: --flow must be a YAML mapping of flow options, got {flow!r}")
+        flow = parsed
     flow_config = dict(DEFAULT_FLOW if flow is None else flow)
     out = result_header("criticality", quick=quick, sizes=chosen, lam=LAM, kappas={str(L): kappas[L] for L in chosen},
                         seconds=seconds, train_seconds={str(L): budget[L] for L in chosen}, n_chains=n_chains,

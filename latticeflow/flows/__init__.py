@@ -9,7 +9,9 @@ where every key is documented):
   phase — then Z2-mirrored rational-quadratic `SplineCoupling` layers), ``z2affine`` (the same start,
   `Z2AffineCoupling`), ``realnvp`` (`AffineCoupling`), ``z2nice`` (odd `AdditiveCoupling` + `GlobalScaling`,
   Nicoli et al. 2020), ``snf`` (self-normalizing `SelfNormDense` / `SelfNormConv` layers with learned inverses,
-  Keller et al. 2021);
+  Keller et al. 2021); ``spline`` with ``decimate: true`` models the even sublattice only
+  (`SublatticeFourierScaling`, `SublatticeSplineCoupling`) and draws every odd site from its exact conditional
+  given its neighbours (`SiteConditional`);
 - 2D U(1) gauge fields, gauge-equivariant couplings on plaquettes: ``u1`` (default: `PlaquetteMarginal`, then
   circular-spline `CircularSplineCoupling` layers) and ``u1_ncp`` (`NCPCoupling`: mixtures of non-compact
   projections with an implicit, bisection-based inverse; Kanwar et al. 2020).
@@ -34,6 +36,8 @@ from .phi4 import AdditiveCoupling, AffineCoupling, GlobalScaling, Z2AffineCoupl
 from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collect_reconstruction,
                   self_normalized_training)
 from .spline import SplineCoupling
+from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
+from .site_conditional import SiteConditional
 from .u1 import GaugeCoupling, NCPCoupling, ncp_inverse, ncp_mixture
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
@@ -47,7 +51,7 @@ __all__ = [
     "build_flow", "flow_defaults", "FLOW_FAMILIES", "FAMILIES", "FlowFamily", "default_family",
     # real scalar fields
     "AffineCoupling", "Z2AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SplineCoupling", "FourierScaling",
-    "ZeroModeSpline",
+    "ZeroModeSpline", "SiteConditional", "SublatticeFourierScaling", "SublatticeSplineCoupling",
     # self-normalizing flows
     "SelfNormalizing", "SelfNormDense", "SelfNormConv", "OddPower", "collect_reconstruction",
     "self_normalized_training",

@@ -112,14 +112,38 @@ class SublatticeFourierScaling(FourierScaling):
 
 
 class SublatticeSplineCoupling(SplineCoupling):
-    """`SplineCoupling` of the even sites of class ``cls`` (`sublattice_class_mask`) given the other even sites."""
+    """`SplineCoupling` of the even sites of class ``cls`` (`sublattice_class_mask`) given the other even sites.
 
-    def __init__(self, shape: Sequence[int], cls: int, **kwargs) -> None:
+    ``compact`` (default: 2D with a CNN conditioner): in 2D the classes are the square lattices (2i + c, 2j + c) of
+    half the extent, so the conditioner convolves the other class there, x[o::2, o::2], a quarter of the sites
+    (a site's four diagonal neighbours lie within its 3 × 3 stencil). Otherwise it convolves the full lattice with
+    the odd sites and this class zeroed.
+    """
+
+    def __init__(self, shape: Sequence[int], cls: int, *, compact: bool | None = None, **kwargs) -> None:
         shape = _check_even(shape)
         mask = sublattice_class_mask(shape, cls)
-        super().__init__(shape, 0, mask=mask, **kwargs)
-        self.register_buffer("hidden_sites", mask | ~checkerboard_mask(shape, 0), persistent=False)
-        self.needs_masked_input = True
+        if compact is None:
+            compact = len(shape) == 2 and kwargs.get("conditioner", "cnn") == "cnn"
+        self.compact = compact
+        if compact:
+            if len(shape) != 2:
+                raise FlowError(f"a compact sublattice coupling needs a 2D lattice, got shape {list(shape)}")
+            half = tuple(s // 2 for s in shape)  # the conditioner lives on the other class's lattice
+            super().__init__(half, 0, mask=torch.ones(half, dtype=torch.bool), **kwargs)
+            self.mask, self.idx_b = mask, torch.nonzero(mask.flatten()).flatten()
+            self.source = 1 - cls
+            self.needs_masked_input = False
+        else:
+            super().__init__(shape, 0, mask=mask, **kwargs)
+            self.register_buffer("hidden_sites", mask | ~checkerboard_mask(shape, 0), persistent=False)
+            self.needs_masked_input = True
 
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
-        return x.masked_fill(self.hidden_sites, 0.0)
+        return x if self.compact else x.masked_fill(self.hidden_sites, 0.0)
+
+    def conditioner_params(self, x_frozen: torch.Tensor):
+        if self.compact:  # the other class, (B, L0/2, L1/2); parameters in the row-major order of this class = idx_b
+            o = self.source
+            x_frozen = x_frozen[..., o::2, o::2]
+        return super().conditioner_params(x_frozen)

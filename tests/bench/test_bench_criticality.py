@@ -92,6 +92,8 @@ def test_sizes_are_validated():
         run_criticality_bench(sizes=[8], quick=True, n_chains=1, plot=None)
     with pytest.raises(ValueError, match="train_seconds must be S or L:S"):
         run_criticality_bench(sizes=[8], quick=True, train_seconds="8:x", plot=None)
+    with pytest.raises(ValueError, match="--flow must be a YAML mapping"):
+        run_criticality_bench(sizes=[8], quick=True, flow="[spline]", plot=None)
     assert crit._parse_train_seconds("60") == 60.0
     assert crit._sizes(" 32, 16,16 ", False, KAPPAS) == [16, 32] and crit._sizes(None, False, KAPPAS) == [16, 32, 64, 128]
 
@@ -123,7 +125,7 @@ def test_cli_passes_sizes(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(crit, "run_criticality_bench", lambda **kw: seen.update(kw) or {"benchmark": "criticality"})
     assert main(["bench", "criticality", "--sizes", "16,32", "--seconds", "5", "--device", "cpu", "--json",
-                 "--train-seconds", "16:300,32:1800"]) == 0
+                 "--train-seconds", "16:300,32:1800", "--flow", "{family: spline, vacua: false}"]) == 0
     assert seen["sizes"] == "16,32" and seen["seconds"] == 5.0 and seen["device"] == "cpu"
-    assert seen["train_seconds"] == "16:300,32:1800"
+    assert seen["train_seconds"] == "16:300,32:1800" and seen["flow"] == "{family: spline, vacua: false}"
     assert json.loads(capsys.readouterr().out) == {"benchmark": "criticality"}

@@ -154,3 +154,22 @@ def test_decimate_needs_a_theory_with_a_site_potential():
     gmm = GaussianMixture(dim=4)
     with pytest.raises(FlowError, match="flow.decimate needs a theory with a site potential"):
         build_flow({"family": "spline", "decimate": True, "vacua": False}, gmm)
+
+
+@pytest.mark.parametrize("shape,compact", [((6, 4), True), ((6, 4), False), ((4, 2, 6), False)])
+def test_sublattice_coupling_conditions_on_the_other_class_only(shape, compact):
+    """∂y_x/∂x_y = 0 unless y = x or y is an even site of the other class; the odd sites pass unchanged."""
+    from latticeflow.flows.decimation import SublatticeSplineCoupling
+    torch.manual_seed(0)
+    layer = SublatticeSplineCoupling(shape, 1, compact=compact, n_bins=4, bound=2.5, hidden=[4]).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(1, *shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, *shape))[0].flatten(), x.flatten())
+    own = sublattice_class_mask(shape, 1).flatten()
+    other = sublattice_class_mask(shape, 0).flatten()
+    off = jac - torch.diag(torch.diagonal(jac))
+    assert float(off[own][:, ~other].abs().max()) == 0.0  # nothing from odd sites or its own class
+    assert float(off[own][:, other].abs().max()) > 1e-3   # but it does read the other class
+    assert torch.equal(jac[~own], torch.eye(len(own), dtype=F64)[~own])  # every other site passes unchanged

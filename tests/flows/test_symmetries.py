@@ -111,9 +111,9 @@ def _roll(field, shift, u1):
 EVEN_SHIFTS = {1: [(2,), (-2,)], 2: [(2, 0), (0, 2), (1, 1), (-1, 1)],
                3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, -1), (0, 1, 1)]}
 # a decimated flow splits the even sites by the parity of x₀ as well: (1, 1) swaps its two classes
-SUBLATTICE_SHIFTS = [(2, 0), (0, 2), (2, 2), (-2, 2)]
+SUBLATTICE_SHIFTS = {2: [(2, 0), (0, 2), (2, 2), (-2, 2)], 3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (0, 1, 1), (0, 1, -1)]}
 CNN_SHIFTS = [(name, shift) for name in CNN if name in PHI4
-              for shift in (SUBLATTICE_SHIFTS if "decimated" in name else EVEN_SHIFTS[len(lattice(name))])]
+              for shift in (SUBLATTICE_SHIFTS if "decimated" in name else EVEN_SHIFTS)[len(lattice(name))]]
 
 
 @pytest.mark.parametrize("name,shift", CNN_SHIFTS, ids=[f"{n}-{s}" for n, s in CNN_SHIFTS])
