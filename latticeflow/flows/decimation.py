@@ -127,8 +127,9 @@ class SublatticeSplineCoupling(SplineCoupling):
             compact = len(shape) == 2 and kwargs.get("conditioner", "cnn") == "cnn"
         self.compact = compact
         if compact:
-            if len(shape) != 2:
-                raise FlowError(f"a compact sublattice coupling needs a 2D lattice, got shape {list(shape)}")
+            if len(shape) != 2 or kwargs.get("conditioner", "cnn") != "cnn":
+                raise FlowError(f"a compact sublattice coupling needs a 2D lattice and a cnn conditioner, got shape "
+                                f"{list(shape)} and {kwargs.get('conditioner')!r}")
             half = tuple(s // 2 for s in shape)  # the conditioner lives on the other class's lattice
             super().__init__(half, 0, mask=torch.ones(half, dtype=torch.bool), **kwargs)
             self.mask, self.idx_b = mask, torch.nonzero(mask.flatten()).flatten()

@@ -221,11 +221,11 @@ def _decimated_spline(theory, opts: Mapping[str, Any], **kw: Any) -> Flow:
     if opts["vacua"] is True or _bool(opts, "zero_mode"):
         raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua and flow.zero_mode false")
     shape = tuple(theory.shape)
+    if len(shape) < 2:
+        raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
     _check_checkerboard(shape, opts)
     first = [SublatticeFourierScaling.from_action(theory)] if _bool(opts, "fourier") else []
     couplings = [SublatticeSplineCoupling(shape, i % 2, **kw) for i in range(opts["n_layers"])]
-    if len(shape) < 2:
-        raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
     # σ of the grid bound: the Hartree field's local width (1 for a theory without a Gaussian vacuum)
     scale = (math.sqrt(float(np.mean(1.0 / theory.gaussian_vacuum(False).kernel)))
              if hasattr(theory, "gaussian_vacuum") else 1.0)
