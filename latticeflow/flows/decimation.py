@@ -81,34 +81,14 @@ class SublatticeFourierScaling(FourierScaling):
         a = super().log_scale
         return 0.5 * (a + torch.roll(a, [s // 2 for s in self.shape], tuple(range(self.ndim))))
 
-    def _scale_even(self, x: torch.Tensor, a: torch.Tensor, sign: float) -> torch.Tensor:
+    def _multiply(self, x: torch.Tensor, a: torch.Tensor, sign: float) -> torch.Tensor:
+        """F⁻¹(e^{sign·a} F x) on the even sites, the odd ones unchanged: `FourierScaling`'s forward, inverse and
+        score hooks (J symmetric, logdet constant) then hold for the even block as they stand."""
         even = self.even
-        return torch.where(even, self._multiply(x.masked_fill(~even, 0.0), a, sign), x)
+        return torch.where(even, super()._multiply(x.masked_fill(~even, 0.0), a, sign), x)
 
     def _logdet(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (0.5 * a.sum()).expand(x.shape[: -self.ndim])
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(x)
-        a = self.log_scale
-        return self._scale_even(x, a, 1.0), self._logdet(a, x)
-
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(y)
-        a = self.log_scale
-        return self._scale_even(y, a, -1.0), -self._logdet(a, y)
-
-    def forward_with_score(self, x, g):
-        y, logdet = self.forward(x)
-        with torch.no_grad():
-            g_new = self._scale_even(g.detach(), self.log_scale.detach(), -1.0)
-        return y, logdet, g_new
-
-    def inverse_with_score(self, y, r):
-        x, logdet_inv = self.inverse(y)
-        with torch.no_grad():
-            r_new = self._scale_even(r.detach(), self.log_scale.detach(), 1.0)
-        return x, logdet_inv, r_new
 
 
 class SublatticeSplineCoupling(SplineCoupling):
