@@ -183,6 +183,16 @@ class Flow(nn.Module):
         z, logdet_inv = self.inverse(x)
         return self.base.log_prob(z) + logdet_inv
 
+    def marginal(self, action) -> tuple["Flow", object]:
+        """(flow, target) for reverse-KL training in place of (self, ``action``): where the last layer draws its
+        sites exactly from the target's conditional (``marginal_target``, e.g. `SiteConditional`), the flow
+        without it, sharing its parameters, and the marginal of the other sites; otherwise (self, action)."""
+        last = self.layers[-1] if len(self.layers) else None
+        target = last.marginal_target(action) if hasattr(last, "marginal_target") else None
+        if target is None:
+            return self, action
+        return Flow(self.base, list(self.layers)[:-1]), target
+
     def forward_with_score(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, log q(x), ∇ₓ log q(x)) with s₀ = ∇ log q₀(z), s_l = J_l^{−T}(s_{l−1} − ∇ log|det J_l|)."""
         self.base._check(z)

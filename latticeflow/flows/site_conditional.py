@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from actions.lattice import checkerboard_mask
 from .coupling import Coupling
+from .site_marginal import SiteMarginal, _log_expm1_ratio
 
 __all__ = ["SiteConditional", "grid_bound", "SPACING", "MARGIN"]
 
@@ -47,15 +48,6 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _RISING = 1e-2  # cells with a slope above this invert through softplus (no overflow of q for large b)
 _CHUNK = 1 << 25  # at most this many (site, node) entries per pass: ~130 MB per float32 table
 _TINY = 1e-30  # floors of masses deep in a tail (float32 keeps 1e-30): a CDF below e^{−69} is never reached
-
-
-def _log_expm1_ratio(d: torch.Tensor) -> torch.Tensor:
-    """g(d) = log((e^d − 1)/d), stable for every real d (g(d) = g(|d|) + min(d, 0))."""
-    a = d.abs()
-    small = a < _SERIES
-    a_safe = torch.where(small, torch.ones_like(a), a)
-    big = a_safe + torch.log(-torch.expm1(-a_safe)) - torch.log(a_safe)
-    return torch.where(small, a / 2 + a * a / 24, big) + d.clamp(max=0)
 
 
 def _log1p_ratio(x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +111,7 @@ class SiteConditional(Coupling):
         # from the theory at build time, never from a checkpoint
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("log_density", -site_potential(grid), persistent=False)
-        self.neighbour_field = neighbour_field
+        self.neighbour_field, self.site_potential = neighbour_field, site_potential
         self.bound, self.n_grid, self.spacing = float(bound), int(n_grid), 2 * float(bound) / (n_grid - 1)
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> torch.Tensor:
@@ -210,6 +202,13 @@ class SiteConditional(Coupling):
         outside = y.abs() > self.bound  # q = 0 there: log q = −∞, not a clamped value
         return (torch.where(outside, y.sign() * math.inf, z),
                 torch.where(outside, torch.full_like(log_fprime, math.inf), log_fprime))
+
+    def marginal_target(self, action):
+        """The target of the layers before this one (`site_marginal.SiteMarginal`: these sites integrated out)
+        when ``action`` is the theory whose ``neighbour_field`` this layer was built with; else None."""
+        if getattr(self.neighbour_field, "__self__", None) is not action:
+            return None
+        return SiteMarginal(self, self.site_potential)
 
     def extra_repr(self) -> str:
         return f"sites={int(self.idx_b.numel())}, bound={self.bound}, n_grid={self.n_grid}"

@@ -135,6 +135,8 @@ class Trainer(Driver):
                        has_validation=validation is not None, validate_every=validate_every,
                        early_stopping=early_stopping, patience=patience, landing_tol=landing_tol)
         self.flow, self.action = flow, action
+        # reverse KL on the marginal where the flow's last layer is exact (`Flow.marginal`): same KL, cheaper
+        self._reverse_pair = flow.marginal(action) if hasattr(flow, "marginal") else (flow, action)
         self.landing_tol = landing_tol or None
         self.lr = lr  # train.lr, named when training diverges
         self.objective, self.estimator = objective, estimator
@@ -178,7 +180,7 @@ class Trainer(Driver):
         terms = []
         if self.objective in ("reverse_kl", "mixed"):
             z = self.flow.base.sample((self.batch_size,), generator=self.generator)[self._shard]
-            rev = reverse_kl(self.flow, self.action, z, self.estimator)
+            rev = reverse_kl(*self._reverse_pair, z, self.estimator)
             terms.append(("reverse", 1 - self.forward_weight if self.objective == "mixed" else 1.0, rev))
         if self.objective in ("forward_kl", "mixed"):
             idx = torch.randint(0, self.data.shape[0], (self.batch_size,), generator=self.generator, device=self.device)

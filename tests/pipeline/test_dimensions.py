@@ -54,8 +54,8 @@ def test_interacting_3d_point_agrees_between_hmc_cluster_and_nmcmc(tmp_path):
                    "action": {"theory": "phi4", "shape": [8, 8, 8], "kappa": 0.15, "lam": 0.5},
                    "flow": {"hidden": [8, 8], "n_layers": 4},
                    "train": {"steps": 30, "batch_size": 64, "lr": 3e-3, "log_every": 5},
-                   "sampler": {"name": name, "n_samples": 8192, "n_chains": 8 if name == "nmcmc" else 32,
-                               "n_thermalize": 100, "batch_size": 2048},
+                   "sampler": {"name": name, "n_samples": 8192 if name == "nmcmc" else 4096,
+                               "n_chains": 8 if name == "nmcmc" else 16, "n_thermalize": 100, "batch_size": 2048},
                    "output": {"dir": str(tmp_path / name)}})
         if name == "nmcmc":
             train(cfg, "", progress=False)
