@@ -203,12 +203,15 @@ class SiteConditional(Coupling):
         return (torch.where(outside, y.sign() * math.inf, z),
                 torch.where(outside, torch.full_like(log_fprime, math.inf), log_fprime))
 
-    def marginal_target(self, action):
+    def marginal_target(self, action) -> SiteMarginal | None:
         """The target of the layers before this one (`site_marginal.SiteMarginal`: these sites integrated out)
-        when ``action`` is the theory whose ``neighbour_field`` this layer was built with; else None."""
-        if getattr(self.neighbour_field, "__self__", None) is not action:
-            return None
-        return SiteMarginal(self, self.site_potential)
+        when ``action`` is the theory this layer was built from (the same object, or one of the same type, shape
+        and couplings, e.g. a deep copy); else None."""
+        theory = getattr(self.neighbour_field, "__self__", None)
+        same = theory is action or (theory is not None and type(theory) is type(action)
+                                    and getattr(theory, "shape", None) == getattr(action, "shape", None)
+                                    and getattr(theory, "couplings", None) == getattr(action, "couplings", None))
+        return SiteMarginal(self, self.site_potential) if same else None
 
     def extra_repr(self) -> str:
         return f"sites={int(self.idx_b.numel())}, bound={self.bound}, n_grid={self.n_grid}"

@@ -106,6 +106,10 @@ class Trainer(Driver):
     ``validation``: held-out target samples, their NLL and forward ESS every ``validate_every`` steps (default
     every logged row); ``early_stopping`` keeps the best flow and stops after ``patience`` validations
     without a new best.
+    A flow whose last layer draws its sites exactly from the target's conditional (decimated φ⁴ flows,
+    `Flow.marginal`) is trained on the marginal of the other sites: the same reverse KL, half the cost; its
+    reverse metrics (loss, ESS, landing) are those of the marginal pair, whose log weights miss only the last
+    layer's grid noise (Var ≈ 10⁻⁶ per site, `flows.site_marginal`).
 
     ``landing_tol`` (sticking the landing, Roeder et al. 2017; Vaitl et al. 2024): with a path estimator the
     gradient is ⟨v, ∂x/∂θ⟩ with v = ∇ₓ(log q_θ + S), and v = 0 for *every* sample when q_θ = p. A step
