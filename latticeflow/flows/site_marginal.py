@@ -33,13 +33,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from .site_conditional import SiteConditional
 
 __all__ = ["SiteMarginal", "NODE_SPACING"]
 
@@ -61,9 +57,9 @@ def _log_expm1_ratio(d: torch.Tensor) -> torch.Tensor:
 
 class SiteMarginal:
     """S_marg of the module docstring: ``action(x) -> (B,)`` and ``force(x) = ∂S_marg/∂x``, for x with the even
-    sites' fields and the odd sites' base noise (the input of ``layer``)."""
+    sites' fields and the odd sites' base noise (the input of ``layer``, a `SiteConditional`)."""
 
-    def __init__(self, layer: "SiteConditional", site_potential: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, layer: torch.nn.Module, site_potential: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.layer, self.site_potential = layer, site_potential
         self.neighbour_field = layer.neighbour_field
         shape = tuple(layer.mask.shape)
