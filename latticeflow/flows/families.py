@@ -33,8 +33,9 @@ Keys (all optional; defaults per family, see `flow_defaults`):
   z2            spline: mirrored parameters, T(−z) = −T(z) (true)
   decimate      spline on φ⁴: the couplings model the even sublattice only (`latticeflow.flows.decimation`) and
                 every odd site is drawn from its exact conditional density given its neighbours
-                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false and no zero_mode
-                (false)
+                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false and no zero_mode.
+                2 (2D, extents divisible by 4, cnn): an eighth more of the sites from their exact conditional
+                with the odd sites integrated out, the couplings on 3/8 of the sites (`flows.two_level`) (false)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
   transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
@@ -94,6 +95,8 @@ from .u1_spline import CircularSplineCoupling
 from .zero_mode import ZeroModeSpline
 from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
 from .site_conditional import SiteConditional
+from .site_marginal import SiteMarginal
+from .two_level import CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional
 
 __all__ = ["FlowFamily", "Depends", "FAMILIES", "FLOW_FAMILIES", "default_family", "families_for", "flow_defaults"]
 
@@ -213,8 +216,10 @@ def _coupling_flow(theory, opts: Mapping[str, Any], make: Callable[[tuple[int, .
     return Flow(base, first + [layer for i in range(opts["n_layers"]) for layer in make(shape, i)])
 
 
-def _decimated_spline(theory, opts: Mapping[str, Any], **kw: Any) -> Flow:
-    """N(0, 1) → [`SublatticeFourierScaling`] → even-site `SublatticeSplineCoupling` × n_layers → `SiteConditional`."""
+def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: Any) -> Flow:
+    """N(0, 1) → [`SublatticeFourierScaling`] → even-site `SublatticeSplineCoupling` × n_layers → `SiteConditional`;
+    ``levels`` 2: N(0, 1) → [`CosetFourierScaling`] → `CosetSplineCoupling` × n_layers → `MarginalSiteConditional`
+    → `SiteConditional` (`latticeflow.flows.two_level`)."""
     if not hasattr(theory, "site_potential"):
         raise _err("decimate", f"needs a theory with a site potential and neighbour field (φ⁴), "
                                f"got {type(theory).__name__}")
@@ -224,13 +229,34 @@ def _decimated_spline(theory, opts: Mapping[str, Any], **kw: Any) -> Flow:
     if len(shape) < 2:
         raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
     _check_checkerboard(shape, opts)
-    first = [SublatticeFourierScaling.from_action(theory)] if _bool(opts, "fourier") else []
-    couplings = [SublatticeSplineCoupling(shape, i % 2, **kw) for i in range(opts["n_layers"])]
     # σ of the grid bound: the Hartree field's local width (1 for a theory without a Gaussian vacuum)
     scale = (math.sqrt(float(np.mean(1.0 / theory.gaussian_vacuum(False).kernel)))
              if hasattr(theory, "gaussian_vacuum") else 1.0)
     last = SiteConditional(shape, 1, theory.site_potential, theory.neighbour_field, field_scale=scale)
+    if levels == 2:  # A1o from its exact conditional too; the couplings alternate A1e | A2 and A2 | A1e
+        if len(shape) != 2 or any(s % 4 for s in shape) or opts["conditioner"] != "cnn":
+            raise _err("decimate", f"2 needs a 2D lattice with extents divisible by 4 and the cnn conditioner, got "
+                                   f"shape {list(shape)} and {opts['conditioner']!r}")
+        first = ([CosetFourierScaling.from_action(theory, 1), CosetGaussianShift.from_action(theory)]
+                 if _bool(opts, "fourier") else [])
+        couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, **kw) if i % 2 == 0 else
+                     CosetSplineCoupling(shape, 1, 0, source_class=0, **kw) for i in range(opts["n_layers"])]
+        level2 = MarginalSiteConditional(shape, theory.site_potential, theory.neighbour_field,
+                                         SiteMarginal(last, theory.site_potential), field_scale=scale)
+        return Flow(StandardNormal(theory.field_shape), first + couplings + [level2, last])
+    first = [SublatticeFourierScaling.from_action(theory)] if _bool(opts, "fourier") else []
+    couplings = [SublatticeSplineCoupling(shape, i % 2, **kw) for i in range(opts["n_layers"])]
     return Flow(StandardNormal(theory.field_shape), first + couplings + [last])
+
+
+def _decimate_levels(opts: Mapping[str, Any]) -> int:
+    """``decimate``: false (0), true (1: the odd sites) or 2 (also A1o, `two_level`)."""
+    value = opts["decimate"]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1, 2):
+        return value
+    raise _err("decimate", f"must be true, false or 2, got {value!r}")
 
 
 def build_spline(opts: dict[str, Any], theory) -> Flow:
@@ -240,8 +266,9 @@ def build_spline(opts: dict[str, Any], theory) -> Flow:
     if z2:
         _odd_activation(opts, "a Z2-equivariant spline")
     kw = _conditioner_kwargs(opts)
-    if _bool(opts, "decimate"):
-        return _decimated_spline(theory, opts, n_bins=n_bins, bound=bound, z2=z2, **kw)
+    levels = _decimate_levels(opts)
+    if levels:
+        return _decimated_spline(theory, opts, levels, n_bins=n_bins, bound=bound, z2=z2, **kw)
     return _coupling_flow(theory, opts, lambda shape, i: [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound,
                                                                          z2=z2, **kw)])
 

@@ -95,18 +95,22 @@ class SiteConditional(Coupling):
         neighbour_field: b(φ), ``(B, *shape) -> (B, *shape)`` (`actions.Phi4.neighbour_field`).
         field_scale: σ of the fields, for `grid_bound` (default 1).
         bound: R (default: `grid_bound`); the grid has spacing about ``spacing`` (Δ = 1/16).
+        mask: other sites to draw than those of ``parity`` (subclasses, e.g. `two_level.MarginalSiteConditional`).
     """
+
+    #: (site, node) entries of the tables per site and node (the chunk size of `_chunked`)
+    _table_width: int = 1
 
     def __init__(self, shape: Sequence[int], parity: int, site_potential: Callable[[torch.Tensor], torch.Tensor],
                  neighbour_field: Callable[[torch.Tensor], torch.Tensor], *, field_scale: float = 1.0,
-                 bound: float | None = None, spacing: float = SPACING) -> None:
+                 bound: float | None = None, spacing: float = SPACING, mask: torch.Tensor | None = None) -> None:
         if bound is None:
             bound = grid_bound(site_potential, neighbour_field, shape, field_scale)
         bound = float(bound)
         if not (bound > 0 and 0 < spacing < bound):
             raise ValueError(f"SiteConditional needs 0 < spacing < bound, got {spacing}, {bound}")
         n_grid = int(math.ceil(2 * bound / spacing)) + 1
-        super().__init__(checkerboard_mask(shape, parity))
+        super().__init__(checkerboard_mask(shape, parity) if mask is None else mask)
         grid = torch.linspace(-bound, bound, n_grid, dtype=torch.float64)
         # from the theory at build time, never from a checkpoint
         self.register_buffer("grid", grid, persistent=False)
@@ -122,13 +126,20 @@ class SiteConditional(Coupling):
     def _tables(self, b: torch.Tensor):
         """Node values f, cell exponent steps d, cumulative cell masses C (in units of e^m, m the largest cell's
         log mass: a cumsum, whose backward is cheap, instead of a logcumsumexp) with m, and log Z, per site."""
-        grid, dens = self.grid.to(b.dtype), self.log_density.to(b.dtype)
-        f = dens + b.unsqueeze(-1) * grid
+        f = self._node_log_density(b)
         d = f[..., 1:] - f[..., :-1]
         log_mass = f[..., :-1] + math.log(self.spacing) + _log_expm1_ratio(d)
         m = log_mass.max(-1).values.detach()  # any shift: C e^m does not depend on it
         cum = torch.cumsum(torch.exp(log_mass - m.unsqueeze(-1)), -1)
         return f, d, cum, m, m + torch.log(cum[..., -1])
+
+    def _node_log_density(self, b: torch.Tensor) -> torch.Tensor:
+        """−U(φ_k) + b φ_k at the grid nodes, ``(n,) -> (n, G)``."""
+        return self.log_density.to(b.dtype) + b.unsqueeze(-1) * self.grid.to(b.dtype)
+
+    def _mirror(self, b: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """The parameters of the mirrored problem φ → −φ where ``sign`` is −1."""
+        return sign * b
 
     def _before(self, cum: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """C_{k−1} (0 for k = 0)."""
@@ -162,8 +173,8 @@ class SiteConditional(Coupling):
     def _chunked(self, fn, x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``fn`` on the flattened sites in pieces of at most `_CHUNK` table entries (sampling batches of
         thousands of fields would otherwise hold several GB of tables), reshaped back."""
-        size = max(1, _CHUNK // self.n_grid)
-        flat_x, flat_b = x.reshape(-1), b.reshape(-1)
+        size = max(1, _CHUNK // (self.n_grid * self._table_width))
+        flat_x, flat_b = x.reshape(-1), b.reshape(x.numel(), *b.shape[x.dim():])
         if flat_x.numel() <= size:
             return tuple(o.reshape(x.shape) for o in fn(flat_x, flat_b))
         parts = [fn(xs, bs) for xs, bs in zip(flat_x.split(size), flat_b.split(size))]
@@ -175,7 +186,7 @@ class SiteConditional(Coupling):
 
     def _forward_sites(self, z: torch.Tensor, b: torch.Tensor):
         sign = torch.where(z > 0, -1.0, 1.0).to(z.dtype)  # z > 0: the mirrored problem (−φ, −b) at −z
-        phi, log_q, log_z, slope = self._lower(sign * z, sign * b)
+        phi, log_q, log_z, slope = self._lower(sign * z, self._mirror(b, sign))
         log_fprime = -0.5 * z * z - _LOG_SQRT_2PI - log_q + log_z
         return sign * phi, log_fprime, -z - sign * slope * torch.exp(log_fprime)
 

@@ -112,8 +112,11 @@ EVEN_SHIFTS = {1: [(2,), (-2,)], 2: [(2, 0), (0, 2), (1, 1), (-1, 1)],
                3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, -1), (0, 1, 1)]}
 # a decimated flow splits the even sites by the parity of x₀ as well: (1, 1) swaps its two classes
 SUBLATTICE_SHIFTS = {2: [(2, 0), (0, 2), (2, 2), (-2, 2)], 3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (0, 1, 1), (0, 1, -1)]}
+# two-level decimation splits the (2i, 2j) sites by the parity of i + j: (2, 0) swaps A1e and A1o
+TWO_LEVEL_SHIFTS = {2: [(4, 0), (0, 4), (2, 2), (-2, 2)]}
 CNN_SHIFTS = [(name, shift) for name in CNN if name in PHI4
-              for shift in (SUBLATTICE_SHIFTS if "decimated" in name else EVEN_SHIFTS)[len(lattice(name))]]
+              for shift in (TWO_LEVEL_SHIFTS if "decimated2" in name else SUBLATTICE_SHIFTS if "decimated" in name
+                            else EVEN_SHIFTS)[len(lattice(name))]]
 
 
 @pytest.mark.parametrize("name,shift", CNN_SHIFTS, ids=[f"{n}-{s}" for n, s in CNN_SHIFTS])
