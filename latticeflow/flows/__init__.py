@@ -11,7 +11,9 @@ where every key is documented):
   Nicoli et al. 2020), ``snf`` (self-normalizing `SelfNormDense` / `SelfNormConv` layers with learned inverses,
   Keller et al. 2021); ``spline`` with ``decimate: true`` models the even sublattice only
   (`SublatticeFourierScaling`, `SublatticeSplineCoupling`) and draws every odd site from its exact conditional
-  given its neighbours (`SiteConditional`);
+  given its neighbours (`SiteConditional`); ``decimate: 2`` (2D) also draws the sites (2i, 2j), i + j odd, from
+  their exact conditional with the odd sites integrated out (`MarginalSiteConditional`, `CosetFourierScaling`,
+  `CosetGaussianShift`, `CosetSplineCoupling`; `latticeflow.flows.two_level`);
 - 2D U(1) gauge fields, gauge-equivariant couplings on plaquettes: ``u1`` (default: `PlaquetteMarginal`, then
   circular-spline `CircularSplineCoupling` layers) and ``u1_ncp`` (`NCPCoupling`: mixtures of non-compact
   projections with an implicit, bisection-based inverse; Kanwar et al. 2020).
@@ -38,6 +40,7 @@ from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collec
 from .spline import SplineCoupling
 from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
 from .site_conditional import SiteConditional
+from .two_level import CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional
 from .u1 import GaugeCoupling, NCPCoupling, ncp_inverse, ncp_mixture
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
@@ -52,6 +55,7 @@ __all__ = [
     # real scalar fields
     "AffineCoupling", "Z2AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SplineCoupling", "FourierScaling",
     "ZeroModeSpline", "SiteConditional", "SublatticeFourierScaling", "SublatticeSplineCoupling",
+    "MarginalSiteConditional", "CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling",
     # self-normalizing flows
     "SelfNormalizing", "SelfNormDense", "SelfNormConv", "OddPower", "collect_reconstruction",
     "self_normalized_training",

@@ -163,6 +163,8 @@ class CosetGaussianShift(Coupling):
     """y = e^{s} x + (w ⋆ x_A2) at the A1e sites: the Gaussian conditional of A1e given A2, learned.
 
     w is a periodic k × k filter of the A2 half lattice (no bias, so the layer is odd), s one scalar; log f' = s.
+    k = 5 at every lattice size, so the weights carry over between sizes (on a half lattice below 5 sites the
+    stencil wraps around).
     `from_action` starts both from the Hartree Gaussian of `FourierScaling.from_action`: w the least-squares
     prediction of an A1 site from the k × k stencil of A2 sites, e^{2s} its residual variance, so the start
     couples A1e to A2 as the Gaussian does instead of drawing A1e independently.
@@ -174,8 +176,8 @@ class CosetGaussianShift(Coupling):
         super().__init__(masks["A1e"])
         self.kernel_size = int(kernel_size)
         half = tuple(s // 2 for s in masks["A1e"].shape)
-        if self.kernel_size % 2 == 0 or self.kernel_size > min(half):
-            raise FlowError(f"kernel_size must be odd and at most {min(half)}, got {kernel_size}")
+        if self.kernel_size % 2 == 0 or self.kernel_size // 2 > min(half):
+            raise FlowError(f"kernel_size must be odd and at most {2 * min(half) + 1}, got {kernel_size}")
         w = torch.zeros(self.kernel_size, self.kernel_size) if weight is None else torch.as_tensor(weight).clone()
         self.weight = torch.nn.Parameter(w.reshape(1, 1, self.kernel_size, self.kernel_size).float())
         self.log_sigma = torch.nn.Parameter(torch.tensor(float(log_sigma)))
@@ -185,7 +187,6 @@ class CosetGaussianShift(Coupling):
     @classmethod
     def from_action(cls, action, kernel_size: int = 5) -> "CosetGaussianShift":
         """w, s from the Hartree Gaussian (C(r) = V⁻¹ Σ_p e^{2a(p)} e^{ipr}): w = C_ss⁻¹ C_sa, e^{2s} = C(0) − C_sa·w."""
-        kernel_size = min(kernel_size, (min(action.shape) // 2 - 1) | 1)  # odd, within the half lattice
         a = FourierScaling.from_action(action, dtype=torch.float64).log_scale.detach()
         cov = torch.fft.ifftn(torch.exp(2 * a)).real
         shape = cov.shape
@@ -197,7 +198,8 @@ class CosetGaussianShift(Coupling):
 
         c_ss = torch.tensor([[c((ri[0] - rj[0], ri[1] - rj[1])) for rj in r] for ri in r], dtype=torch.float64)
         c_sa = torch.tensor([c(ri) for ri in r], dtype=torch.float64)
-        w = torch.linalg.solve(c_ss, c_sa)
+        # least squares with the minimum norm: on a half lattice smaller than the stencil, sites repeat in it
+        w = torch.linalg.pinv(c_ss, hermitian=True) @ c_sa
         var = float(cov[0, 0]) - float(c_sa @ w)
         return cls(action.shape, kernel_size, w.reshape(kernel_size, kernel_size), 0.5 * float(np.log(var)))
 
