@@ -41,6 +41,7 @@ from .base import FlowError
 from .conditioners import circular_pad
 from .coupling import Coupling
 from .fourier import FourierScaling
+from .phi4 import AffineCoupling
 from .site_conditional import MARGIN, SPACING, SiteConditional
 from .site_marginal import SiteMarginal
 from .spline import SplineCoupling
@@ -210,13 +211,10 @@ class CosetGaussianShift(Coupling):
         t = t.index_select(1, self.target_half)
         return self.log_sigma.to(t.dtype).expand_as(t), t
 
-    def transform(self, x, params):
-        s, t = params
-        return x * torch.exp(s) + t, s
-
-    def inverse_transform(self, y, params):
-        s, t = params
-        return (y - t) * torch.exp(-s), s
+    # y = x e^s + t, log f' = s: RealNVP's elementwise map and its parameter cotangents
+    transform = AffineCoupling.transform
+    inverse_transform = AffineCoupling.inverse_transform
+    param_cotangents = AffineCoupling.param_cotangents
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
