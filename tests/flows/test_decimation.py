@@ -156,7 +156,7 @@ def test_grid_bound_follows_the_potential():
     ({"zero_mode": True}, CRITICAL, "flow.decimate starts from the symmetric Gaussian"),
     ({}, Phi4((8,), kappa=0.3, lam=0.5), "dimension >= 2"),
     ({}, Phi4((6, 5), kappa=0.3, lam=0.5), "even lattice extents"),
-    ({"decimate": "yes"}, CRITICAL, "flow.decimate must be true or false"),
+    ({"decimate": "yes"}, CRITICAL, "flow.decimate must be true, false or 2"),
 ])
 def test_decimate_config_errors_are_one_line(cfg, theory, match):
     with pytest.raises(FlowError, match=match) as err:
