@@ -218,8 +218,8 @@ def _coupling_flow(theory, opts: Mapping[str, Any], make: Callable[[tuple[int, .
 
 def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: Any) -> Flow:
     """N(0, 1) → [`SublatticeFourierScaling`] → even-site `SublatticeSplineCoupling` × n_layers → `SiteConditional`;
-    ``levels`` 2: N(0, 1) → [`CosetFourierScaling`] → `CosetSplineCoupling` × n_layers → `MarginalSiteConditional`
-    → `SiteConditional` (`latticeflow.flows.two_level`)."""
+    ``levels`` 2: N(0, 1) → [`CosetFourierScaling`, `CosetGaussianShift`] → `CosetSplineCoupling` × n_layers →
+    `MarginalSiteConditional` → `SiteConditional` (`latticeflow.flows.two_level`)."""
     if not hasattr(theory, "site_potential"):
         raise _err("decimate", f"needs a theory with a site potential and neighbour field (φ⁴), "
                                f"got {type(theory).__name__}")
