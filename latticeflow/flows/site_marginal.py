@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["SiteMarginal", "NODE_SPACING"]
+__all__ = ["SiteMarginal", "WindowSum", "NODE_SPACING"]
 
 NODE_SPACING = 1 / 32  # h of the log Z̃(b) table
 _LOG_2PI = math.log(2 * math.pi)
@@ -87,16 +87,10 @@ class SiteMarginal:
         return self._tables[key]
 
     def log_z(self, b: torch.Tensor) -> torch.Tensor:
-        """F(b) = log Z̃(b) + c(b), elementwise (cubic Hermite on the nodes, linear beyond ±b_max)."""
+        """F(b) = log Z̃(b) + c(b), elementwise (cubic Hermite on the nodes, linear beyond ±b_max); its backward
+        multiplies by F'(b) of the same polynomial, kept from the forward pass (`_HermiteLookup`)."""
         coef, m = self._table(b)
-        bc = b.clamp(-self.b_max, self.b_max)
-        u = bc / self.h + self.n_half
-        k = u.detach().floor().long().clamp(0, coef.shape[0] - 1)
-        t = u - k
-        a = coef.index_select(0, k.reshape(-1)).reshape(*k.shape, 4)  # one row gather per point
-        inner = a[..., 0] + t * (a[..., 1] + t * (a[..., 2] + t * a[..., 3]))
-        end = torch.where(b > 0, m[-1], m[0])
-        return inner + end * (b - bc)
+        return _HermiteLookup.apply(b, coef, m[0], m[-1], self.h, self.n_half, self.b_max)
 
     def action(self, x: torch.Tensor) -> torch.Tensor:
         """S_marg per configuration, ``(B, *shape) -> (B,)``."""
@@ -113,6 +107,32 @@ class SiteMarginal:
             x_ = x.detach().requires_grad_()
             (g,) = torch.autograd.grad(self.action(x_).sum(), x_)
         return g
+
+
+class _HermiteLookup(torch.autograd.Function):
+    """F(b) from the Horner coefficients of every cell (one row gather per point) and, where b needs a gradient,
+    F'(b) = (a1 + 2 a2 t + 3 a3 t²)/h saved for the backward: one multiply instead of autograd through Horner."""
+
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, coef: torch.Tensor, low: torch.Tensor, high: torch.Tensor, h: float,
+                n_half: int, b_max: float) -> torch.Tensor:
+        bc = b.clamp(-b_max, b_max)
+        u = bc / h + n_half
+        k = u.floor().long().clamp(0, coef.shape[0] - 1)
+        t = u - k
+        a = coef.index_select(0, k.reshape(-1)).reshape(*k.shape, 4)
+        a0, a1, a2, a3 = a.unbind(-1)
+        end = torch.where(b > 0, high, low)
+        value = a0 + t * (a1 + t * (a2 + t * a3)) + end * (b - bc)
+        if ctx.needs_input_grad[0]:
+            inside = (b >= -b_max) & (b <= b_max)
+            ctx.save_for_backward(torch.where(inside, (a1 + t * (2 * a2 + 3 * t * a3)) / h, end))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None, None, None, None, None
 
 
 def _log_z_corrected(grid: torch.Tensor, site_potential: Callable[[torch.Tensor], torch.Tensor], spacing: float,
@@ -136,3 +156,95 @@ def _log_z_corrected(grid: torch.Tensor, site_potential: Callable[[torch.Tensor]
     value = log_z + c
     (slope,) = torch.autograd.grad(value.sum(), b)
     return value.detach(), slope
+
+
+class WindowSum:
+    """Σ_j F(a + s g + c_j) at the grid nodes g = 0…G−1 for every row of c ``(n, J)``: the node log-density term
+    of `two_level.MarginalSiteConditional` (a = −2κR, s = 2κΔ).
+
+    F is tabulated afresh (float64 quadrature, `_log_z_corrected`) on nodes of spacing h = s/m, m the smallest
+    integer with h ≤ `NODE_SPACING`, so a + s g + c_j falls at the same fraction t of its cell at every g: the
+    G values of one (row, j) are one gather of cells k₀ + m g and one contraction with (1, t, t², t³), and the
+    backward needs only (0, 1, 2t, 3t²)/h. c beyond the table (far outside any field) is clamped and continued
+    linearly with the end slope: a deterministic, continuous function of c, so the density stays exact.
+
+    Example:
+        >>> from actions import Phi4
+        >>> from latticeflow.flows.site_conditional import SiteConditional
+        >>> theory = Phi4((4, 4), kappa=0.3, lam=0.5)
+        >>> layer = SiteConditional((4, 4), 1, theory.site_potential, theory.neighbour_field)
+        >>> table = WindowSum(layer, theory.site_potential, start=-2.4, step=0.6 / 16, n_nodes=129)
+        >>> table(torch.zeros(3, 4, dtype=torch.float64)).shape
+        torch.Size([3, 129])
+    """
+
+    def __init__(self, layer: torch.nn.Module, site_potential: Callable[[torch.Tensor], torch.Tensor], *,
+                 start: float, step: float, n_nodes: int) -> None:
+        shape = tuple(layer.mask.shape)
+        b_max = 4.0 * float(layer.neighbour_field(torch.full((1, *shape), layer.bound, dtype=torch.float64)).abs().max())
+        self.stride = max(1, int(math.ceil(abs(step) / NODE_SPACING)))
+        self.h, self.start, self.n_nodes = abs(step) / self.stride, float(start), int(n_nodes)
+        n_half = int(math.ceil(b_max / self.h))
+        self.low = -n_half * self.h  # node i at low + i h
+        b = self.low + self.h * torch.arange(2 * n_half + 1, dtype=torch.float64)
+        grid = torch.linspace(-layer.bound, layer.bound, layer.n_grid, dtype=torch.float64)
+        rows = max(1, _CHUNK // (layer.n_grid * _SUB))
+        with torch.inference_mode(False), torch.enable_grad():
+            parts = [_log_z_corrected(grid, site_potential, layer.spacing, bs) for bs in b.split(rows)]
+        f, fp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        hm = self.h * fp
+        self._coef64 = torch.stack([f[:-1], hm[:-1], -3 * f[:-1] - 2 * hm[:-1] + 3 * f[1:] - hm[1:],
+                                    2 * f[:-1] + hm[:-1] - 2 * f[1:] + hm[1:]], -1)  # (cells, 4) in t
+        self._ends64 = (fp[0], fp[-1])
+        # the first cell of a window: u = (start + c − low)/h in [0, u_max], u_max the last window's first cell
+        self.u_max = float(self._coef64.shape[0] - 1 - self.stride * (self.n_nodes - 1))
+        if self.u_max < 1:
+            raise ValueError("the F table is too short for a window of the grid")
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _table(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the Horner coefficients of every window, ``(u_max + 1, G, 4)``; F' at the table's ends) in ``like``'s
+        dtype: window k₀ holds the cells k₀ + m g, so a lookup gathers one contiguous row per (row, j)."""
+        key = (like.device, like.dtype)
+        if key not in self._tables:
+            starts = torch.arange(int(self.u_max) + 1).unsqueeze(-1)
+            windows = self._coef64[starts + self.stride * torch.arange(self.n_nodes)]
+            ends = torch.stack(list(self._ends64))
+            self._tables[key] = (windows.to(device=like.device, dtype=like.dtype),
+                                 ends.to(device=like.device, dtype=like.dtype))
+        return self._tables[key]
+
+    def __call__(self, c: torch.Tensor) -> torch.Tensor:
+        """``(n, J) -> (n, G)``: Σ_j F(a + s g + c_j)."""
+        windows, ends = self._table(c)
+        return _WindowLookup.apply(c, windows, ends, self)
+
+
+class _WindowLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, windows: torch.Tensor, ends: torch.Tensor, table: "WindowSum") -> torch.Tensor:
+        u_raw = (c + (table.start - table.low)) / table.h
+        u = u_raw.clamp(0.0, table.u_max)
+        k0 = u.floor().clamp(max=table.u_max - 1).long()  # t in [0, 1], also at u_max
+        t = u - k0
+        n, j = c.shape
+        a = windows.index_select(0, k0.reshape(-1))  # (n J, G, 4)
+        powers = torch.stack([torch.ones_like(t), t, t * t, t * t * t], -1)  # (n, J, 4)
+        value = torch.bmm(a, powers.reshape(n * j, 4, 1)).reshape(n, j, -1).sum(1)
+        outside = u_raw - u  # in cells; the linear continuation with the end slope
+        end = torch.where(outside > 0, ends[1], ends[0])
+        value = value + (outside * table.h * end).sum(-1, keepdim=True)
+        ctx.save_for_backward(windows, k0, t, end, outside)
+        ctx.h = table.h
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        windows, k0, t, end, outside = ctx.saved_tensors
+        n, j = k0.shape
+        a = windows.index_select(0, k0.reshape(-1))  # recomputed: one gather instead of a saved (n J, G, 4)
+        g = grad.unsqueeze(1).expand(n, j, grad.shape[-1]).reshape(n * j, 1, -1)
+        moments = torch.bmm(g, a).reshape(n, j, 4)  # Σ_g grad_g a_g
+        d = torch.stack([torch.zeros_like(t), torch.ones_like(t), 2 * t, 3 * t * t], -1) / ctx.h
+        inside = (moments * d).sum(-1)
+        return torch.where(outside == 0, inside, end * grad.sum(-1, keepdim=True)), None, None, None

@@ -43,7 +43,7 @@ from .coupling import Coupling
 from .fourier import FourierScaling
 from .phi4 import AffineCoupling
 from .site_conditional import MARGIN, SPACING, SiteConditional
-from .site_marginal import SiteMarginal
+from .site_marginal import SiteMarginal, WindowSum
 from .spline import SplineCoupling
 
 __all__ = ["CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling", "MarginalSiteConditional",
@@ -227,7 +227,8 @@ class MarginalSiteConditional(SiteConditional):
         shape: lattice extents (2D, divisible by 4).
         site_potential: U(φ), elementwise.
         neighbour_field: b(φ) = 2κ Σ_{±μ} φ_{x±μ̂}.
-        marginal: the `SiteMarginal` of the odd sites' `SiteConditional` (its F, log Z to 10⁻⁵).
+        marginal: the `SiteMarginal` of the odd sites' `SiteConditional` (its F, log Z to 10⁻⁵); the sums over k
+            at the grid nodes come from its `WindowSum`.
         field_scale: σ of the fields (the grid bound holds for neighbours within 6σ).
     """
 
@@ -243,6 +244,8 @@ class MarginalSiteConditional(SiteConditional):
         bound = _bound(site_potential, marginal, two_kappa, field_scale)
         super().__init__(shape, 0, site_potential, neighbour_field, bound=bound, spacing=spacing, mask=masks["A1o"])
         self.marginal, self.two_kappa = marginal, two_kappa
+        self.window = WindowSum(marginal.layer, marginal.site_potential, start=-two_kappa * self.bound,
+                                step=two_kappa * self.spacing, n_nodes=self.n_grid)
         self.register_buffer("even", ~masks["odd"], persistent=False)
 
     def conditioner_params(self, x_frozen: torch.Tensor) -> torch.Tensor:
@@ -254,9 +257,7 @@ class MarginalSiteConditional(SiteConditional):
 
     def _node_log_density(self, c: torch.Tensor) -> torch.Tensor:
         """−U(φ_k) + Σ_j F(2κφ_k + c_j) at the grid nodes, ``(n, 4) -> (n, G)``."""
-        grid = self.grid.to(c.dtype)
-        arg = self.two_kappa * grid.unsqueeze(-1) + c.unsqueeze(-2)
-        return self.log_density.to(c.dtype) + self.marginal.log_z(arg).sum(-1)
+        return self.log_density.to(c.dtype) + self.window(c)
 
     def _mirror(self, c: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         return sign.unsqueeze(-1) * c
