@@ -63,27 +63,18 @@ class SiteMarginal:
         self.layer, self.site_potential = layer, site_potential
         self.neighbour_field = layer.neighbour_field
         shape = tuple(layer.mask.shape)
-        # |b| of neighbours at four times the grid bound: the table's end, beyond it the linear continuation
-        self.b_max = 4.0 * float(self.neighbour_field(torch.full((1, *shape), layer.bound, dtype=torch.float64)).abs().max())
+        self.b_max = _table_end(layer)
         self.n_half = int(math.ceil(self.b_max / NODE_SPACING))
         self.h = self.b_max / self.n_half
-        b = torch.linspace(-self.b_max, self.b_max, 2 * self.n_half + 1, dtype=torch.float64)
-        grid = torch.linspace(-layer.bound, layer.bound, layer.n_grid, dtype=torch.float64)
-        rows = max(1, _CHUNK // (layer.n_grid * _SUB))
-        with torch.inference_mode(False), torch.enable_grad():
-            parts = [_log_z_corrected(grid, site_potential, layer.spacing, bs) for bs in b.split(rows)]
-        self._table64 = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        self._coef64, self._slope64 = _f_table(layer, site_potential, self.h, self.n_half)
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _table(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Horner coefficients a0…a3 of every cell in t, ``(n − 1, 4)``; F' at the nodes) in ``like``'s dtype."""
         key = (like.device, like.dtype)
         if key not in self._tables:
-            f, m = self._table64
-            hm = self.h * m
-            coef = torch.stack([f[:-1], hm[:-1], -3 * f[:-1] - 2 * hm[:-1] + 3 * f[1:] - hm[1:],
-                                2 * f[:-1] + hm[:-1] - 2 * f[1:] + hm[1:]], -1)
-            self._tables[key] = (coef.to(device=like.device, dtype=like.dtype), m.to(device=like.device, dtype=like.dtype))
+            self._tables[key] = (self._coef64.to(device=like.device, dtype=like.dtype),
+                                 self._slope64.to(device=like.device, dtype=like.dtype))
         return self._tables[key]
 
     def log_z(self, b: torch.Tensor) -> torch.Tensor:
@@ -111,7 +102,8 @@ class SiteMarginal:
 
 class _HermiteLookup(torch.autograd.Function):
     """F(b) from the Horner coefficients of every cell (one row gather per point) and, where b needs a gradient,
-    F'(b) = (a1 + 2 a2 t + 3 a3 t²)/h saved for the backward: one multiply instead of autograd through Horner."""
+    F'(b) = (a1 + 2 a2 t + 3 a3 t²)/h saved for the backward: one multiply instead of autograd through Horner.
+    Once differentiable (nothing here takes second derivatives through F)."""
 
     @staticmethod
     def forward(ctx, b: torch.Tensor, coef: torch.Tensor, low: torch.Tensor, high: torch.Tensor, h: float,
@@ -130,9 +122,32 @@ class _HermiteLookup(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (slope,) = ctx.saved_tensors
         return grad * slope, None, None, None, None, None, None
+
+
+def _table_end(layer: torch.nn.Module) -> float:
+    """b_max: |b| of neighbours at four times the grid bound of ``layer``; beyond it F continues linearly."""
+    shape = tuple(layer.mask.shape)
+    return 4.0 * float(layer.neighbour_field(torch.full((1, *shape), layer.bound, dtype=torch.float64)).abs().max())
+
+
+def _f_table(layer: torch.nn.Module, site_potential: Callable[[torch.Tensor], torch.Tensor], h: float,
+             n_half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """F on the nodes b_i = (i − n_half) h, i = 0…2 n_half (float64 quadrature, `_log_z_corrected`), as the Horner
+    coefficients of the cubic Hermite of every cell in t = (b − b_i)/h, ``(2 n_half, 4)``, and F' at the nodes."""
+    b = h * torch.arange(-n_half, n_half + 1, dtype=torch.float64)
+    grid = torch.linspace(-layer.bound, layer.bound, layer.n_grid, dtype=torch.float64)
+    rows = max(1, _CHUNK // (layer.n_grid * _SUB))
+    with torch.inference_mode(False), torch.enable_grad():
+        parts = [_log_z_corrected(grid, site_potential, layer.spacing, bs) for bs in b.split(rows)]
+    f, slope = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    hm = h * slope
+    coef = torch.stack([f[:-1], hm[:-1], -3 * f[:-1] - 2 * hm[:-1] + 3 * f[1:] - hm[1:],
+                        2 * f[:-1] + hm[:-1] - 2 * f[1:] + hm[1:]], -1)
+    return coef, slope
 
 
 def _log_z_corrected(grid: torch.Tensor, site_potential: Callable[[torch.Tensor], torch.Tensor], spacing: float,
@@ -165,8 +180,9 @@ class WindowSum:
     F is tabulated afresh (float64 quadrature, `_log_z_corrected`) on nodes of spacing h = s/m, m the smallest
     integer with h ≤ `NODE_SPACING`, so a + s g + c_j falls at the same fraction t of its cell at every g: the
     G values of one (row, j) are one gather of cells k₀ + m g and one contraction with (1, t, t², t³), and the
-    backward needs only (0, 1, 2t, 3t²)/h. c beyond the table (far outside any field) is clamped and continued
-    linearly with the end slope: a deterministic, continuous function of c, so the density stays exact.
+    backward needs only (0, 1, 2t, 3t²)/h. c beyond the table (|c| above ~30κR, far outside any field) is clamped
+    and every node continued linearly with the end slope F'(±b_max): not `SiteMarginal.log_z`'s continuation there,
+    but a deterministic, continuous function of c, so the density the layer samples (and its log q) stays exact.
 
     Example:
         >>> from actions import Phi4
@@ -180,22 +196,17 @@ class WindowSum:
 
     def __init__(self, layer: torch.nn.Module, site_potential: Callable[[torch.Tensor], torch.Tensor], *,
                  start: float, step: float, n_nodes: int) -> None:
-        shape = tuple(layer.mask.shape)
-        b_max = 4.0 * float(layer.neighbour_field(torch.full((1, *shape), layer.bound, dtype=torch.float64)).abs().max())
+        if step == 0:
+            raise ValueError("WindowSum needs a nonzero step 2κΔ (κ = 0 leaves no neighbour terms)")
         self.stride = max(1, int(math.ceil(abs(step) / NODE_SPACING)))
-        self.h, self.start, self.n_nodes = abs(step) / self.stride, float(start), int(n_nodes)
-        n_half = int(math.ceil(b_max / self.h))
+        self.h, self.n_nodes = abs(step) / self.stride, int(n_nodes)
+        # a negative step (κ < 0) walks the table downwards: the same windows from the last node, flipped
+        self.flip = step < 0
+        self.start = float(start + (self.n_nodes - 1) * step) if self.flip else float(start)
+        n_half = int(math.ceil(_table_end(layer) / self.h))
         self.low = -n_half * self.h  # node i at low + i h
-        b = self.low + self.h * torch.arange(2 * n_half + 1, dtype=torch.float64)
-        grid = torch.linspace(-layer.bound, layer.bound, layer.n_grid, dtype=torch.float64)
-        rows = max(1, _CHUNK // (layer.n_grid * _SUB))
-        with torch.inference_mode(False), torch.enable_grad():
-            parts = [_log_z_corrected(grid, site_potential, layer.spacing, bs) for bs in b.split(rows)]
-        f, fp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        hm = self.h * fp
-        self._coef64 = torch.stack([f[:-1], hm[:-1], -3 * f[:-1] - 2 * hm[:-1] + 3 * f[1:] - hm[1:],
-                                    2 * f[:-1] + hm[:-1] - 2 * f[1:] + hm[1:]], -1)  # (cells, 4) in t
-        self._ends64 = (fp[0], fp[-1])
+        self._coef64, slope = _f_table(layer, site_potential, self.h, n_half)
+        self._ends64 = (slope[0], slope[-1])
         # the first cell of a window: u = (start + c − low)/h in [0, u_max], u_max the last window's first cell
         self.u_max = float(self._coef64.shape[0] - 1 - self.stride * (self.n_nodes - 1))
         if self.u_max < 1:
@@ -207,8 +218,9 @@ class WindowSum:
         dtype: window k₀ holds the cells k₀ + m g, so a lookup gathers one contiguous row per (row, j)."""
         key = (like.device, like.dtype)
         if key not in self._tables:
-            starts = torch.arange(int(self.u_max) + 1).unsqueeze(-1)
-            windows = self._coef64[starts + self.stride * torch.arange(self.n_nodes)]
+            cpu = self._coef64.device  # not the default device (the meta lane of the tests sets that)
+            starts = torch.arange(int(self.u_max) + 1, device=cpu).unsqueeze(-1)
+            windows = self._coef64[starts + self.stride * torch.arange(self.n_nodes, device=cpu)]
             ends = torch.stack(list(self._ends64))
             self._tables[key] = (windows.to(device=like.device, dtype=like.dtype),
                                  ends.to(device=like.device, dtype=like.dtype))
@@ -217,15 +229,20 @@ class WindowSum:
     def __call__(self, c: torch.Tensor) -> torch.Tensor:
         """``(n, J) -> (n, G)``: Σ_j F(a + s g + c_j)."""
         windows, ends = self._table(c)
-        return _WindowLookup.apply(c, windows, ends, self)
+        value = _WindowLookup.apply(c, windows, ends, self)
+        return value.flip(-1) if self.flip else value
 
 
 class _WindowLookup(torch.autograd.Function):
+    """`WindowSum` for a positive step: the forward gathers the window of each (row, j) and contracts it with
+    (1, t, t², t³); the backward gathers it again (instead of keeping it) and contracts Σ_g grad_g a_g with
+    (0, 1, 2t, 3t²)/h, or takes the end slope where c was clamped. Once differentiable."""
+
     @staticmethod
     def forward(ctx, c: torch.Tensor, windows: torch.Tensor, ends: torch.Tensor, table: "WindowSum") -> torch.Tensor:
         u_raw = (c + (table.start - table.low)) / table.h
         u = u_raw.clamp(0.0, table.u_max)
-        k0 = u.floor().clamp(max=table.u_max - 1).long()  # t in [0, 1], also at u_max
+        k0 = u.floor().long().clamp(0, int(table.u_max) - 1)  # t in [0, 1], also at u_max; NaN gives NaN, no bad index
         t = u - k0
         n, j = c.shape
         a = windows.index_select(0, k0.reshape(-1))  # (n J, G, 4)
@@ -239,7 +256,8 @@ class _WindowLookup(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         windows, k0, t, end, outside = ctx.saved_tensors
         n, j = k0.shape
         a = windows.index_select(0, k0.reshape(-1))  # recomputed: one gather instead of a saved (n J, G, 4)

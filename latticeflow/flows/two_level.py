@@ -227,12 +227,12 @@ class MarginalSiteConditional(SiteConditional):
         shape: lattice extents (2D, divisible by 4).
         site_potential: U(φ), elementwise.
         neighbour_field: b(φ) = 2κ Σ_{±μ} φ_{x±μ̂}.
-        marginal: the `SiteMarginal` of the odd sites' `SiteConditional` (its F, log Z to 10⁻⁵); the sums over k
-            at the grid nodes come from its `WindowSum`.
+        marginal: the `SiteMarginal` of the odd sites' `SiteConditional` (its F, log Z to 10⁻⁵); the layer's
+            `WindowSum` tabulates the same F anew for the sums over k at the grid nodes.
         field_scale: σ of the fields (the grid bound holds for neighbours within 6σ).
     """
 
-    _table_width = 16  # four F terms, each with a few Hermite temporaries
+    _table_width = 16  # the gathered window: four F terms × four Horner coefficients per (site, node)
 
     def __init__(self, shape: Sequence[int], site_potential: Callable[[torch.Tensor], torch.Tensor],
                  neighbour_field: Callable[[torch.Tensor], torch.Tensor], marginal: SiteMarginal, *,

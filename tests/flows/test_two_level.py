@@ -161,3 +161,17 @@ def test_window_sum_is_the_sum_of_f_at_the_grid_nodes_with_its_gradient():
     assert torch.autograd.gradcheck(layer.window, (c[:3].detach().requires_grad_(),))
     far = torch.tensor([[300.0, -300.0, 0.3, 2.0]], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(layer.window, (far,))
+
+
+def test_window_sum_with_a_negative_kappa_and_nan():
+    """κ < 0 walks F's table downwards (the windows flipped): still Σ_k F(2κφ_g + c_k) to 10⁻⁷; a NaN in c gives
+    NaN in its row, not an index error (the trainer skips non-finite steps)."""
+    theory = Phi4((8, 8), kappa=-0.3, lam=0.5)
+    layer, marginal = _layers(theory)
+    assert layer.window.flip
+    c = 1.5 * torch.randn(20, 4, dtype=F64, generator=torch.Generator().manual_seed(6))
+    reference = marginal.log_z(layer.two_kappa * layer.grid.to(F64).unsqueeze(-1) + c.unsqueeze(-2)).sum(-1)
+    assert float((layer.window(c) - reference).abs().max()) < 1e-7
+    c[3, 1] = float("nan")
+    value = layer.window(c)
+    assert bool(value[3].isnan().all()) and bool(value[torch.arange(20) != 3].isfinite().all())
