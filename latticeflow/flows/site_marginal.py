@@ -62,7 +62,6 @@ class SiteMarginal:
     def __init__(self, layer: torch.nn.Module, site_potential: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.layer, self.site_potential = layer, site_potential
         self.neighbour_field = layer.neighbour_field
-        shape = tuple(layer.mask.shape)
         self.b_max = _table_end(layer)
         self.n_half = int(math.ceil(self.b_max / NODE_SPACING))
         self.h = self.b_max / self.n_half
