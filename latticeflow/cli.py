@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     p.add_argument("--flow", default=None, metavar="YAML",
                    help="criticality: the flow's options as a YAML mapping, e.g. '{family: spline, vacua: false}' "
-                        "(default: the decimated spline flow, '{family: spline, vacua: false, decimate: true}')")
+                        "(default: the two-level decimated spline flow, '{family: spline, vacua: false, decimate: 2}')")
     return parser
 
 

@@ -28,12 +28,15 @@ Keys (all optional; defaults per family, see `flow_defaults`):
                 auto for spline and z2affine, false for the others (true needs a φ⁴ theory; auto is off elsewhere)
   zero_mode     φ⁴: a `ZeroModeSpline` after the Fourier layer: an odd spline of the magnetization M that moves
                 the whole field, y = x + (g(M) − M)·1, initialised from the theory's mean-field magnetization
-                density (two vacua in the broken phase, identity where that density is unimodal): false
+                density (two vacua in the broken phase, identity where that density is unimodal): false.
+                With decimate 2: the spline moves the mean of the learned sites A2 ∪ A1e after the couplings,
+                starting as the identity on ±ZERO_MODE_BOUND (the non-Gaussian magnetization near criticality)
   n_bins, bound spline: K bins on [−bound, bound] with identity tails (φ⁴: 8, 4.0); U(1): K bins on the circle (8)
   z2            spline: mirrored parameters, T(−z) = −T(z) (true)
   decimate      spline on φ⁴: the couplings model the even sublattice only (`latticeflow.flows.decimation`) and
                 every odd site is drawn from its exact conditional density given its neighbours
-                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false and no zero_mode.
+                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false (and no zero_mode
+                with true).
                 2 (2D, extents divisible by 4, cnn): an eighth more of the sites from their exact conditional
                 with the odd sites integrated out, the couplings on 3/8 of the sites (`flows.two_level`) (false)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
@@ -96,7 +99,13 @@ from .zero_mode import ZeroModeSpline
 from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
 from .site_conditional import SiteConditional
 from .site_marginal import SiteMarginal
-from .two_level import CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional
+from .two_level import (CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional,
+                        two_level_masks)
+
+#: decimate 2 with zero_mode: the learned sites' mean M (hopping normalisation; std 0.44 at L = 16, κ = 0.331,
+#: smaller at larger L on the line ξ ≈ L/4) is reshaped on [−1.6, 1.6] in 16 bins, identity tails outside
+ZERO_MODE_BOUND = 1.6
+ZERO_MODE_BINS = 16
 
 __all__ = ["FlowFamily", "Depends", "FAMILIES", "FLOW_FAMILIES", "default_family", "families_for", "flow_defaults"]
 
@@ -223,8 +232,10 @@ def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: An
     if not hasattr(theory, "site_potential"):
         raise _err("decimate", f"needs a theory with a site potential and neighbour field (φ⁴), "
                                f"got {type(theory).__name__}")
-    if opts["vacua"] is True or _bool(opts, "zero_mode"):
-        raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua and flow.zero_mode false")
+    zero_mode = _bool(opts, "zero_mode")
+    if opts["vacua"] is True or (zero_mode and levels != 2):
+        raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua false (and flow.zero_mode "
+                               "false, unless decimate is 2)")
     shape = tuple(theory.shape)
     if len(shape) < 2:
         raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
@@ -241,6 +252,10 @@ def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: An
                  if _bool(opts, "fourier") else [])
         couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, **kw) if i % 2 == 0 else
                      CosetSplineCoupling(shape, 1, 0, source_class=0, **kw) for i in range(opts["n_layers"])]
+        if zero_mode:  # the magnetization of the learned sites: identity at the start, learned
+            masks = two_level_masks(shape)
+            couplings.append(ZeroModeSpline(shape, n_bins=ZERO_MODE_BINS, bound_in=ZERO_MODE_BOUND,
+                                            mask=masks["A2"] | masks["A1e"]))
         level2 = MarginalSiteConditional(shape, theory.site_potential, theory.neighbour_field,
                                          SiteMarginal(last, theory.site_potential), field_scale=scale)
         return Flow(StandardNormal(theory.field_shape), first + couplings + [level2, last])

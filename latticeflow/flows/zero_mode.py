@@ -56,10 +56,13 @@ def _inverse_softmax(fractions: np.ndarray, k: int) -> np.ndarray:
 
 
 class ZeroModeSpline(Bijection):
-    """y = x + (g(M) − M)·1, M = mean of x over the lattice, g an odd RQ spline of ``n_bins`` bins.
+    """y = x + (g(M) − M)·1_S, M = mean of x over the sites S, g an odd RQ spline of ``n_bins`` bins.
 
     Args:
         shape: lattice extents; the field is ``(B, *shape)``.
+        mask: optional bool ``shape`` tensor, the sites S (default: every site). With a mask the formulas of the
+            module docstring hold with V → |S| and 1 → 1_S; the other sites pass through unchanged (the two-level
+            flow's learned sites A2 ∪ A1e, `latticeflow.flows.two_level`).
         n_bins: K (even, ≥ 2).
         bound_in, bound_out: g maps [−bound_in, bound_in] onto [−bound_out, bound_out] (slope-1 tails outside).
         widths, heights, derivatives: optional initial raw spline parameters (K, K, K − 1), mirrored on use;
@@ -67,11 +70,22 @@ class ZeroModeSpline(Bijection):
     """
 
     def __init__(self, shape: Sequence[int], *, n_bins: int = 16, bound_in: float = 1.0, bound_out: float | None = None,
-                 widths=None, heights=None, derivatives=None, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 widths=None, heights=None, derivatives=None, mask: torch.Tensor | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.shape = validate_shape(shape, "shape")
         self.ndim = len(self.shape)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=device)
+            if mask.dtype != torch.bool or tuple(mask.shape) != self.shape or not bool(mask.any()):
+                raise FlowError(f"zero-mode spline: mask must be a non-empty bool tensor of shape {self.shape}, got "
+                                f"{mask.dtype} {tuple(mask.shape)}")
+            # from the architecture, never from a checkpoint (so that weights carry over between lattice sizes)
+            self.register_buffer("mask", mask.clone(), persistent=False)
+            self.n_sites = int(mask.sum())
+        else:
+            self.mask = None
+            self.n_sites = int(np.prod(self.shape))
         if not isinstance(n_bins, int) or n_bins < 2 or n_bins % 2:
             raise FlowError(f"zero-mode spline: n_bins must be an even integer >= 2, got {n_bins!r}")
         bound_out = bound_in if bound_out is None else bound_out
@@ -178,10 +192,13 @@ class ZeroModeSpline(Bijection):
             raise FlowError(f"field shape {tuple(x.shape)} does not match (B, *{self.shape}) of ZeroModeSpline")
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).mean(1)
+        if self.mask is None:
+            return x.flatten(1).mean(1)
+        return (x * self.mask.to(x.dtype)).flatten(1).sum(1) / self.n_sites  # no boolean index: no host sync
 
     def _shifted(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return x + shift.reshape((-1,) + (1,) * self.ndim)
+        shift = shift.reshape((-1,) + (1,) * self.ndim)
+        return x + (shift if self.mask is None else shift * self.mask.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)
@@ -202,8 +219,7 @@ class ZeroModeSpline(Bijection):
         gm, log_gp, dlog = self._g(m, True)
         y = self._shifted(x, gm - m)
         with torch.no_grad():
-            volume = x[0].numel()
-            v = self._shifted(g.detach(), -dlog.detach() / volume)
+            v = self._shifted(g.detach(), -dlog.detach() / self.n_sites)
             g_new = self._shifted(v, (torch.exp(-log_gp.detach()) - 1) * self._mean(v))
         return y, log_gp, g_new
 
@@ -213,10 +229,11 @@ class ZeroModeSpline(Bijection):
         with torch.no_grad():
             m = self._mean(x.detach())
             _, log_gp, dlog = self._g(m, True)
-            volume = y[0].numel()
             r = r.detach()
-            r_new = self._shifted(r, (torch.exp(log_gp) - 1) * self._mean(r) + dlog / volume)
+            r_new = self._shifted(r, (torch.exp(log_gp) - 1) * self._mean(r) + dlog / self.n_sites)
         return x, logdet_inv, r_new
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, n_bins={self.n_bins}, bound_in={self.bound_in:.4g}, bound_out={self.bound_out:.4g}"
+        sites = "" if self.mask is None else f", sites={self.n_sites}"
+        return (f"shape={self.shape}{sites}, n_bins={self.n_bins}, bound_in={self.bound_in:.4g}, "
+                f"bound_out={self.bound_out:.4g}")

@@ -38,7 +38,8 @@ CONFIGS = {
                              "bound": 2.5, "vacua": False, "decimate": True},  # 2D: compact conditioners
     # two-level: CosetFourierScaling, CosetGaussianShift, CosetSplineCouplings, MarginalSiteConditional, SiteConditional
     "spline-decimated2-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
-                              "bound": 2.5, "vacua": False, "decimate": 2},
+                              "bound": 2.5, "vacua": False, "decimate": 2,
+                              "zero_mode": True},
     "spline-decimated-cnn-3d": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [4], "n_bins": 4,
                                 "bound": 2.5, "vacua": False, "decimate": True},  # masked full-lattice conditioners
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},

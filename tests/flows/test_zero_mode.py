@@ -129,3 +129,76 @@ def test_build_puts_the_layer_after_the_fourier_layer():
         x, _ = flow.sample(4096)
     mag = x.flatten(1).mean(1).abs()
     assert float((mag > 1.5).float().mean()) > 0.95  # the fields start in a vacuum, not at M ≈ 0
+
+
+# -- the masked layer (decimate 2: the mean of the learned sites A2 ∪ A1e) ---------------------------------------
+
+def masked_layer(shape=(8, 8), seed=0, scale=0.3):
+    from latticeflow.flows.two_level import two_level_masks
+    masks = two_level_masks(shape)
+    layer = ZeroModeSpline(shape, n_bins=8, bound_in=1.6, mask=masks["A2"] | masks["A1e"], dtype=F64)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=F64))
+    return layer, masks["A2"] | masks["A1e"]
+
+
+def test_masked_round_trip_log_det_and_scores_against_autograd():
+    layer, mask = masked_layer()
+    x = fields((8, 8), seed=11)
+    y, ld = layer(x)
+    x_back, ld_inv = layer.inverse(y)
+    assert maxabs(x_back - x) < 1e-12 and maxabs(ld + ld_inv) < 1e-12
+    assert maxabs(y - x) > 1e-2 and maxabs(ld) > 1e-2  # not the identity
+    assert maxabs((y - x)[:, ~mask]) == 0.0  # the other sites pass through
+    shift = (y - x)[:, mask]
+    assert maxabs(shift - shift[:, :1]) < 1e-13  # one shift for every site of S
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(12), dtype=F64)
+    _, ld2, g_new = layer.forward_with_score(x, g)
+    _, _, r_new = layer.inverse_with_score(y.detach(), g)
+    assert maxabs(ld2 - ld) < 1e-14
+    for i in range(x.shape[0]):
+        jac = dense_jacobian(lambda v: layer(v)[0], x[i:i + 1])
+        assert abs(torch.linalg.slogdet(jac)[1].item() - ld[i].item()) < 1e-10
+        xi = x[i:i + 1].clone().requires_grad_()
+        (grad_ld,) = torch.autograd.grad(layer(xi)[1].sum(), xi)
+        ref = torch.linalg.solve(jac.T, g[i].flatten() - grad_ld.flatten())
+        assert maxabs(g_new[i].flatten() - ref) < 1e-10 * max(1.0, maxabs(ref))
+        ref_r = jac.T @ g[i].flatten() + grad_ld.flatten()
+        assert maxabs(r_new[i].flatten() - ref_r) < 1e-10 * max(1.0, maxabs(ref_r))
+
+
+def test_masked_layer_is_odd_and_equivariant_under_the_two_level_shifts():
+    layer, _ = masked_layer(seed=2)
+    x = fields((8, 8), seed=13)
+    y, ld = layer(x)
+    y_neg, ld_neg = layer(-x)
+    assert maxabs(y_neg + y) < 1e-12 and maxabs(ld_neg - ld) < 1e-12
+    for shifts in ((4, 0), (0, 4), (2, 2)):
+        rolled, rolled_ld = layer(torch.roll(x, shifts, (1, 2)))
+        assert maxabs(rolled - torch.roll(y, shifts, (1, 2))) < 1e-12 and maxabs(rolled_ld - ld) < 1e-12
+
+
+def test_masked_layer_bad_mask_and_state_dict():
+    with pytest.raises(FlowError, match="mask must be a non-empty bool tensor of shape"):
+        ZeroModeSpline((4, 4), mask=torch.ones(4, 2, dtype=torch.bool))
+    with pytest.raises(FlowError, match="mask must be"):
+        ZeroModeSpline((4, 4), mask=torch.zeros(4, 4, dtype=torch.bool))
+    layer, _ = masked_layer()
+    assert "mask" not in layer.state_dict()  # from the architecture: the weights carry over between sizes
+    bigger, _ = masked_layer((16, 16))
+    bigger.load_state_dict(layer.state_dict())
+
+
+def test_decimate2_zero_mode_builds_after_the_couplings_as_the_identity():
+    theory = Phi4((16, 16), kappa=0.331, lam=0.5)
+    flow = build_flow({"family": "spline", "vacua": False, "decimate": 2, "zero_mode": True, "n_layers": 2}, theory)
+    kinds = [type(layer).__name__ for layer in flow.layers]
+    assert kinds[-3:] == ["ZeroModeSpline", "MarginalSiteConditional", "SiteConditional"]
+    layer = flow.layers[-3].double()
+    x = fields((16, 16), seed=14)
+    y, ld = layer(x)
+    assert maxabs(y - x) < 1e-12 and maxabs(ld) < 1e-12
+    with pytest.raises(FlowError, match="unless decimate is 2"):
+        build_flow({"family": "spline", "vacua": False, "decimate": True, "zero_mode": True}, theory)
