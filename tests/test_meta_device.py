@@ -64,9 +64,9 @@ def test_flow_of_every_family_runs_on_cpu_under_a_meta_default(family, broken, m
     _run_flow(_build(family, BROKEN if broken else None))
 
 
-@pytest.mark.parametrize("levels", [True, 2])
-def test_decimated_flow_runs_on_cpu_under_a_meta_default(levels, meta_default):
-    _run_flow(_build("spline", decimate=levels, vacua=False))
+@pytest.mark.parametrize("levels,extra", [(True, {}), (2, {}), (2, {"zero_mode": True, "magnetization": True})])
+def test_decimated_flow_runs_on_cpu_under_a_meta_default(levels, extra, meta_default):
+    _run_flow(_build("spline", decimate=levels, vacua=False, **extra))
 
 
 def _run_flow(flow) -> None:

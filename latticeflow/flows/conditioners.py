@@ -186,22 +186,25 @@ class ParityNet(nn.Module):
     """Z2-graded conditioner: an odd trunk h(x) (tanh, no biases, so h(−x) = −h(x)) and two heads,
     ``odd = W_o h`` (no bias) and ``even = W_e (h ⊙ h) + b``, so odd(−x) = −odd(x) and even(−x) = even(x).
 
-    ``kind`` is ``cnn`` (periodic convolutions over ``ndim`` lattice axes on ``(B, 1, L0, …)``, heads are
+    ``kind`` is ``cnn`` (periodic convolutions over ``ndim`` lattice axes on ``(B, channels, L0, …)``, heads are
     k^d convolutions) or ``fc`` (``(B, n_in)`` to ``(B, C, n_out)``). Both heads start at zero. Used by the Z2-equivariant
     affine and spline couplings (even log-scales, odd shifts, mirrored spline parameters).
     """
 
     def __init__(self, kind: str, n_even: int, n_odd: int, hidden: Sequence[int], kernel_size: int = 3,
-                 dilation: int | Sequence[int] = 1, n_in: int = 1, n_out: int = 1, ndim: int = 2) -> None:
+                 dilation: int | Sequence[int] = 1, n_in: int = 1, n_out: int = 1, ndim: int = 2,
+                 channels: int = 1) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("a parity conditioner needs at least one hidden layer")
+        if channels != 1 and kind != "cnn":
+            raise ValueError(f"extra input channels need the cnn conditioner, got {kind!r}")
         self.kind, self.n_even, self.n_odd, self.n_out = kind, n_even, n_odd, n_out
         if kind == "cnn":
             dil = _dilations(dilation, len(hidden) + 1)
             it = iter(dil)
             make = lambda a, b, bias: PeriodicConv(ndim, a, b, kernel_size, bias=bias, dilation=next(it))  # noqa: E731
-            sizes = [1, *hidden]
+            sizes = [channels, *hidden]  # input channels, every one odd under Z2
         else:
             make = lambda a, b, bias: nn.Linear(a, b, bias=bias)  # noqa: E731
             sizes = [n_in, *hidden]

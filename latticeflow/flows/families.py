@@ -35,10 +35,13 @@ Keys (all optional; defaults per family, see `flow_defaults`):
   z2            spline: mirrored parameters, T(−z) = −T(z) (true)
   decimate      spline on φ⁴: the couplings model the even sublattice only (`latticeflow.flows.decimation`) and
                 every odd site is drawn from its exact conditional density given its neighbours
-                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false (and no zero_mode
-                with true).
+                (`SiteConditional`), so half the sites carry no error; needs vacua auto/false (zero_mode only
+                with 2).
                 2 (2D, extents divisible by 4, cnn): an eighth more of the sites from their exact conditional
                 with the odd sites integrated out, the couplings on 3/8 of the sites (`flows.two_level`) (false)
+  magnetization spline with decimate 2 and z2: every coupling's conditioner also sees the mean M of its visible
+                source sites as a constant second input channel (odd under Z2), so the local maps can follow the
+                global magnetization (false)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
   transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
@@ -228,14 +231,16 @@ def _coupling_flow(theory, opts: Mapping[str, Any], make: Callable[[tuple[int, .
 def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: Any) -> Flow:
     """N(0, 1) → [`SublatticeFourierScaling`] → even-site `SublatticeSplineCoupling` × n_layers → `SiteConditional`;
     ``levels`` 2: N(0, 1) → [`CosetFourierScaling`, `CosetGaussianShift`] → `CosetSplineCoupling` × n_layers →
-    `MarginalSiteConditional` → `SiteConditional` (`latticeflow.flows.two_level`)."""
+    [`ZeroModeSpline` on A2 ∪ A1e] → `MarginalSiteConditional` → `SiteConditional` (`latticeflow.flows.two_level`)."""
     if not hasattr(theory, "site_potential"):
         raise _err("decimate", f"needs a theory with a site potential and neighbour field (φ⁴), "
                                f"got {type(theory).__name__}")
     zero_mode = _bool(opts, "zero_mode")
-    if opts["vacua"] is True or (zero_mode and levels != 2):
-        raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua false (and flow.zero_mode "
-                               "false, unless decimate is 2)")
+    if opts["vacua"] is True:
+        raise _err("decimate", "starts from the symmetric Gaussian: set flow.vacua false (got vacua true)")
+    if zero_mode and levels != 2:
+        raise _err("zero_mode", f"with decimation needs flow.decimate 2 (the learned sites' mean), got decimate "
+                                f"{opts['decimate']!r}")
     shape = tuple(theory.shape)
     if len(shape) < 2:
         raise _err("decimate", f"needs a lattice of dimension >= 2, got shape {list(shape)}")
@@ -250,8 +255,10 @@ def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: An
                                    f"shape {list(shape)} and {opts['conditioner']!r}")
         first = ([CosetFourierScaling.from_action(theory, 1), CosetGaussianShift.from_action(theory)]
                  if _bool(opts, "fourier") else [])
-        couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, **kw) if i % 2 == 0 else
-                     CosetSplineCoupling(shape, 1, 0, source_class=0, **kw) for i in range(opts["n_layers"])]
+        mag = _bool(opts, "magnetization")
+        couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, magnetization=mag, **kw) if i % 2 == 0 else
+                     CosetSplineCoupling(shape, 1, 0, source_class=0, magnetization=mag, **kw)
+                     for i in range(opts["n_layers"])]
         if zero_mode:  # the magnetization of the learned sites: identity at the start, learned
             masks = two_level_masks(shape)
             couplings.append(ZeroModeSpline(shape, n_bins=ZERO_MODE_BINS, bound_in=ZERO_MODE_BOUND,
@@ -282,6 +289,9 @@ def build_spline(opts: dict[str, Any], theory) -> Flow:
         _odd_activation(opts, "a Z2-equivariant spline")
     kw = _conditioner_kwargs(opts)
     levels = _decimate_levels(opts)
+    if _bool(opts, "magnetization") and (levels != 2 or not z2):
+        raise _err("magnetization", f"needs flow.decimate 2 and flow.z2 true (the coset couplings' Z2 conditioners), "
+                                    f"got decimate {opts['decimate']!r}, z2 {z2!r}")
     if levels:
         return _decimated_spline(theory, opts, levels, n_bins=n_bins, bound=bound, z2=z2, **kw)
     return _coupling_flow(theory, opts, lambda shape, i: [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound,
@@ -406,7 +416,7 @@ def _u1_defaults(spline: bool) -> dict[str, Any]:
 
 FAMILIES: dict[str, FlowFamily] = {f.name: f for f in (
     FlowFamily("spline", build_spline, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto", n_bins=8, bound=4.0,
-                                                          z2=True, decimate=False),
+                                                          z2=True, decimate=False, magnetization=False),
                SCALAR_THEORIES, default=True, summary="Gaussian start + Z2-mirrored rational-quadratic splines"),
     FlowFamily("z2affine", build_z2affine, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto"),
                SCALAR_THEORIES, summary="Gaussian start + Z2-equivariant affine couplings"),

@@ -79,19 +79,26 @@ class ParitySiteConditioner(SiteConditioner):
     """(even, odd) parameters at the b-sites, each ``(B, C, n_b)``: even(−x_a) = even(x_a), odd(−x_a) = −odd(x_a)."""
 
     def __init__(self, shape: Sequence[int], mask: torch.Tensor, n_even: int, n_odd: int, kind: str,
-                 hidden: Sequence[int], kernel_size: int, dilation: int | Sequence[int] = 1) -> None:
+                 hidden: Sequence[int], kernel_size: int, dilation: int | Sequence[int] = 1, channels: int = 1) -> None:
         nn.Module.__init__(self)
         check_conditioner(kind, shape)
-        self.shape, self.kind = tuple(shape), kind
+        if channels != 1 and kind != "cnn":
+            raise ValueError(f"extra input channels need the cnn conditioner, got {kind!r}")
+        self.shape, self.kind, self.channels = tuple(shape), kind, int(channels)
         flat = mask.flatten()
         self.register_buffer("idx_a", torch.nonzero(~flat).flatten())
         self.register_buffer("idx_b", torch.nonzero(flat).flatten())
         self.net = ParityNet(kind, n_even, n_odd, hidden, kernel_size, dilation, n_in=len(self.idx_a),
-                             n_out=len(self.idx_b), ndim=len(self.shape))
+                             n_out=len(self.idx_b), ndim=len(self.shape), channels=channels)
 
     def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_frozen``: ``(B, *shape)``, or ``(B, channels, *shape)`` with extra (Z2-odd) input channels."""
         if self.kind == "cnn":
-            even, odd = self.net(x_frozen.unsqueeze(1))
+            x = x_frozen.unsqueeze(1) if self.channels == 1 else x_frozen
+            if x.dim() != len(self.shape) + 2 or x.shape[1] != self.channels:
+                raise ValueError(f"conditioner input of shape {tuple(x_frozen.shape)}, expected (B, {self.channels}, "
+                                 f"*{self.shape})")
+            even, odd = self.net(x)
             return at_sites(even, self.idx_b), at_sites(odd, self.idx_b)
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 

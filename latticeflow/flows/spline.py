@@ -29,7 +29,8 @@ class SplineCoupling(Coupling):
 
     def __init__(self, shape: Sequence[int], parity: int, *, n_bins: int = 8, bound: float = 4.0, z2: bool = True,
                  conditioner: str = "cnn", hidden: Sequence[int] = (16, 16), kernel_size: int = 3,
-                 activation: str = "tanh", dilation: int | Sequence[int] = 1, mask: torch.Tensor | None = None) -> None:
+                 activation: str = "tanh", dilation: int | Sequence[int] = 1, mask: torch.Tensor | None = None,
+                 channels: int = 1) -> None:
         if n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {n_bins}")
         if not bound > 0:
@@ -39,7 +40,10 @@ class SplineCoupling(Coupling):
         self.n_bins, self.bound, self.z2 = n_bins, float(bound), z2
         n_out = 3 * n_bins - 1  # widths K, heights K, interior derivatives K − 1
         if z2:
-            self.net = ParitySiteConditioner(shape, mask, n_out, n_out, conditioner, hidden, kernel_size, dilation)
+            self.net = ParitySiteConditioner(shape, mask, n_out, n_out, conditioner, hidden, kernel_size, dilation,
+                                             channels=channels)
+        elif channels != 1:
+            raise ValueError("extra conditioner input channels need z2 (a ParityNet)")
         else:
             self.net = SiteConditioner(shape, mask, n_out, conditioner, hidden, kernel_size, activation, bias=True,
                                        dilation=dilation)

@@ -18,7 +18,8 @@ o_k the four odd neighbours of a. `MarginalSiteConditional` draws φ_a by the in
 interpolation of this log-density on the grid of `SiteConditional`, so log q is the density actually sampled.
 The layers before it model A2 ∪ A1e: `CosetFourierScaling` on A2 (the coset (1, 1) + 2Z², started from the A2
 marginal of the Hartree Gaussian) and `CosetSplineCoupling`s alternating between A1e given A2 and A2 given A1e,
-each convolving the other set on its half-size lattice. Reverse-KL training integrates the odd sites out
+each convolving the other set on its half-size lattice (with ``flow.magnetization`` also the set's mean M as a
+second channel), and with ``flow.zero_mode`` a `ZeroModeSpline` of the mean of A2 ∪ A1e. Reverse-KL training integrates the odd sites out
 (`Flow.marginal`) and keeps this layer, so the pair has exactly the whole flow's reverse KL.
 
 Example:
@@ -132,10 +133,12 @@ class CosetSplineCoupling(SplineCoupling):
     """`SplineCoupling` of the sites (2i + t, 2j + t), t = ``target`` (only its half-lattice checkerboard class
     ``target_class`` if given), given the sites (2i + s, 2j + s), s = ``source`` (only ``source_class``, the rest
     hidden). The conditioner convolves the source on its half-size lattice; its output at (i, j) drives the target
-    site (2i + t, 2j + t)."""
+    site (2i + t, 2j + t). With ``magnetization`` the conditioner also sees the mean M of the visible source sites
+    as a constant second channel (odd under Z2, translation invariant): the local maps can depend on the global
+    magnetization, which near criticality sets the local fluctuations."""
 
     def __init__(self, shape: Sequence[int], target: int, source: int, *, target_class: int | None = None,
-                 source_class: int | None = None, **kwargs) -> None:
+                 source_class: int | None = None, magnetization: bool = False, **kwargs) -> None:
         shape = _check_shape(shape)
         if target == source:
             raise FlowError("a coset coupling needs different target and source cosets")
@@ -143,21 +146,28 @@ class CosetSplineCoupling(SplineCoupling):
             raise FlowError(f"a coset coupling needs a cnn conditioner, got {kwargs.get('conditioner')!r}")
         half = tuple(s // 2 for s in shape)
         target_half = torch.ones(half, dtype=torch.bool) if target_class is None else checkerboard_mask(half, target_class)
-        super().__init__(half, 0, mask=target_half, **kwargs)
+        super().__init__(half, 0, mask=target_half, channels=2 if magnetization else 1, **kwargs)
+        self.magnetization = bool(magnetization)
         full = torch.zeros(shape, dtype=torch.bool)
         full[target::2, target::2] = target_half
         self.mask, self.idx_b = full, torch.nonzero(full.flatten()).flatten()
         self.target, self.source = int(target), int(source)
         visible = torch.ones(half, dtype=torch.bool) if source_class is None else checkerboard_mask(half, source_class)
         self.register_buffer("visible", visible, persistent=False)
+        self.n_visible = int(visible.sum())
         self.needs_masked_input = False
 
     def conditioner_params(self, x_frozen: torch.Tensor):
         s = self.source
-        return super().conditioner_params(x_frozen[..., s::2, s::2].masked_fill(~self.visible, 0.0))
+        source = x_frozen[..., s::2, s::2].masked_fill(~self.visible, 0.0)
+        if self.magnetization:
+            m = source.flatten(1).sum(1) / self.n_visible
+            source = torch.stack([source, m.reshape(-1, 1, 1).expand_as(source)], 1)
+        return super().conditioner_params(source)
 
     def extra_repr(self) -> str:
-        return f"target={self.target}, source={self.source}, sites={int(self.idx_b.numel())}"
+        extra = ", magnetization" if self.magnetization else ""
+        return f"target={self.target}, source={self.source}, sites={int(self.idx_b.numel())}{extra}"
 
 
 class CosetGaussianShift(Coupling):

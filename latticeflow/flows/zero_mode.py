@@ -1,4 +1,7 @@
-"""Zero-mode (magnetization) spline: a learned odd map of the field's lattice average, for the broken phase.
+"""Zero-mode (magnetization) spline: a learned odd map of the field's lattice average (broken phase), or of the
+mean over a set S of sites (``mask``: the two-level flow's learned sites A2 ∪ A1e near criticality, where the
+magnetization is far from Gaussian; there V → |S|, 1 → 1_S below, and translation equivariance holds for the
+shifts that map S onto itself).
 
 For a real scalar field x on V sites with magnetization M = V⁻¹ Σ_x x_x,
 
@@ -76,10 +79,11 @@ class ZeroModeSpline(Bijection):
         self.shape = validate_shape(shape, "shape")
         self.ndim = len(self.shape)
         if mask is not None:
-            mask = torch.as_tensor(mask, device=device)
+            mask = torch.as_tensor(mask)
             if mask.dtype != torch.bool or tuple(mask.shape) != self.shape or not bool(mask.any()):
                 raise FlowError(f"zero-mode spline: mask must be a non-empty bool tensor of shape {self.shape}, got "
-                                f"{mask.dtype} {tuple(mask.shape)}")
+                                f"{mask.dtype} {tuple(mask.shape)} with {int(mask.sum())} sites")
+            mask = mask.to(torch.empty(0, device=device).device)  # where the parameters go (default device if None)
             # from the architecture, never from a checkpoint (so that weights carry over between lattice sizes)
             self.register_buffer("mask", mask.clone(), persistent=False)
             self.n_sites = int(mask.sum())
@@ -213,7 +217,7 @@ class ZeroModeSpline(Bijection):
         return self._shifted(y, m - my), -log_gp
 
     def forward_with_score(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """g′ = J^{−T}(g − ∇ log g′(M)) = v + (1/g′ − 1)·mean(v)·1 with v = g − V⁻¹ ∂_M log g′ · 1."""
+        """g′ = J^{−T}(g − ∇ log g′(M)) = v + (1/g′ − 1)·mean_S(v)·1_S with v = g − |S|⁻¹ ∂_M log g′ · 1_S."""
         self._check(x)
         m = self._mean(x)
         gm, log_gp, dlog = self._g(m, True)
@@ -224,7 +228,7 @@ class ZeroModeSpline(Bijection):
         return y, log_gp, g_new
 
     def inverse_with_score(self, y: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """r′ = Jᵀ r + ∇ log g′(M) = r + ((g′ − 1)·mean(r) + V⁻¹ ∂_M log g′)·1 at M = g⁻¹(mean(y))."""
+        """r′ = Jᵀ r + ∇ log g′(M) = r + ((g′ − 1)·mean_S(r) + |S|⁻¹ ∂_M log g′)·1_S at M = g⁻¹(mean_S(y))."""
         x, logdet_inv = self.inverse(y)
         with torch.no_grad():
             m = self._mean(x.detach())

@@ -38,8 +38,11 @@ CONFIGS = {
                              "bound": 2.5, "vacua": False, "decimate": True},  # 2D: compact conditioners
     # two-level: CosetFourierScaling, CosetGaussianShift, CosetSplineCouplings, MarginalSiteConditional, SiteConditional
     "spline-decimated2-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
-                              "bound": 2.5, "vacua": False, "decimate": 2,
-                              "zero_mode": True},
+                              "bound": 2.5, "vacua": False, "decimate": 2},
+    # the same with the magnetization input of the couplings and a ZeroModeSpline of the mean of A2 ∪ A1e
+    "spline-decimated2-zm-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [8, 8],
+                                 "n_bins": 4, "bound": 2.5, "vacua": False, "decimate": 2, "zero_mode": True,
+                                 "magnetization": True},
     "spline-decimated-cnn-3d": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [4], "n_bins": 4,
                                 "bound": 2.5, "vacua": False, "decimate": True},  # masked full-lattice conditioners
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
@@ -70,7 +73,7 @@ SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
 SCALES["u1_marginal"] = 0.03
 DEFAULT_SCALE = 0.3
 # Lattices of the configs that are not on PHI4_SHAPE / U1_SHAPE: non-cubic, so mixed-up axes show
-SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
+SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-decimated2-zm-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]

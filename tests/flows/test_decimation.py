@@ -153,7 +153,7 @@ def test_grid_bound_follows_the_potential():
 
 @pytest.mark.parametrize("cfg,theory,match", [
     ({"vacua": True}, CRITICAL, "flow.decimate starts from the symmetric Gaussian"),
-    ({"zero_mode": True}, CRITICAL, "flow.decimate starts from the symmetric Gaussian"),
+    ({"zero_mode": True}, CRITICAL, "flow.zero_mode with decimation needs flow.decimate 2"),
     ({}, Phi4((8,), kappa=0.3, lam=0.5), "dimension >= 2"),
     ({}, Phi4((6, 5), kappa=0.3, lam=0.5), "even lattice extents"),
     ({"decimate": "yes"}, CRITICAL, "flow.decimate must be true, false or 2"),

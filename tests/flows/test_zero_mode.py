@@ -1,4 +1,6 @@
-"""ZeroModeSpline: y = x + (g(M) − M)·1 with M the lattice average and g an odd RQ spline.
+"""ZeroModeSpline: y = x + (g(M) − M)·1 with M the lattice average and g an odd RQ spline; with a mask, the mean
+over a set S of sites and the shift on S only (the two-level flow's A2 ∪ A1e), and the two-level couplings'
+magnetization input channel (flow.magnetization).
 
 Checked against dense autograd Jacobians (log-det, both score hooks), for the round trip, Z2 and
 translation equivariance, and for its initialisation against the mean-field magnetization density.
@@ -200,5 +202,44 @@ def test_decimate2_zero_mode_builds_after_the_couplings_as_the_identity():
     x = fields((16, 16), seed=14)
     y, ld = layer(x)
     assert maxabs(y - x) < 1e-12 and maxabs(ld) < 1e-12
-    with pytest.raises(FlowError, match="unless decimate is 2"):
+    with pytest.raises(FlowError, match="flow.zero_mode with decimation needs flow.decimate 2"):
         build_flow({"family": "spline", "vacua": False, "decimate": True, "zero_mode": True}, theory)
+
+
+def test_magnetization_input_keeps_z2_and_reaches_the_conditioners():
+    """flow.magnetization (decimate 2): a second, constant conditioner channel M = mean of the visible source
+    sites. Z2 equivariance holds in float64; with the first channel's weights zeroed the map still follows a
+    uniform shift of the source sites (through M alone), and a hidden source site (A1o) changes nothing."""
+    theory = Phi4((8, 8), kappa=0.331, lam=0.5)
+    flow = build_flow({"family": "spline", "vacua": False, "decimate": 2, "magnetization": True, "n_layers": 2,
+                       "hidden": [4, 4]}, theory).double()
+    gen = torch.Generator().manual_seed(15)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    layer = flow.layers[2]
+    assert layer.magnetization and layer.net.net.trunk[0].in_channels == 2
+    z = torch.randn(3, 8, 8, generator=gen, dtype=F64)
+    y, ld = layer(z)
+    y_neg, ld_neg = layer(-z)
+    assert maxabs(y + y_neg) < 1e-12 and maxabs(ld - ld_neg) < 1e-12
+    # the M channel alone: with the first-channel weights zeroed, the map still depends on the source sites
+    with torch.no_grad():
+        layer.net.net.trunk[0].weight[:, 0].zero_()
+    z2 = z.clone()
+    z2[:, 1::2, 1::2] += 0.5  # the source coset A2, uniformly
+    assert maxabs(layer(z2)[0][:, 0::2, 0::2] - layer(z)[0][:, 0::2, 0::2]) > 1e-6
+    # A2 given A1e (source_class 0): the hidden A1o sites (2i, 2j), i + j odd, enter neither channel
+    second = flow.layers[3]
+    assert second.magnetization and second.n_visible == 8
+    z3 = z.clone()
+    z3[:, 0, 2] += 1.0  # (0, 2): i + j = 1, an A1o site
+    assert maxabs(second(z3)[0][:, 1::2, 1::2] - second(z)[0][:, 1::2, 1::2]) < 1e-14
+    z3[:, 0, 0] += 1.0  # (0, 0): an A1e site, visible
+    assert maxabs(second(z3)[0][:, 1::2, 1::2] - second(z)[0][:, 1::2, 1::2]) > 1e-6
+    for bad, match in (({"decimate": True}, "flow.magnetization needs flow.decimate 2 and flow.z2 true"),
+                       ({"decimate": 2, "z2": False}, "got decimate 2, z2 False"),
+                       ({"decimate": 2, "magnetization": "yes"}, "flow.magnetization must be true or false")):
+        with pytest.raises(FlowError, match=match) as err:
+            build_flow({"family": "spline", "vacua": False, "magnetization": True, **bad}, theory)
+        assert "\n" not in str(err.value)

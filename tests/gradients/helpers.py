@@ -29,7 +29,7 @@ FAMILIES = {
                               "bound": 2.5, "vacua": False, "decimate": True}, (6, 4)),
     "spline-decimated2-cnn": ({"family": "spline", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
                                "bound": 2.5, "vacua": False, "decimate": 2,
-                               "zero_mode": True}, (8, 4)),
+                               "zero_mode": True, "magnetization": True}, (8, 4)),
     "u1_ncp": ({"family": "u1_ncp", "n_layers": 4, "hidden": [8, 8], "n_components": 2}, (8, 4)),
     "u1_spline": ({"family": "u1", "transform": "spline", "n_layers": 4, "hidden": [8, 8], "n_bins": 4,
                    "marginal": False}, (8, 4)),
