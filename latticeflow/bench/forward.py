@@ -66,7 +66,7 @@ CASES: dict[str, dict[str, Any]] = {
     "phi4_4000": {**PHI4, "description": "φ⁴ 8×8 κ=0.25 λ=0.5, 4000 HMC configurations", "n_train": 4000},
 }
 DEFAULT_CASES = ("gmm", "phi4_1000", "phi4_4000")
-QUICK = {"cases": ("gmm", "phi4_1000"), "seconds": 2.0, "n_train": 512, "n_test": 512, "hmc_chains": 8}
+QUICK = {"cases": ("gmm", "phi4_1000"), "seconds": 1.0, "n_train": 512, "n_test": 512, "hmc_chains": 8}
 
 
 def _evaluate(flow, target, train_sub: torch.Tensor, test: torch.Tensor, n_reverse: int) -> dict[str, float]:

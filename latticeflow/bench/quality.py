@@ -89,7 +89,7 @@ def run_quality_bench(*, targets=None, families=None, seeds=None, seconds: float
     ``targets``: names of `TARGETS` (list or comma-separated; default all, ``quick``: free8 and u1_b2);
     ``families``: labels of `FAMILIES` or flow family names (default all; ``quick``: `QUICK_FAMILIES`);
     ``seeds``: integers, default (0, 1, 2), ``quick``: (0,); ``seconds`` overrides every target's budget
-    (``quick``: 3 s); ``plot_dir``: one PNG per target (None: no plots); ``progress(row)`` after every
+    (``quick``: 1.5 s); ``plot_dir``: one PNG per target (None: no plots); ``progress(row)`` after every
     evaluation. Everything is validated (targets, families, flows, train keys, anneal schedules) before the
     first training step.
     """

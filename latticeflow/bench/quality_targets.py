@@ -82,9 +82,9 @@ FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
                                                           "anneal": [[2.0, 0.2], [4.0, 0.2], [6.0, 0.6]]}},
 }
 
-# --quick: two targets, two families each, one seed, 3 s budgets, small batches and reference.
+# --quick: two targets, two families each, one seed, 1.5 s budgets, small batches and reference.
 QUICK_FAMILIES = {"free8": ("z2nice (old default)", "spline"), "u1_b2": ("u1_ncp (old default)", "u1 (marginal + spline)")}
-QUICK_SECONDS = 3.0
+QUICK_SECONDS = 1.5
 SIZES = {"full": {"eval_batch": 2048, "final_batch": 8192, "n_chains": 16, "n_thermalize": 200,
                   "n_configurations": 4096, "every": 4},
          "quick": {"eval_batch": 256, "final_batch": 1024, "n_chains": 8, "n_thermalize": 60,

@@ -5,6 +5,7 @@ import torch
 
 from latticeflow.config import config_from_dict
 from latticeflow.pipeline import analyze, sample
+from tests.conftest import heavy_threads
 
 
 def _run(tmp_path, shape, kappa, lam=0.0, n_samples=4096, sampler="hmc", seed=0, **extra):
@@ -42,16 +43,16 @@ def test_hmc_reproduces_the_exact_free_field_in_3d_and_4d(tmp_path, shape, kappa
 
 @pytest.mark.slow
 def test_interacting_3d_point_agrees_between_hmc_cluster_and_nmcmc(tmp_path):
-    """8³, κ = 0.15, λ = 0.5 (symmetric phase): |m|, χ₂ and S/V of HMC, the cluster sampler and NMCMC with the
+    """6³, κ = 0.15, λ = 0.5 (symmetric phase): |m|, χ₂ and S/V of HMC, the cluster sampler and NMCMC with the
     default (spline) flow, briefly trained, agree pairwise within 4σ (seed 0), and every verdict is reliable."""
-    torch.set_num_threads(2)  # 8³ lattices: large enough for two threads (the conftest fixture restores one)
+    torch.set_num_threads(heavy_threads())  # 3D lattices: large enough for two threads (the conftest fixture restores one)
     from latticeflow.config import config_from_dict as cfd
     from latticeflow.pipeline import train
 
     results = {}
     for name in ("hmc", "cluster", "nmcmc"):
         cfg = cfd({"seed": 0, "dtype": "float32",
-                   "action": {"theory": "phi4", "shape": [8, 8, 8], "kappa": 0.15, "lam": 0.5},
+                   "action": {"theory": "phi4", "shape": [6, 6, 6], "kappa": 0.15, "lam": 0.5},
                    "flow": {"hidden": [8, 8], "n_layers": 4},
                    "train": {"steps": 30, "batch_size": 64, "lr": 3e-3, "log_every": 5},
                    "sampler": {"name": name, "n_samples": 8192 if name == "nmcmc" else 4096,

@@ -10,6 +10,7 @@ from latticeflow.analysis import gamma_method, jackknife, reverse_ess
 from latticeflow.flows import build_flow
 from latticeflow.samplers import flow_batches, metropolize, nmcmc_batches
 from latticeflow.training import Trainer
+from tests.conftest import heavy_threads
 
 
 
@@ -69,14 +70,14 @@ def test_nmcmc_and_reweighting_reproduce_the_free_field_with_a_briefly_trained_f
     phi4 = Phi4((8, 8), kappa=0.2, lam=0.0)
     torch.manual_seed(0)
     flow = _train(build_flow({"family": "z2nice", "n_layers": 4}, phi4), phi4, 60, lr=1e-2)
-    obs, acc = _nmcmc(flow, phi4, 40000)
+    obs, acc = _nmcmc(flow, phi4, 24576)
     g_exact = exact.free_field_propagator((8, 8), 0.2)
     chi2 = gamma_method(64 * obs["m2"])
     assert abs(chi2.mean - exact.free_field_chi2((8, 8), 0.2)) < 3 * chi2.error
     g10 = gamma_method(obs["two_point"][:, 1, 0])
     assert abs(g10.mean - g_exact[1, 0]) < 3 * g10.error
     # reweighting, and the free energy ln Z = ln E_q[e^{−S}/q]
-    obs, lw = _reweighted(flow, phi4, 40000)
+    obs, lw = _reweighted(flow, phi4, 24576)
     mean, err = _reweight_mean(64 * obs["m2"].astype(np.float64), lw)
     assert abs(mean - exact.free_field_chi2((8, 8), 0.2)) < 3 * err
     m = lw.max()
@@ -91,7 +92,7 @@ def test_nmcmc_and_reweighting_reproduce_exact_u1():
     u1 = U1Gauge((8, 8), beta=2.0)
     torch.manual_seed(0)
     flow = _train(build_flow({"family": "u1_ncp", "n_layers": 8}, u1), u1, 40, lr=1e-2, batch=128)
-    obs, acc = _nmcmc(flow, u1, 30000)
+    obs, acc = _nmcmc(flow, u1, 16384)
     plaq = gamma_method(obs["plaquette"])
     assert abs(plaq.mean - exact.u1_mean_plaquette(2.0, 64)) < 3 * plaq.error
     chi_t = gamma_method(obs["q2"] / 64)
@@ -107,7 +108,7 @@ def test_nmcmc_and_reweighting_reproduce_exact_u1():
 def test_nmcmc_with_z2nice_agrees_with_hmc_in_the_broken_phase():
     """κ = 0.3, λ = 0.022 on 8×8 (two vacua): ⟨|m|⟩, χ₂ and the Binder cumulant of NMCMC with a trained
     Z2Nice flow agree with HMC within 3σ of the combined error; τ_int of |m| is reported for both."""
-    torch.set_num_threads(2)  # training batches large enough for two threads (the conftest fixture restores one)
+    torch.set_num_threads(heavy_threads())  # training batches large enough for two threads (the conftest fixture restores one)
     from latticeflow.analysis import gamma_method_derived
     from latticeflow.samplers import HMC
 
@@ -115,13 +116,13 @@ def test_nmcmc_with_z2nice_agrees_with_hmc_in_the_broken_phase():
     torch.manual_seed(0)
     flow = _train(build_flow({"family": "z2nice", "n_layers": 8, "conditioner": "fc", "hidden": [256, 256]}, phi4),
                   phi4, 1000, lr=1e-3)
-    obs, acc = _nmcmc(flow, phi4, 100000)
+    obs, acc = _nmcmc(flow, phi4, 50000)
     assert 0.3 < (obs["m"] > 0).mean() < 0.7  # the Z2-symmetric flow proposes both vacua
     gen = torch.Generator().manual_seed(9)
     hmc = HMC(phi4, n_leapfrog=10, step_size=0.1, generator=gen)
     x = hmc.thermalize(torch.randn(64, 8, 8, dtype=torch.float32, generator=gen), 200)
     hm = []
-    for _ in range(600):
+    for _ in range(400):
         x = hmc.step(x).x
         hm.append({k: v.numpy() for k, v in phi4.observables(x).items()})
     hmc_obs = {k: list(np.stack([h[k] for h in hm], axis=1)) for k in ("abs_m", "m2", "m4")}  # replicas = chains
@@ -144,8 +145,8 @@ def test_nmcmc_with_a_circular_spline_flow_reproduces_exact_u1():
     and χ_t agree with the exact torus values within 3σ, and the acceptance is far from 0."""
     u1 = U1Gauge((8, 8), beta=3.0)
     torch.manual_seed(0)
-    flow = _train(build_flow({"family": "u1", "n_layers": 8, "n_bins": 4}, u1), u1, 60, lr=3e-3, batch=64)
-    obs, acc = _nmcmc(flow, u1, 30000)
+    flow = _train(build_flow({"family": "u1", "n_layers": 8, "n_bins": 4}, u1), u1, 40, lr=3e-3, batch=64)
+    obs, acc = _nmcmc(flow, u1, 16384)
     assert acc.mean() > 0.02
     plaq = gamma_method(obs["plaquette"])
     assert abs(plaq.mean - exact.u1_mean_plaquette(3.0, 64)) < 3 * plaq.error
@@ -156,12 +157,12 @@ def test_nmcmc_with_a_circular_spline_flow_reproduces_exact_u1():
 @pytest.mark.slow
 def test_nmcmc_at_beta6_reproduces_exact_chi_t_where_hmc_freezes():
     """The README's main job in small: 8×8, β = 6 (HMC τ_int(Q) ≈ 1300, `bench efficiency`), the default
-    `u1` flow trained for 100 steps, 32768 NMCMC configurations: χ_t and ⟨cos P⟩ within 3σ of the exact
+    `u1` flow trained for 40 steps, 16384 NMCMC configurations: χ_t and ⟨cos P⟩ within 3σ of the exact
     torus values, and the Gamma method's τ_int(Q) of the NMCMC chain is O(1)."""
     u1 = U1Gauge((8, 8), beta=6.0)
     torch.manual_seed(1)
-    flow = _train(build_flow({"family": "u1"}, u1), u1, 100, lr=1e-3, batch=64)
-    obs, acc = _nmcmc(flow, u1, 32768)
+    flow = _train(build_flow({"family": "u1"}, u1), u1, 40, lr=1e-3, batch=64)
+    obs, acc = _nmcmc(flow, u1, 16384)
     assert acc.mean() > 0.5
     chi_t = gamma_method(obs["q2"] / 64)
     assert abs(chi_t.mean - exact.u1_topological_susceptibility(6.0, 64)) < 3 * chi_t.error
@@ -172,14 +173,14 @@ def test_nmcmc_at_beta6_reproduces_exact_chi_t_where_hmc_freezes():
 
 @pytest.mark.slow
 def test_nmcmc_with_an_interacting_spline_flow_agrees_with_hmc():
-    """φ⁴ 8×8 at κ = 0.25, λ = 0.5 (m² = −4, λ₄ = 8): a Fourier + Z2-mirrored spline flow trained for 60 steps
+    """φ⁴ 8×8 at κ = 0.25, λ = 0.5 (m² = −4, λ₄ = 8): a Fourier + Z2-mirrored spline flow trained for 40 steps
     gives χ₂ and ⟨|m|⟩ by NMCMC that agree with HMC within 3σ of the combined error."""
     from latticeflow.samplers import HMC
 
     phi4 = Phi4((8, 8), kappa=0.25, lam=0.5)
     torch.manual_seed(0)
-    flow = _train(build_flow({"family": "spline", "n_layers": 4}, phi4), phi4, 60, lr=1e-3)
-    obs, acc = _nmcmc(flow, phi4, 30000)
+    flow = _train(build_flow({"family": "spline", "n_layers": 4}, phi4), phi4, 40, lr=1e-3)
+    obs, acc = _nmcmc(flow, phi4, 16384)
     assert acc.mean() > 0.3
     gen = torch.Generator().manual_seed(9)
     hmc = HMC(phi4, n_leapfrog=10, step_size=0.1, generator=gen)

@@ -19,6 +19,7 @@ from latticeflow.flows import build_flow
 from latticeflow.gradients import log_weights
 from latticeflow.analysis import reverse_ess
 from latticeflow.training import Trainer
+from tests.conftest import heavy_threads
 
 
 def default_trainer(flow, action, seed: int) -> Trainer:
@@ -33,7 +34,7 @@ def default_trainer(flow, action, seed: int) -> Trainer:
 def test_free_field_16x8_kappa024_float32_stays_above_0999_for_30_steps():
     """Without the gate the first step took the ESS to 0.01; 30 gated steps (100 until the suite outgrew its
     15 minutes) check that the gate holds step after step."""
-    torch.set_num_threads(2)  # batch 256 of a 16x8 spline flow: large enough for two threads (the fixture restores one)
+    torch.set_num_threads(heavy_threads())  # batch 256 of a 16x8 spline flow: large enough for two threads (the fixture restores one)
     action = Phi4((16, 8), kappa=0.24, lam=0.0)
     torch.manual_seed(0)
     flow = build_flow({}, action).to(torch.float32)
