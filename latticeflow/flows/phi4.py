@@ -82,8 +82,6 @@ class ParitySiteConditioner(SiteConditioner):
                  hidden: Sequence[int], kernel_size: int, dilation: int | Sequence[int] = 1, channels: int = 1) -> None:
         nn.Module.__init__(self)
         check_conditioner(kind, shape)
-        if channels != 1 and kind != "cnn":
-            raise ValueError(f"extra input channels need the cnn conditioner, got {kind!r}")
         self.shape, self.kind, self.channels = tuple(shape), kind, int(channels)
         flat = mask.flatten()
         self.register_buffer("idx_a", torch.nonzero(~flat).flatten())

@@ -69,8 +69,7 @@ def _gm(series):
 @pytest.mark.slow
 def test_pseudofermion_and_exact_determinant_hmc_agree():
     """4×4, β = 2, κ = 0.26: ⟨cos P⟩ and Σ from the two HMCs within 4σ, and ⟨e^{−ΔH}⟩ = 1 within 4σ
-    for both (seeds 1, 2; 64 chains × 15 trajectories after 10 of thermalization each: the CG costs per
-    trajectory, not per chain)."""
+    for both (seeds 1, 2; 64 chains × 15 trajectories after 10 of thermalization each)."""
     sw = Schwinger((4, 4), beta=2.0, kappa=0.26)
     common = dict(n_leapfrog=4, step_size=0.25, integrator="omelyan")
     pf = _chains(PseudofermionHMC(sw, generator=torch.Generator().manual_seed(1), **common), sw, 64, 10, 15, 1)
