@@ -226,8 +226,8 @@ def _cmd_train(args) -> int:
           f"KL up to log Z {final.get('loss', float('nan')):.4f}, reverse ESS/N {final.get('reverse_ess', float('nan')):.3f}, "
           f"{summary['n_skipped']} skipped steps; checkpoint {summary['checkpoint']}")
     for stage in summary.get("sizes", []):
-        print(f"  L = {stage['L']}: {stage['steps']} steps in {stage['wall_time']:.1f} s "
-              f"({stage['seconds_per_step']:.3f} s/step)" if stage["steps"] else f"  L = {stage['L']}: no steps")
+        print(f"  L = {stage['L']}: {stage['steps']} steps of batch {stage.get('batch_size', '?')} in "
+              f"{stage['wall_time']:.1f} s ({stage['seconds_per_step']:.3f} s/step)" if stage["steps"] else f"  L = {stage['L']}: no steps")
     if "wall_time_total" in summary:
         print(f"  schedule over sizes: {summary['wall_time_total']:.1f} s of training in all")
     return 0

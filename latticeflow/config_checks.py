@@ -32,6 +32,8 @@ def _check_sizes(cfg: Config) -> None:
     if t.sizes is None:
         if t.size_seconds is not None:
             raise ConfigError(f"train.size_seconds needs train.sizes, got size_seconds={t.size_seconds}")
+        if t.size_batch_sizes is not None:
+            raise ConfigError(f"train.size_batch_sizes needs train.sizes, got size_batch_sizes={t.size_batch_sizes}")
         return
     sizes, shape = t.sizes, list(cfg.action.shape)
     if not sizes or any(L < 2 for L in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
@@ -51,6 +53,12 @@ def _check_sizes(cfg: Config) -> None:
         if sum(t.size_seconds) >= t.seconds:
             raise ConfigError(f"train.size_seconds {list(t.size_seconds)} leave nothing of train.seconds = "
                               f"{t.seconds:g} for the last size")
+    if t.size_batch_sizes is not None:
+        ok = isinstance(t.size_batch_sizes, (list, tuple)) and len(t.size_batch_sizes) == len(sizes) - 1 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in t.size_batch_sizes)
+        if not ok:
+            raise ConfigError(f"train.size_batch_sizes must be {len(sizes) - 1} integer(s) >= 1, one per stage "
+                              f"before the last of train.sizes {sizes}, got {t.size_batch_sizes!r}")
 
 
 def _check_memory(cfg: Config) -> None:

@@ -82,7 +82,8 @@ class TrainConfig:
     ``sizes`` (``latticeflow train --sizes 16,32``): a schedule over lattice extents L, the last being the config's
     own (hypercubic) lattice; each stage trains the same flow and couplings on an L^d lattice from the previous
     stage's weights, for ``size_seconds`` (one per earlier stage; default a quarter of ``seconds`` shared
-    equally), and ``seconds`` is the budget of the whole schedule (`latticeflow.pipeline.sizes`).
+    equally) with ``size_batch_sizes`` configurations per step (one per earlier stage; default ``batch_size``,
+    the last stage's), and ``seconds`` is the budget of the whole schedule (`latticeflow.pipeline.sizes`).
     """
 
     objective: str = "reverse_kl"
@@ -112,6 +113,7 @@ class TrainConfig:
     log_every: int = 10
     sizes: list[int] | None = None
     size_seconds: list[float] | None = None
+    size_batch_sizes: list[int] | None = None
 
 
 @dataclass

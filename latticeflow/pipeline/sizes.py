@@ -52,17 +52,21 @@ def stage_seconds(cfg: Config) -> list[float]:
 
 def size_stages(cfg: Config) -> list[tuple[int, Config]]:
     """(L, config) of each stage before the last: the same config on an L^d lattice, in ``sizes/L<L>/`` of the
-    output directory, with the stage's seconds and no schedule of its own; each starts from the previous one
+    output directory, with the stage's seconds and batch size (``train.size_batch_sizes``) and no schedule of
+    its own; each starts from the previous one
     (the first from ``train.init``, if any)."""
     out, d = cfg.output_dir, len(cfg.action.shape)
     stages: list[tuple[int, Config]] = []
     init = cfg.train.init
-    for L, seconds in zip(cfg.train.sizes[:-1], stage_seconds(cfg)):
+    earlier = len(cfg.train.sizes) - 1
+    batches = cfg.train.size_batch_sizes or [cfg.train.batch_size] * earlier
+    for L, seconds, batch in zip(cfg.train.sizes[:-1], stage_seconds(cfg), batches):
         stage_dir = out / "sizes" / f"L{L}"
         stage = dataclasses.replace(
             cfg, action=dataclasses.replace(cfg.action, shape=[L] * d),
             output=dataclasses.replace(cfg.output, dir=str(stage_dir)),
-            train=dataclasses.replace(cfg.train, seconds=seconds, init=init, sizes=None, size_seconds=None))
+            train=dataclasses.replace(cfg.train, seconds=seconds, init=init, batch_size=int(batch), sizes=None,
+                                      size_seconds=None, size_batch_sizes=None))
         stages.append((L, stage))
         init = str(stage_dir)
     return stages
@@ -76,7 +80,7 @@ def train_over_sizes(cfg: Config, config_text: str, train_one: Callable[..., dic
     for L, stage in size_stages(cfg):
         summary = train_one(stage, config_to_yaml(stage), **kwargs)
         spent += float(summary["wall_time"])
-        entries.append(_entry(L, summary, stage.output_dir))
+        entries.append(_entry(L, summary, stage.output_dir, stage.train.batch_size))
     last_init = str(cfg.output_dir / "sizes" / f"L{cfg.train.sizes[-2]}")
     # the last stage's budget: what the earlier stages left (each may run over its share by its last step),
     # decided once and kept (a rerun reads the earlier stages' wall time back from their checkpoints, which can
@@ -94,7 +98,7 @@ def train_over_sizes(cfg: Config, config_text: str, train_one: Callable[..., dic
             write_json(budget_file, {"seconds": budget, "train_seconds": float(cfg.train.seconds)})
     final = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seconds=budget, init=last_init))
     summary = train_one(final, config_text, **kwargs)
-    entries.append(_entry(cfg.train.sizes[-1], summary, cfg.output_dir))
+    entries.append(_entry(cfg.train.sizes[-1], summary, cfg.output_dir, cfg.train.batch_size))
     summary["sizes"] = entries
     summary["wall_time_total"] = spent + float(summary["wall_time"])
     world = kwargs.get("world")
@@ -103,8 +107,8 @@ def train_over_sizes(cfg: Config, config_text: str, train_one: Callable[..., dic
     return summary
 
 
-def _entry(L: int, summary: dict, directory: Path) -> dict[str, Any]:
+def _entry(L: int, summary: dict, directory: Path, batch_size: int) -> dict[str, Any]:
     steps, wall = int(summary["steps"]), float(summary["wall_time"])
-    return {"L": L, "dir": str(directory), "steps": steps, "wall_time": wall,
+    return {"L": L, "dir": str(directory), "steps": steps, "batch_size": batch_size, "wall_time": wall,
             "seconds_per_step": wall / steps if steps else None,
             "reverse_ess": summary.get("final", {}).get("reverse_ess")}

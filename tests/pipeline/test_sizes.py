@@ -31,15 +31,21 @@ def test_stages_share_the_budget_and_chain_their_weights(tmp_path):
     assert all(s.action.couplings == cfg.action.couplings and s.flow == cfg.flow for _, s in stages)
     cfg = config_from_dict(_data(tmp_path, sizes=[4, 8], size_seconds=[1.0]))
     assert stage_seconds(cfg) == [1.0]
+    # every earlier stage keeps the last stage's batch size unless size_batch_sizes says otherwise
+    assert [s.train.batch_size for _, s in size_stages(cfg)] == [8]
+    cfg = config_from_dict(_data(tmp_path, sizes=[2, 4, 8], size_batch_sizes=[32, 16]))
+    assert [s.train.batch_size for _, s in size_stages(cfg)] == [32, 16] and cfg.train.batch_size == 8
+    assert all(s.train.size_batch_sizes is None and s.train.sizes is None for _, s in size_stages(cfg))
 
 
 def test_schedule_trains_every_size_counts_every_second_and_resumes(tmp_path):
-    cfg = config_from_dict(_data(tmp_path, sizes=[4, 8], size_seconds=[1.0]))
+    cfg = config_from_dict(_data(tmp_path, sizes=[4, 8], size_seconds=[1.0], size_batch_sizes=[16]))
     torch.set_num_threads(1)
     summary = train(cfg, "x", progress=False)
     out = tmp_path / "out"
     stage, final = summary["sizes"]
     assert (stage["L"], final["L"]) == (4, 8) and stage["steps"] > 0 and final["steps"] > 0
+    assert (stage["batch_size"], final["batch_size"]) == (16, 8)
     # every second counted: the schedule spends train.seconds in all (each stage may overrun by its last step)
     assert summary["wall_time_total"] == pytest.approx(stage["wall_time"] + final["wall_time"])
     assert 3.0 <= summary["wall_time_total"] <= 3.0 + 2 * max(stage["seconds_per_step"], final["seconds_per_step"]) + 0.5
@@ -65,6 +71,10 @@ def test_schedule_trains_every_size_counts_every_second_and_resumes(tmp_path):
     ({"sizes": [4, 8], "size_seconds": [1.0, 1.0]}, "1 positive number"),
     ({"sizes": [4, 8], "size_seconds": [5.0]}, "leave nothing"),
     ({"size_seconds": [1.0]}, "needs train.sizes"),
+    ({"sizes": [4, 8], "size_batch_sizes": [16, 16]}, "1 integer"),
+    ({"sizes": [4, 8], "size_batch_sizes": [0]}, "1 integer"),
+    ({"sizes": [4, 8], "size_batch_sizes": [2.5]}, r"size_batch_sizes.*\[2\.5\]"),
+    ({"size_batch_sizes": [16]}, "needs train.sizes"),
 ])
 def test_bad_schedules_are_refused_in_one_line(tmp_path, train_keys, message):
     with pytest.raises(ConfigError, match=message) as err:
