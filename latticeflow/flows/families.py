@@ -42,6 +42,10 @@ Keys (all optional; defaults per family, see `flow_defaults`):
   magnetization spline with decimate 2 and z2: every coupling's conditioner also sees the mean M of its visible
                 source sites as a constant second input channel (odd under Z2), so the local maps can follow the
                 global magnetization (false)
+  colours       spline with decimate 2 and z2: each coupling updates one of four colours of A2 or of A1e given
+                every other learned site (`ColourSplineCoupling`; the sites of one colour are independent given
+                the rest under the target), one colour of A2 then of A1e in turn, every site once per 8 layers;
+                translation equivariant under shifts by (4, ±4) (false)
   scaling       z2nice: learned global scaling layer y = e^a x at the end (true); a per site with the fc
                 conditioner (Nicoli et al. 2020), one scalar with cnn (keeps translation equivariance)
   transform     U(1): spline (circular RQ spline, closed-form inverse) | ncp (mixture of non-compact
@@ -102,7 +106,7 @@ from .zero_mode import ZeroModeSpline
 from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
 from .site_conditional import SiteConditional
 from .site_marginal import SiteMarginal
-from .two_level import (CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional,
+from .two_level import (ColourSplineCoupling, CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional,
                         two_level_masks)
 
 #: decimate 2 with zero_mode: the learned sites' mean M (hopping normalisation; std 0.44 at L = 16, κ = 0.331,
@@ -259,6 +263,10 @@ def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: An
         couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, magnetization=mag, **kw) if i % 2 == 0 else
                      CosetSplineCoupling(shape, 1, 0, source_class=0, magnetization=mag, **kw)
                      for i in range(opts["n_layers"])]
+        if _bool(opts, "colours"):  # one colour of A2, then of A1e, …: every site once per 8 layers
+            if any(s % 8 for s in shape):
+                raise _err("colours", f"needs a 2D lattice with extents divisible by 8, got shape {list(shape)}")
+            couplings = [ColourSplineCoupling(shape, (i + 1) % 2, (i // 2) % 4, **kw) for i in range(opts["n_layers"])]
         if zero_mode:  # the magnetization of the learned sites: identity at the start, learned
             masks = two_level_masks(shape)
             couplings.append(ZeroModeSpline(shape, n_bins=ZERO_MODE_BINS, bound_in=ZERO_MODE_BOUND,
@@ -292,6 +300,9 @@ def build_spline(opts: dict[str, Any], theory) -> Flow:
     if _bool(opts, "magnetization") and (levels != 2 or not z2):
         raise _err("magnetization", f"needs flow.decimate 2 and flow.z2 true (the coset couplings' Z2 conditioners), "
                                     f"got decimate {opts['decimate']!r}, z2 {z2!r}")
+    if _bool(opts, "colours") and (levels != 2 or not z2 or _bool(opts, "magnetization")):
+        raise _err("colours", f"needs flow.decimate 2, flow.z2 true and flow.magnetization false, got decimate "
+                              f"{opts['decimate']!r}, z2 {z2!r}, magnetization {opts['magnetization']!r}")
     if levels:
         return _decimated_spline(theory, opts, levels, n_bins=n_bins, bound=bound, z2=z2, **kw)
     return _coupling_flow(theory, opts, lambda shape, i: [SplineCoupling(shape, i % 2, n_bins=n_bins, bound=bound,
@@ -416,7 +427,7 @@ def _u1_defaults(spline: bool) -> dict[str, Any]:
 
 FAMILIES: dict[str, FlowFamily] = {f.name: f for f in (
     FlowFamily("spline", build_spline, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto", n_bins=8, bound=4.0,
-                                                          z2=True, decimate=False, magnetization=False),
+                                                          z2=True, decimate=False, magnetization=False, colours=False),
                SCALAR_THEORIES, default=True, summary="Gaussian start + Z2-mirrored rational-quadratic splines"),
     FlowFamily("z2affine", build_z2affine, _coupling_defaults(fourier=_PHYSICS_START, vacua="auto"),
                SCALAR_THEORIES, summary="Gaussian start + Z2-equivariant affine couplings"),

@@ -47,8 +47,8 @@ from .site_conditional import MARGIN, SPACING, SiteConditional
 from .site_marginal import SiteMarginal, WindowSum
 from .spline import SplineCoupling
 
-__all__ = ["CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling", "MarginalSiteConditional",
-           "two_level_masks"]
+__all__ = ["ColourSplineCoupling", "CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling",
+           "MarginalSiteConditional", "colour_mask", "two_level_masks"]
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -168,6 +168,58 @@ class CosetSplineCoupling(SplineCoupling):
     def extra_repr(self) -> str:
         extra = ", magnetization" if self.magnetization else ""
         return f"target={self.target}, source={self.source}, sites={int(self.idx_b.numel())}{extra}"
+
+
+def colour_mask(half: Sequence[int], coset: int, colour: int) -> torch.Tensor:
+    """Colour ``colour`` (0–3) of coset ``coset`` as a mask of the half lattice ``half`` (site (i, j) of the half
+    lattice is (2i + coset, 2j + coset)). A2 (coset 1): colour 2(i mod 2) + (j mod 2). A1e (coset 0, i + j even),
+    in its rotated coordinates u = (i + j)/2, v = (i − j)/2: colour 2(u mod 2) + (v mod 2).
+
+    With the odd sites and A1o integrated out, p(A2, A1e) ∝ e^{−Σ U} Π_a H_a, every factor H_a (a ∈ A1o) holding
+    the four A2 sites of a 2 × 2 block of the A2 lattice and the four A1e sites of a plaquette of the A1e lattice:
+    one site of every colour of both. So the sites of one colour are independent given all the others.
+
+    Example:
+        >>> [int(colour_mask((4, 4), 1, c).sum()) for c in range(4)], [int(colour_mask((4, 4), 0, c).sum()) for c in range(4)]
+        ([4, 4, 4, 4], [2, 2, 2, 2])
+    """
+    i = torch.arange(half[0]).reshape(-1, 1)
+    j = torch.arange(half[1]).reshape(1, -1)
+    if coset == 1:
+        return (2 * (i % 2) + (j % 2)) == colour
+    u, v = torch.div(i + j, 2, rounding_mode="floor"), torch.div(i - j, 2, rounding_mode="floor")
+    return ((i + j) % 2 == 0) & ((2 * (u % 2) + (v % 2)) == colour)
+
+
+class ColourSplineCoupling(CosetSplineCoupling):
+    """`SplineCoupling` of the sites of one colour of A2 (``coset`` 1) or A1e (``coset`` 0) given every other
+    learned site (`colour_mask`): the conditioner convolves two channels on the half lattice, A1e ((2i, 2j), A1o
+    zeroed) and A2 ((2i + 1, 2j + 1)), with the target sites zeroed. Under the target density the sites of one
+    colour are independent given the rest, so the layer can hold their exact conditional."""
+
+    def __init__(self, shape: Sequence[int], coset: int, colour: int, **kwargs) -> None:
+        shape = _check_shape(shape)
+        if any(s % 8 for s in shape):  # the A1e colours are periodic only on half lattices of extents 4k
+            raise FlowError(f"colour couplings need a 2D lattice with extents divisible by 8, got shape {list(shape)}")
+        half = tuple(s // 2 for s in shape)
+        target_half = colour_mask(half, coset, colour)
+        SplineCoupling.__init__(self, half, 0, mask=target_half, channels=2, **kwargs)
+        self.magnetization = False
+        full = torch.zeros(shape, dtype=torch.bool)
+        full[coset::2, coset::2] = target_half
+        self.mask, self.idx_b = full, torch.nonzero(full.flatten()).flatten()
+        self.target, self.source, self.colour = int(coset), 1 - int(coset), int(colour)
+        hidden0 = checkerboard_mask(half, 1) | (target_half if coset == 0 else torch.zeros_like(target_half))
+        hidden1 = target_half if coset == 1 else torch.zeros_like(target_half)
+        self.register_buffer("visible", torch.stack([~hidden0, ~hidden1]), persistent=False)
+        self.needs_masked_input = False
+
+    def conditioner_params(self, x_frozen: torch.Tensor):
+        source = torch.stack([x_frozen[..., 0::2, 0::2], x_frozen[..., 1::2, 1::2]], 1).masked_fill(~self.visible, 0.0)
+        return SplineCoupling.conditioner_params(self, source)
+
+    def extra_repr(self) -> str:
+        return f"coset={self.target}, colour={self.colour}, sites={int(self.idx_b.numel())}"
 
 
 class CosetGaussianShift(Coupling):

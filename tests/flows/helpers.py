@@ -43,6 +43,9 @@ CONFIGS = {
     "spline-decimated2-zm-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [8, 8],
                                  "n_bins": 4, "bound": 2.5, "vacua": False, "decimate": 2, "zero_mode": True,
                                  "magnetization": True},
+    # the same with colour couplings: one colour of A2 or A1e given every other learned site
+    "spline-decimated2-colours-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 8, "hidden": [8],
+                                      "n_bins": 4, "bound": 2.5, "vacua": False, "decimate": 2, "colours": True},
     "spline-decimated-cnn-3d": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [4], "n_bins": 4,
                                 "bound": 2.5, "vacua": False, "decimate": True},  # masked full-lattice conditioners
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
@@ -73,7 +76,7 @@ SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
 SCALES["u1_marginal"] = 0.03
 DEFAULT_SCALE = 0.3
 # Lattices of the configs that are not on PHI4_SHAPE / U1_SHAPE: non-cubic, so mixed-up axes show
-SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-decimated2-zm-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
+SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-decimated2-colours-cnn": (8, 8), "spline-decimated2-zm-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]

@@ -114,8 +114,10 @@ EVEN_SHIFTS = {1: [(2,), (-2,)], 2: [(2, 0), (0, 2), (1, 1), (-1, 1)],
 SUBLATTICE_SHIFTS = {2: [(2, 0), (0, 2), (2, 2), (-2, 2)], 3: [(2, 0, 0), (0, 2, 0), (0, 0, 2), (0, 1, 1), (0, 1, -1)]}
 # two-level decimation splits the (2i, 2j) sites by the parity of i + j: (2, 0) swaps A1e and A1o
 TWO_LEVEL_SHIFTS = {2: [(4, 0), (0, 4), (2, 2), (-2, 2)]}
+# colour couplings split A2 by (i mod 2, j mod 2) and A1e by its rotated coordinates: shifts by (4, ±4)
+COLOUR_SHIFTS = {2: [(4, 4), (-4, 4)]}
 CNN_SHIFTS = [(name, shift) for name in CNN if name in PHI4
-              for shift in (TWO_LEVEL_SHIFTS if "decimated2" in name else SUBLATTICE_SHIFTS if "decimated" in name
+              for shift in (COLOUR_SHIFTS if "colours" in name else TWO_LEVEL_SHIFTS if "decimated2" in name else SUBLATTICE_SHIFTS if "decimated" in name
                             else EVEN_SHIFTS)[len(lattice(name))]]
 
 

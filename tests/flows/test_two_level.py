@@ -17,8 +17,8 @@ from actions import Phi4
 from latticeflow.flows import FlowError, build_flow
 from latticeflow.flows.site_conditional import SiteConditional
 from latticeflow.flows.site_marginal import SiteMarginal
-from latticeflow.flows.two_level import (CosetFourierScaling, CosetGaussianShift, MarginalSiteConditional,
-                                         two_level_masks)
+from latticeflow.flows.two_level import (ColourSplineCoupling, CosetFourierScaling, CosetGaussianShift,
+                                         MarginalSiteConditional, colour_mask, two_level_masks)
 from latticeflow import gradients
 
 F64 = torch.float64
@@ -40,6 +40,58 @@ def test_sets_partition_the_lattice_and_every_odd_site_has_one_a1o_neighbour():
     count = sum(torch.roll(a1o, s, a) for a in (0, 1) for s in (1, -1))
     assert torch.equal(count[m["odd"]], torch.ones(int(m["odd"].sum()), dtype=F64))
     assert float(count[~m["odd"]].abs().sum()) == 0.0  # no even site neighbours an A1o site
+
+
+def _full_colour(shape, coset: int, colour: int) -> torch.Tensor:
+    full = torch.zeros(shape, dtype=torch.bool)
+    full[coset::2, coset::2] = colour_mask(tuple(s // 2 for s in shape), coset, colour)
+    return full
+
+
+def test_every_a1o_factor_holds_one_site_of_every_colour():
+    """With the odd sites and A1o integrated out, the learned sites interact only through H_a (a ∈ A1o), the
+    integral over φ_a of e^{−U(φ_a)} Π_k e^{F(b_k)}: it holds the other neighbours of a's four odd neighbours. Each
+    H_a holds one site of each colour of A2 and of A1e, so the sites of one colour are independent given the rest."""
+    shape = (16, 24)
+    m = two_level_masks(shape)
+    colours = [_full_colour(shape, coset, c) for coset in (0, 1) for c in range(4)]
+    assert torch.equal(sum(c.int() for c in colours), (m["A2"] | m["A1e"]).int())  # a partition of the learned sites
+    moves = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+    for a in torch.nonzero(m["A1o"]).tolist():
+        factor = torch.zeros(shape, dtype=torch.bool)
+        for d0, d1 in moves:
+            o = ((a[0] + d0) % shape[0], (a[1] + d1) % shape[1])
+            for e0, e1 in moves:
+                factor[(o[0] + e0) % shape[0], (o[1] + e1) % shape[1]] = True
+        factor[a[0], a[1]] = False
+        assert torch.equal(factor, factor & (m["A2"] | m["A1e"]))
+        assert [int((factor & c).sum()) for c in colours] == [1] * 8
+
+
+def test_colour_coupling_sees_every_other_learned_site_and_nothing_else():
+    """The Jacobian of a colour coupling: its target sites depend on themselves and on learned sites of other
+    colours only, never on A1o or the odd sites (drawn after it); translation by (4, 4) commutes with it."""
+    shape = (8, 16)
+    m = two_level_masks(shape)
+    torch.manual_seed(0)
+    for coset, colour in [(1, 2), (0, 3)]:
+        layer = ColourSplineCoupling(shape, coset, colour, n_bins=4, bound=2.5, hidden=[8]).to(F64)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(1, *shape, dtype=F64)
+        jac = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, *shape))[0].flatten(), x.flatten())
+        target = layer.mask.flatten()
+        seen = jac[target].abs().sum(0).view(shape) > 0
+        assert not (seen & (m["A1o"] | m["odd"])).any()
+        own = torch.diag(jac)[target]
+        assert bool((own > 0).all())  # monotone in its own site
+        block = jac[target][:, target]
+        assert float((block - torch.diag(torch.diag(block))).abs().max()) == 0.0  # not on the other targets
+        assert bool((seen & ~layer.mask & (m["A2"] | m["A1e"])).any())  # it does see the other learned sites
+        y = layer(x)[0]
+        y_s = layer(torch.roll(x, (4, 4), (1, 2)))[0]
+        assert float((y_s - torch.roll(y, (4, 4), (1, 2))).abs().max()) < 1e-12
 
 
 def _exact_log_density(theory, c: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
@@ -138,6 +190,9 @@ def test_training_integrates_out_only_the_odd_sites():
     ({"decimate": 3}, (8, 8), "flow.decimate must be true, false or 2, got 3"),
     ({"decimate": 2}, (6, 6), "flow.decimate 2 needs a 2D lattice with extents divisible by 4"),
     ({"decimate": 2, "conditioner": "fc", "hidden": [8]}, (8, 8), "cnn conditioner"),
+    ({"decimate": 2, "colours": True}, (12, 12), "flow.colours needs a 2D lattice with extents divisible by 8"),
+    ({"decimate": True, "colours": True}, (8, 8), "flow.colours needs flow.decimate 2"),
+    ({"decimate": 2, "colours": True, "magnetization": True}, (8, 8), "magnetization false"),
 ])
 def test_bad_two_level_configs_name_the_key(opts, shape, match):
     theory = Phi4(shape, kappa=0.3, lam=0.5)
