@@ -20,6 +20,7 @@ from latticeflow.training import Trainer
 
 CPU = torch.device("cpu")
 PHI4 = Phi4((4, 4), kappa=0.25, lam=0.02)
+PHI4_8 = Phi4((8, 8), kappa=0.25, lam=0.02)
 U1 = U1Gauge((4, 4), beta=1.0)
 BROKEN = Phi4((4, 4), kappa=0.6, lam=0.02)  # broken phase: a two-vacuum base and the zero-mode layer
 
@@ -64,9 +65,11 @@ def test_flow_of_every_family_runs_on_cpu_under_a_meta_default(family, broken, m
     _run_flow(_build(family, BROKEN if broken else None))
 
 
-@pytest.mark.parametrize("levels,extra", [(True, {}), (2, {}), (2, {"zero_mode": True, "magnetization": True})])
+@pytest.mark.parametrize("levels,extra", [(True, {}), (2, {}), (2, {"zero_mode": True, "magnetization": True}),
+                                          (2, {"colours": True})])
 def test_decimated_flow_runs_on_cpu_under_a_meta_default(levels, extra, meta_default):
-    _run_flow(_build("spline", decimate=levels, vacua=False, **extra))
+    action = PHI4_8 if extra.get("colours") else None  # colour couplings need extents divisible by 8
+    _run_flow(_build("spline", action=action, decimate=levels, vacua=False, **extra))
 
 
 def _run_flow(flow) -> None:
