@@ -40,7 +40,7 @@ from .snf import (OddPower, SelfNormConv, SelfNormDense, SelfNormalizing, collec
 from .spline import SplineCoupling
 from .decimation import SublatticeFourierScaling, SublatticeSplineCoupling
 from .site_conditional import SiteConditional
-from .two_level import CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional
+from .two_level import ColourSplineCoupling, CosetFourierScaling, CosetGaussianShift, CosetSplineCoupling, MarginalSiteConditional
 from .u1 import GaugeCoupling, NCPCoupling, ncp_inverse, ncp_mixture
 from .u1_plaquette import PlaquetteMarginal
 from .u1_spline import CircularSplineCoupling
@@ -55,7 +55,7 @@ __all__ = [
     # real scalar fields
     "AffineCoupling", "Z2AffineCoupling", "AdditiveCoupling", "GlobalScaling", "SplineCoupling", "FourierScaling",
     "ZeroModeSpline", "SiteConditional", "SublatticeFourierScaling", "SublatticeSplineCoupling",
-    "MarginalSiteConditional", "CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling",
+    "MarginalSiteConditional", "ColourSplineCoupling", "CosetFourierScaling", "CosetGaussianShift", "CosetSplineCoupling",
     # self-normalizing flows
     "SelfNormalizing", "SelfNormDense", "SelfNormConv", "OddPower", "collect_reconstruction",
     "self_normalized_training",

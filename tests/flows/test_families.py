@@ -84,7 +84,7 @@ def test_flow_defaults_are_the_documented_values_and_fresh_copies():
     assert flow_defaults("spline") == {"n_layers": 8, "conditioner": "cnn", "hidden": [16, 16], "kernel_size": 3,
                                        "activation": "tanh", "dilation": 1, "fourier": True, "zero_mode": False,
                                        "vacua": "auto", "n_bins": 8, "bound": 4.0, "z2": True, "decimate": False,
-                                       "magnetization": False}
+                                       "magnetization": False, "colours": False}
     assert flow_defaults("realnvp", "fc")["hidden"] == [256, 256]
     assert flow_defaults("z2nice")["scaling"] is True and flow_defaults("realnvp")["fourier"] is False
     assert (flow_defaults("u1")["transform"], flow_defaults("u1_ncp")["transform"]) == ("spline", "ncp")
