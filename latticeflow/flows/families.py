@@ -260,13 +260,14 @@ def _decimated_spline(theory, opts: Mapping[str, Any], levels: int = 1, **kw: An
         first = ([CosetFourierScaling.from_action(theory, 1), CosetGaussianShift.from_action(theory)]
                  if _bool(opts, "fourier") else [])
         mag = _bool(opts, "magnetization")
-        couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, magnetization=mag, **kw) if i % 2 == 0 else
-                     CosetSplineCoupling(shape, 1, 0, source_class=0, magnetization=mag, **kw)
-                     for i in range(opts["n_layers"])]
         if _bool(opts, "colours"):  # one colour of A2, then of A1e, …: every site once per 8 layers
             if any(s % 8 for s in shape):
                 raise _err("colours", f"needs a 2D lattice with extents divisible by 8, got shape {list(shape)}")
             couplings = [ColourSplineCoupling(shape, (i + 1) % 2, (i // 2) % 4, **kw) for i in range(opts["n_layers"])]
+        else:
+            couplings = [CosetSplineCoupling(shape, 0, 1, target_class=0, magnetization=mag, **kw) if i % 2 == 0
+                         else CosetSplineCoupling(shape, 1, 0, source_class=0, magnetization=mag, **kw)
+                         for i in range(opts["n_layers"])]
         if zero_mode:  # the magnetization of the learned sites: identity at the start, learned
             masks = two_level_masks(shape)
             couplings.append(ZeroModeSpline(shape, n_bins=ZERO_MODE_BINS, bound_in=ZERO_MODE_BOUND,

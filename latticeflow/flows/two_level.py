@@ -191,7 +191,7 @@ def colour_mask(half: Sequence[int], coset: int, colour: int) -> torch.Tensor:
     return ((i + j) % 2 == 0) & ((2 * (u % 2) + (v % 2)) == colour)
 
 
-class ColourSplineCoupling(CosetSplineCoupling):
+class ColourSplineCoupling(SplineCoupling):
     """`SplineCoupling` of the sites of one colour of A2 (``coset`` 1) or A1e (``coset`` 0) given every other
     learned site (`colour_mask`): the conditioner convolves two channels on the half lattice, A1e ((2i, 2j), A1o
     zeroed) and A2 ((2i + 1, 2j + 1)), with the target sites zeroed. Under the target density the sites of one
@@ -203,8 +203,7 @@ class ColourSplineCoupling(CosetSplineCoupling):
             raise FlowError(f"colour couplings need a 2D lattice with extents divisible by 8, got shape {list(shape)}")
         half = tuple(s // 2 for s in shape)
         target_half = colour_mask(half, coset, colour)
-        SplineCoupling.__init__(self, half, 0, mask=target_half, channels=2, **kwargs)
-        self.magnetization = False
+        super().__init__(half, 0, mask=target_half, channels=2, **kwargs)
         full = torch.zeros(shape, dtype=torch.bool)
         full[coset::2, coset::2] = target_half
         self.mask, self.idx_b = full, torch.nonzero(full.flatten()).flatten()
@@ -216,7 +215,7 @@ class ColourSplineCoupling(CosetSplineCoupling):
 
     def conditioner_params(self, x_frozen: torch.Tensor):
         source = torch.stack([x_frozen[..., 0::2, 0::2], x_frozen[..., 1::2, 1::2]], 1).masked_fill(~self.visible, 0.0)
-        return SplineCoupling.conditioner_params(self, source)
+        return super().conditioner_params(source)
 
     def extra_repr(self) -> str:
         return f"coset={self.target}, colour={self.colour}, sites={int(self.idx_b.numel())}"
