@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["reverse_kl", "forward_kl", "both"], default="both")
     p.add_argument("--flow", default=None, metavar="YAML",
                    help="criticality: the flow's options as a YAML mapping, e.g. '{family: spline, vacua: false}' "
-                        "(default: the two-level decimated spline flow, '{family: spline, vacua: false, decimate: 2}')")
+                        "(default: the two-level decimated spline flow with colour couplings, '{family: spline, "
+                        "vacua: false, decimate: 2, colours: true, n_layers: 16}')")
+    p.add_argument("--runs", default=None, metavar="L:DIR,…",
+                   help="criticality: flows trained by 'latticeflow train' to use at these L instead of training "
+                        "one (every second of their training chain counted), e.g. 64:runs/phi4_critical_L64")
     return parser
 
 

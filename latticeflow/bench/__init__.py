@@ -50,7 +50,7 @@ BENCHES: dict[str, Bench] = {b.module: b for b in (
           "the README's main job over seeds: verdicts of run and analyze"),
     Bench("landing", "run_landing_bench", "quick seeds dtype", "format_landing_table",
           "training from an exact start (free field 16x8) with and without the sticking-the-landing gate"),
-    Bench("criticality", "run_criticality_bench", "sizes seconds train_seconds quick dtype device plot flow", "format_criticality_table",
+    Bench("criticality", "run_criticality_bench", "sizes seconds train_seconds quick dtype device plot flow runs", "format_criticality_table",
           "critical phi4 on xi ~ L/4, L = 16 ... 128: HMC, cluster and flow NMCMC, cost of 1e4 independent chi2 vs L"),
     Bench("neumc", "run_neumc_bench", "seconds quick seeds targets:contenders", "format_neumc_table",
           "our Schwinger flow vs NeuMC's (8x8, beta 1, kappa 0.276) at equal wall time; needs NeuMC on PYTHONPATH"),

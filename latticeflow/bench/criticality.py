@@ -4,10 +4,12 @@ flow's training and its transfer chain L → 2L counted), reverse ESS and accept
 χ₂ and |m| between the samplers, and the exponents of cost against L. Protocol: docs/benchmarks.md#criticality."""
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,13 @@ SAMPLERS = (("hmc", "HMC", "tab:red"), ("cluster", "cluster (Brower-Tamayo)", "t
 CHAIN_SAMPLERS = ("hmc", "cluster")
 PAIRS = (("hmc", "cluster"), ("hmc", "nmcmc"), ("cluster", "nmcmc"))  # agreement of χ₂ and |m|
 RATIOS = (("hmc", "nmcmc"), ("cluster", "nmcmc"), ("hmc", "cluster"))  # cost ratios
-#: the two-level decimated spline flow (5/8 of the sites from their exact conditionals) with a symmetric start at
-#: every L, so that the weights carry over L → 2L (with vacua auto the base switches to the broken-phase mixture
-#: between L = 16 and 32 on this line, another architecture); ``--flow`` picks another
-DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False, "decimate": 2}
+#: the two-level decimated spline flow (5/8 of the sites from their exact conditionals) with colour couplings (16:
+#: every learned site twice, each given all the others) and a symmetric start at every L, so that the weights carry
+#: over L → 2L (with vacua auto the base switches to the broken-phase mixture between L = 16 and 32 on this line,
+#: another architecture); as in configs/phi4_critical_L*.yaml; ``--flow`` picks another
+DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False, "decimate": 2, "colours": True, "n_layers": 16}
 SETTINGS = {"seconds": 120.0, "n_chains": 16, "n_thermalize": 300, "max_proposals": 4096, "lr": 1e-3,
-            "train_batch": {8: 128, 16: 64, 32: 64, 64: 32, 128: 16}}
+            "train_batch": {8: 128, 16: 64, 32: 16, 64: 8, 128: 4}}
 QUICK_SETTINGS = {"seconds": 1.0, "n_chains": 8, "n_thermalize": 40, "max_proposals": 256, "lr": 1e-3,
                   "train_batch": {8: 32, 16: 32, 32: 32, 64: 32, 128: 32}}
 MIN_TAU_PER_CHAIN = 50.0
@@ -189,6 +192,55 @@ def _train_flow(action: Phi4, previous: tuple[torch.nn.Module, Phi4] | None, *, 
     return flow, info
 
 
+def _parse_runs(text: str | Mapping[int, str] | None) -> dict[int, str]:
+    """``"32:runs/a,64:runs/b"`` (or a mapping) → {L: run directory}.
+
+    Example:
+        >>> _parse_runs("32:runs/a,64:runs/b")
+        {32: 'runs/a', 64: 'runs/b'}
+    """
+    if text is None:
+        return {}
+    if isinstance(text, Mapping):
+        return {int(L): str(d) for L, d in text.items()}
+    try:
+        return {int(L): d.strip() for L, d in (item.split(":", 1) for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise ValueError(f"bench criticality: runs must be L:DIR,L:DIR…, got {text!r}") from None
+
+
+def _flow_from_run(run_dir: str, action: Phi4, *, dtype: torch.dtype, device: torch.device
+                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The flow trained by ``latticeflow train`` in ``run_dir`` (its config.yaml and checkpoints/latest.pt) for
+    ``action``, and its training record: every second of its chain (`training_chain_seconds`: the schedule over
+    sizes and the runs ``train.init`` started from), the steps and seconds per step on this lattice."""
+    from ..config import ConfigError, load_config
+    from ..pipeline.sample_flow import load_flow
+    from ..pipeline.sizes import training_chain_seconds
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg, _ = load_config(str(path), [])
+        run_action, flow = load_flow(cfg)
+    except (OSError, ConfigError) as err:
+        raise ValueError(f"bench criticality: run {run_dir!r}: {err}") from None
+    if not (isinstance(run_action, Phi4) and tuple(run_action.shape) == tuple(action.shape)
+            and math.isclose(run_action.kappa, action.kappa) and math.isclose(run_action.lam, action.lam)):
+        raise ValueError(f"bench criticality: run {run_dir!r} trained {cfg.action.theory} on {list(run_action.shape)} "
+                         f"(kappa {getattr(run_action, 'kappa', None)}), not phi4 on {list(action.shape)} with kappa "
+                         f"{action.kappa:g}, lam {action.lam:g}")
+    summary = json.loads((Path(run_dir) / "train_summary.json").read_text())
+    steps, wall = int(summary["steps"]), float(summary["wall_time"])
+    info = {"from_run": str(run_dir), "flow_config": dict(cfg.flow) if isinstance(cfg.flow, Mapping) else cfg.flow,
+            "transferred_from": None, "transfer_error": None, "error": None,
+            "n_parameters": sum(p.numel() for p in flow.parameters() if p.requires_grad),
+            "train_seconds": training_chain_seconds(run_dir), "train_clock_seconds": wall, "train_steps": steps,
+            "train_steps_per_s": steps / wall if wall > 0 else None,
+            "train_seconds_per_step": wall / steps if steps else None, "train_peak_memory_mb": None,
+            "train_batch": cfg.train.batch_size, "n_skipped": summary.get("n_skipped"), "warm_up_seconds": 0.0}
+    return flow.to(device=device, dtype=dtype), info
+
+
 def _run_nmcmc(flow: torch.nn.Module, action: Phi4, *, seconds: float, n_chains: int, max_proposals: int, seed: int,
                device: torch.device, train_seconds: float) -> dict[str, Any]:
     """``n_chains`` NMCMC chains (`nmcmc_chains`, one stream of flow proposals) for ``seconds`` of wall time."""
@@ -259,6 +311,7 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
                           n_chains: int | None = None, seed: int = 0, dtype: torch.dtype | str = torch.float32,
                           device: str | torch.device = "cpu", flow: Mapping[str, Any] | None = None,
                           kappas: Mapping[int, float] | None = None, transfer: bool = True,
+                          runs: str | Mapping[int, str] | None = None,
                           plot: str | None = "bench_criticality.png",
                           progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """HMC, cluster and flow NMCMC at every L of ``sizes`` on the line ξ ≈ L/4 (`KAPPAS`, λ = `LAM`).
@@ -268,7 +321,9 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
     and its NMCMC chains; default 120, ``quick``: 1); ``train_seconds`` overrides the training budget (one
     number, or {L: seconds}); ``transfer``: each L's flow starts from the previous L's weights (all training
     seconds counted); ``flow``: the flow config (default `DEFAULT_FLOW`, float ``dtype`` on ``device``; the
-    MCMC chains run in float64 on ``device``); ``plot``: a PNG of cost and τ_int(χ₂) against L (None: none);
+    MCMC chains run in float64 on ``device``); ``runs``: {L: run directory} (or ``"L:DIR,…"``) of flows trained by
+    ``latticeflow train`` (e.g. ``configs/phi4_critical_L64.yaml``), used at those L instead of training one here,
+    every second of their training chain counted (`training_chain_seconds`); ``plot``: a PNG of cost and τ_int(χ₂) against L (None: none);
     ``progress(row)`` after every sampler at every L.
     """
     st = QUICK_SETTINGS if quick else SETTINGS
@@ -294,10 +349,14 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
             raise ValueError(f"bench criticality: --flow must be a YAML mapping of flow options, got {flow!r}")
         flow = parsed
     flow_config = dict(DEFAULT_FLOW if flow is None else flow)
+    runs = _parse_runs(runs)
+    stray = sorted(set(runs) - set(chosen))
+    if stray:
+        raise ValueError(f"bench criticality: runs given for L = {stray[0]}, which is not among the sizes {chosen}")
     out = result_header("criticality", quick=quick, sizes=chosen, lam=LAM, kappas={str(L): kappas[L] for L in chosen},
                         seconds=seconds, train_seconds={str(L): budget[L] for L in chosen}, n_chains=n_chains,
                         seed=seed, dtype=str(dtype).replace("torch.", ""), device=str(device), flow=flow_config,
-                        transfer=transfer, n_thermalize=st["n_thermalize"], independent=INDEPENDENT,
+                        transfer=transfer, runs={str(L): d for L, d in runs.items()}, n_thermalize=st["n_thermalize"], independent=INDEPENDENT,
                         min_tau_per_chain=MIN_TAU_PER_CHAIN, points=[])
     previous, trained = None, 0.0
     for L in chosen:
@@ -312,10 +371,14 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
         for i, key in enumerate(CHAIN_SAMPLERS):
             report(key, _run_chains(key, action, seconds=seconds, n_chains=n_chains, n_thermalize=st["n_thermalize"],
                                     seed=seed + i, device=device))
-        flow_l, info = _train_flow(action, previous if transfer else None, flow_config=flow_config, seconds=budget[L],
-                                   batch_size=st["train_batch"].get(L, 64), lr=st["lr"], seed=seed, dtype=dtype,
-                                   device=device)
-        trained = (trained if info["transferred_from"] else 0.0) + info["train_seconds"]
+        if L in runs:  # trained elsewhere: its whole chain is in its record
+            flow_l, info = _flow_from_run(runs[L], action, dtype=dtype, device=device)
+            trained = info["train_seconds"]
+        else:
+            flow_l, info = _train_flow(action, previous if transfer else None, flow_config=flow_config,
+                                       seconds=budget[L], batch_size=st["train_batch"].get(L, 64), lr=st["lr"],
+                                       seed=seed, dtype=dtype, device=device)
+            trained = (trained if info["transferred_from"] else 0.0) + info["train_seconds"]
         report("nmcmc", {**_run_nmcmc(flow_l, action, seconds=seconds, n_chains=n_chains, seed=seed, device=device,
                                       max_proposals=st["max_proposals"], train_seconds=trained), **info})
         previous = (flow_l, action)
@@ -357,8 +420,12 @@ def format_criticality_table(result: dict[str, Any]) -> str:
                     + "; ".join(f"{k} {format_cell(v['value'], '.3g')} ({v['bound']})" for k, v in c.items()))
         f = p["nmcmc"]
         if f.get("train_seconds_per_step") is not None:
+            memory = ("" if f.get("train_peak_memory_mb") is None
+                      else f", peak memory {f['train_peak_memory_mb']:.0f} MB")
             rows.append(f"{'':>4} flow training at L = {p['L']}: {f['train_steps']} steps of batch {f['train_batch']}, "
-                        f"{f['train_seconds_per_step']:.3g} s/step, peak memory {f['train_peak_memory_mb']:.0f} MB")
+                        f"{f['train_seconds_per_step']:.3g} s/step{memory}"
+                        + (f" (run {f['from_run']}, {f['train_seconds']:.0f} s of training in its chain)"
+                           if f.get("from_run") else ""))
     notes = [f"{label}: cost ~ L^{format_cell(f['cost']['exponent'], '.2f')}"
              + ("" if f["cost"]["exponent_err"] is None else f" ± {f['cost']['exponent_err']:.2f}")
              + f", tau_int(chi2) ~ L^{format_cell(f['tau_int_chi2']['exponent'], '.2f')}"

@@ -24,7 +24,7 @@ from typing import Any
 from ..config import Config, config_to_yaml
 from ..io import write_json
 
-__all__ = ["size_stages", "train_over_sizes", "stage_seconds"]
+__all__ = ["size_stages", "train_over_sizes", "stage_seconds", "training_chain_seconds"]
 
 #: the share of ``train.seconds`` the stages before the last get by default (together, split equally)
 EARLIER_SHARE = 0.25
@@ -112,3 +112,46 @@ def _entry(L: int, summary: dict, directory: Path, batch_size: int) -> dict[str,
     return {"L": L, "dir": str(directory), "steps": steps, "batch_size": batch_size, "wall_time": wall,
             "seconds_per_step": wall / steps if steps else None,
             "reverse_ess": summary.get("final", {}).get("reverse_ess")}
+
+
+def training_chain_seconds(run_dir: str | Path) -> float:
+    """Every second of training behind the flow of the run directory ``run_dir``: its ``train_summary.json``'s
+    ``wall_time_total`` (a schedule over sizes, every stage) or ``wall_time``, plus, recursively, that of the run
+    its ``config.yaml``'s ``train.init`` started from (a checkpoint file or a run directory). Raises `ValueError`
+    naming the file when a summary is missing or unreadable, or the chain loops.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name, init, seconds in (("a", None, 900.0), ("b", "a", 1800.0)):
+        ...     (root / name).mkdir()
+        ...     _ = (root / name / "train_summary.json").write_text(json.dumps({"wall_time": seconds}))
+        ...     _ = (root / name / "config.yaml").write_text(
+        ...         "train: {init: %s}" % (json.dumps(str(root / init)) if init else "null"))
+        >>> training_chain_seconds(root / "b")
+        2700.0
+    """
+    import yaml
+
+    total, seen, directory = 0.0, set(), Path(run_dir)
+    while directory is not None:
+        key = directory.resolve()
+        if key in seen:
+            raise ValueError(f"the train.init chain of {str(run_dir)!r} loops at {str(directory)!r}")
+        seen.add(key)
+        path = directory / "train_summary.json"
+        try:
+            summary = json.loads(path.read_text())
+            total += float(summary.get("wall_time_total", summary["wall_time"]))
+            config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+            raise ValueError(f"no training record in {str(directory)!r} ({type(err).__name__}: {err})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("train") or {}, dict):
+            raise ValueError(f"{str(directory / 'config.yaml')!r} is not a run config (a mapping with a train section)")
+        init = (config.get("train") or {}).get("init")
+        if not init:
+            break
+        init = Path(init)
+        directory = init.parent.parent if init.suffix == ".pt" else init  # <run>/checkpoints/<name>.pt
+    return total
+

@@ -115,9 +115,7 @@ def test_shipped_configs_are_the_kappa_line():
         cfg, _ = load_config(ROOT / "configs" / f"phi4_critical_L{L}.yaml")
         assert cfg.action.theory == "phi4" and list(cfg.action.shape) == [L, L]
         assert cfg.action.couplings == {"kappa": KAPPAS[L], "lam": LAM}
-        # the bench's flow; at L <= 32 with the colour couplings (measured there, README), 16 of them
-        extra = {"colours": True, "n_layers": 16} if L <= 32 else {}
-        assert cfg.dtype == "float32" and cfg.flow == {**crit.DEFAULT_FLOW, **extra}
+        assert cfg.dtype == "float32" and cfg.flow == crit.DEFAULT_FLOW  # the bench's flow: 16 colour couplings
         assert cfg.sampler.name == "nmcmc" and cfg.sampler.n_chains == 16 and 0 < cfg.sampler.reference_hmc <= 8192
     seconds = [load_config(ROOT / "configs" / f"phi4_critical_L{L}.yaml")[0].train.seconds for L in (16, 32, 64, 128)]
     assert seconds == sorted(seconds) and len(set(seconds)) == 4
@@ -131,3 +129,40 @@ def test_cli_passes_sizes(monkeypatch, capsys):
     assert seen["sizes"] == "16,32" and seen["seconds"] == 5.0 and seen["device"] == "cpu"
     assert seen["train_seconds"] == "16:300,32:1800" and seen["flow"] == "{family: spline, vacua: false}"
     assert json.loads(capsys.readouterr().out) == {"benchmark": "criticality"}
+
+
+def test_runs_take_trained_flows_and_count_their_whole_chain(tmp_path):
+    """``--runs L:DIR``: the flow of a ``latticeflow train`` run at that L, its cost every second of its chain (a
+    schedule over sizes, then a run started from it by ``train.init``); a run of another κ is refused."""
+    from latticeflow.config import config_from_dict, config_to_yaml
+    from latticeflow.pipeline import train as train_run
+    from latticeflow.pipeline.sizes import training_chain_seconds
+
+    def data(out, **extra):
+        return {"name": "runs", "seed": 2, "dtype": "float32",
+                "action": {"theory": "phi4", "shape": [8, 8], "kappa": KAPPAS[8], "lam": LAM},
+                "flow": {"family": "spline", "n_layers": 2, "hidden": [4]},
+                "train": {"steps": 100000, "seconds": 1.0, "batch_size": 8, "log_every": 5, "checkpoint_every": 10,
+                          **extra}, "output": {"dir": str(out)}}
+
+    def train(cfg, _text, **kw):
+        return train_run(cfg, config_to_yaml(cfg), **kw)
+
+    torch.set_num_threads(1)
+    first = train(config_from_dict(data(tmp_path / "a", sizes=[4, 8])), "x", progress=False)
+    second = train(config_from_dict(data(tmp_path / "b", init=str(tmp_path / "a"))), "x", progress=False)
+    chain = training_chain_seconds(tmp_path / "b")
+    assert chain == pytest.approx(first["wall_time_total"] + second["wall_time"]) and chain >= 2.0
+    result = run_criticality_bench(sizes=[8], quick=True, runs=f"8:{tmp_path / 'b'}", plot=None)
+    flow = result["points"][0]["nmcmc"]
+    assert flow["from_run"] == str(tmp_path / "b") and flow["train_seconds_total"] == pytest.approx(chain)
+    assert flow["train_steps"] == second["steps"] and result["runs"] == {"8": str(tmp_path / "b")}
+    assert flow["cost_1e4_seconds"] > chain and 0 < flow["acceptance"] <= 1
+    train(config_from_dict({**data(tmp_path / "c"), "action": {"theory": "phi4", "shape": [8, 8], "kappa": 0.25,
+                                                               "lam": LAM}}), "x", progress=False)
+    with pytest.raises(ValueError, match="kappa 0.25"):
+        run_criticality_bench(sizes=[8], quick=True, runs={8: str(tmp_path / "c")}, plot=None)
+    with pytest.raises(ValueError, match="not among the sizes"):
+        run_criticality_bench(sizes=[8], quick=True, runs={16: str(tmp_path / "b")}, plot=None)
+    with pytest.raises(ValueError, match="no training record"):
+        training_chain_seconds(tmp_path / "nowhere")
