@@ -229,12 +229,13 @@ def _flow_from_run(run_dir: str, action: Phi4, *, dtype: torch.dtype, device: to
         raise ValueError(f"bench criticality: run {run_dir!r} trained {cfg.action.theory} on {list(run_action.shape)} "
                          f"(kappa {getattr(run_action, 'kappa', None)}), not phi4 on {list(action.shape)} with kappa "
                          f"{action.kappa:g}, lam {action.lam:g}")
+    chain = training_chain_seconds(run_dir)  # a clear error where the run has no training record
     summary = json.loads((Path(run_dir) / "train_summary.json").read_text())
     steps, wall = int(summary["steps"]), float(summary["wall_time"])
     info = {"from_run": str(run_dir), "flow_config": dict(cfg.flow) if isinstance(cfg.flow, Mapping) else cfg.flow,
             "transferred_from": None, "transfer_error": None, "error": None,
             "n_parameters": sum(p.numel() for p in flow.parameters() if p.requires_grad),
-            "train_seconds": training_chain_seconds(run_dir), "train_clock_seconds": wall, "train_steps": steps,
+            "train_seconds": chain, "train_clock_seconds": wall, "train_steps": steps,
             "train_steps_per_s": steps / wall if wall > 0 else None,
             "train_seconds_per_step": wall / steps if steps else None, "train_peak_memory_mb": None,
             "train_batch": cfg.train.batch_size, "n_skipped": summary.get("n_skipped"), "warm_up_seconds": 0.0}
@@ -323,8 +324,8 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
     seconds counted); ``flow``: the flow config (default `DEFAULT_FLOW`, float ``dtype`` on ``device``; the
     MCMC chains run in float64 on ``device``); ``runs``: {L: run directory} (or ``"L:DIR,…"``) of flows trained by
     ``latticeflow train`` (e.g. ``configs/phi4_critical_L64.yaml``), used at those L instead of training one here,
-    every second of their training chain counted (`training_chain_seconds`); ``plot``: a PNG of cost and τ_int(χ₂) against L (None: none);
-    ``progress(row)`` after every sampler at every L.
+    every second of their training chain counted (`training_chain_seconds`); ``plot``: a PNG of cost and τ_int(χ₂)
+    against L (None: none); ``progress(row)`` after every sampler at every L.
     """
     st = QUICK_SETTINGS if quick else SETTINGS
     kappas = {**KAPPAS, **{int(k): float(v) for k, v in (kappas or {}).items()}}
@@ -356,8 +357,8 @@ def run_criticality_bench(*, sizes: str | Iterable[int] | None = None, seconds: 
     out = result_header("criticality", quick=quick, sizes=chosen, lam=LAM, kappas={str(L): kappas[L] for L in chosen},
                         seconds=seconds, train_seconds={str(L): budget[L] for L in chosen}, n_chains=n_chains,
                         seed=seed, dtype=str(dtype).replace("torch.", ""), device=str(device), flow=flow_config,
-                        transfer=transfer, runs={str(L): d for L, d in runs.items()}, n_thermalize=st["n_thermalize"], independent=INDEPENDENT,
-                        min_tau_per_chain=MIN_TAU_PER_CHAIN, points=[])
+                        transfer=transfer, runs={str(L): d for L, d in runs.items()}, n_thermalize=st["n_thermalize"],
+                        independent=INDEPENDENT, min_tau_per_chain=MIN_TAU_PER_CHAIN, points=[])
     previous, trained = None, 0.0
     for L in chosen:
         action = Phi4((L, L), kappa=kappas[L], lam=LAM)
