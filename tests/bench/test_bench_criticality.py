@@ -115,7 +115,9 @@ def test_shipped_configs_are_the_kappa_line():
         cfg, _ = load_config(ROOT / "configs" / f"phi4_critical_L{L}.yaml")
         assert cfg.action.theory == "phi4" and list(cfg.action.shape) == [L, L]
         assert cfg.action.couplings == {"kappa": KAPPAS[L], "lam": LAM}
-        assert cfg.dtype == "float32" and cfg.flow == crit.DEFAULT_FLOW  # the bench's flow: 16 colour couplings
+        # the bench's flow: 16 colour couplings (L = 64 with 5x5 conditioner kernels, measured better there)
+        flow = {k: v for k, v in cfg.flow.items() if not (L == 64 and k == "kernel_size" and v == 5)}
+        assert cfg.dtype == "float32" and flow == crit.DEFAULT_FLOW
         assert cfg.sampler.name == "nmcmc" and cfg.sampler.n_chains == 16 and 0 < cfg.sampler.reference_hmc <= 8192
     seconds = [load_config(ROOT / "configs" / f"phi4_critical_L{L}.yaml")[0].train.seconds for L in (16, 32, 64, 128)]
     assert seconds == sorted(seconds) and len(set(seconds)) == 4
