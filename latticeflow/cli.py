@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", default="bench_quality", help="quality: directory for one PNG per target")
     p.add_argument("--plot", default=None, help="training: PNG of ESS and gradient variance vs time "
                                                 "(bench_training.png); efficiency: PNG of tau_int(Q) and cost vs beta "
-                                                "(bench_efficiency.png); forward: PNG of test NLL vs time (bench_forward.png)")
+                                                "(bench_efficiency.png); forward: PNG of test NLL vs time (bench_forward.png); "
+                                                "criticality: PNG of cost and tau_int(chi2) vs L (bench_criticality.png)")
     _threads_option(p)
     p.add_argument("--sequential", action="store_true",
                    help="training: run the estimators one after the other instead of interleaved slices")
