@@ -46,6 +46,11 @@ CONFIGS = {
     # the same with colour couplings: one colour of A2 or A1e given every other learned site
     "spline-decimated2-colours-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 8, "hidden": [8],
                                       "n_bins": 4, "bound": 2.5, "vacua": False, "decimate": 2, "colours": True},
+    # with dilated conditioners (taps 1 and 2 half-lattice sites apart) on 16 x 16, where the dilation reaches
+    # sites the plain 3 x 3 stencil does not (on the 4 x 4 half lattice of 8 x 8, +2 and -2 are one site)
+    "spline-decimated2-colours-dil-cnn": {"family": "spline", "conditioner": "cnn", "n_layers": 8, "hidden": [8],
+                                          "n_bins": 4, "bound": 2.5, "vacua": False, "decimate": 2, "colours": True,
+                                          "dilation": [1, 2]},
     "spline-decimated-cnn-3d": {"family": "spline", "conditioner": "cnn", "n_layers": 2, "hidden": [4], "n_bins": 4,
                                 "bound": 2.5, "vacua": False, "decimate": True},  # masked full-lattice conditioners
     "z2affine-cnn": {"family": "z2affine", "conditioner": "cnn", "n_layers": 4, "hidden": [8, 8]},
@@ -76,7 +81,7 @@ SCALES.update({name: 0.1 for name in CONFIGS if "spline" in name})
 SCALES["u1_marginal"] = 0.03
 DEFAULT_SCALE = 0.3
 # Lattices of the configs that are not on PHI4_SHAPE / U1_SHAPE: non-cubic, so mixed-up axes show
-SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-decimated2-colours-cnn": (8, 8), "spline-decimated2-zm-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
+SHAPES = {"spline-decimated2-cnn": (8, 8), "spline-decimated2-colours-cnn": (8, 8), "spline-decimated2-colours-dil-cnn": (16, 16), "spline-decimated2-zm-cnn": (8, 8), "spline-cnn-3d": (4, 2, 6), "spline-decimated-cnn-3d": (4, 2, 6), "z2affine-cnn-3d": (4, 2, 6), "spline-cnn-1d": (8,), "z2affine-fc-4d": (2, 2, 2, 4)}
 ALL = list(CONFIGS)
 PHI4 = [name for name in ALL if not name.startswith("u1")]
 Z2NICE = [name for name in ALL if name.startswith("z2nice")]
