@@ -95,6 +95,27 @@ class _Periodic:
             x = x.contiguous(memory_format=_CHANNELS_LAST[self.ndim])
         return super().forward(x)
 
+    def on_coset(self, x: torch.Tensor, offset: Sequence[int], stride: int) -> torch.Tensor:
+        """The output at the sites ``offset`` + ``stride``·n only, ``(B, C_out, L0/stride, …)``: the padded input
+        convolved with that stride, 1/stride^d of the work (the heads of a coupling whose targets lie on a
+        coset of stride·Z^d, `ParitySiteConditioner`). Each extent must be divisible by ``stride``.
+
+        Example:
+            >>> conv = PeriodicConv2d(1, 1, 3)
+            >>> x = torch.randn(2, 1, 8, 8)
+            >>> bool(torch.allclose(conv.on_coset(x, (1, 0), 2), conv(x)[..., 1::2, 0::2]))
+            True
+        """
+        x = circular_pad(x, self.pad, self.ndim)
+        x = x[(..., *(slice(o, None) for o in offset))]
+        if x.device.type == "cpu" and self.ndim in _CHANNELS_LAST:
+            x = x.contiguous(memory_format=_CHANNELS_LAST[self.ndim])
+        return _CONV_FUNCTIONAL[self.ndim](x, self.weight, self.bias, stride, 0, self.dilation)
+
+
+#: the functional convolution of each lattice dimension (`_Periodic.on_coset`)
+_CONV_FUNCTIONAL = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
+
 
 class PeriodicConv1d(_Periodic, nn.Conv1d):
     """1D convolution with periodic boundary conditions (see `PeriodicConv2d`)."""
@@ -224,6 +245,14 @@ class ParityNet(nn.Module):
             nn.init.zeros_(head.weight)
             if head.bias is not None:
                 nn.init.zeros_(head.bias)
+
+    def on_coset(self, x: torch.Tensor, offset: Sequence[int], stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(even, odd) of a cnn at the sites ``offset`` + ``stride``·n only, each ``(B, C, L0/stride, …)``: the trunk
+        runs on the whole lattice, the heads (most of the work) on the coset."""
+        if self.kind != "cnn":
+            raise ValueError(f"coset outputs need the cnn conditioner, got {self.kind!r}")
+        h = self.trunk(x)
+        return self.even.on_coset(h * h, offset, stride), self.odd.on_coset(h, offset, stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(even, odd): cnn ``(B, C_e, L0, …)``, ``(B, C_o, L0, …)``; fc ``(B, C_e, n_out)``, ``(B, C_o, n_out)``."""

@@ -75,6 +75,26 @@ class SiteConditioner(nn.Module):
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
 
 
+def _coset_of(mask: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor] | None:
+    """(offset o, the flat indices of the masked sites on the coarse lattice of o + 2Z^d) when every masked site
+    lies on that one coset and every extent is even; otherwise None.
+
+    Example:
+        >>> m = torch.zeros(4, 4, dtype=torch.bool); m[1, 0] = m[3, 2] = True
+        >>> _coset_of(m)
+        ((1, 0), tensor([0, 3]))
+    """
+    if mask.dim() == 0 or any(n % 2 for n in mask.shape) or not bool(mask.any()):
+        return None
+    sites = torch.nonzero(mask)
+    offset = sites[0] % 2
+    if not bool((sites % 2 == offset).all()):
+        return None
+    offset = tuple(int(o) for o in offset)
+    coarse = mask[tuple(slice(o, None, 2) for o in offset)]
+    return offset, torch.nonzero(coarse.flatten()).flatten()
+
+
 class ParitySiteConditioner(SiteConditioner):
     """(even, odd) parameters at the b-sites, each ``(B, C, n_b)``: even(−x_a) = even(x_a), odd(−x_a) = −odd(x_a)."""
 
@@ -88,6 +108,10 @@ class ParitySiteConditioner(SiteConditioner):
         self.register_buffer("idx_b", torch.nonzero(flat).flatten())
         self.net = ParityNet(kind, n_even, n_odd, hidden, kernel_size, dilation, n_in=len(self.idx_a),
                              n_out=len(self.idx_b), ndim=len(self.shape), channels=channels)
+        # targets on one coset of 2Z^d (the colour couplings): the heads run there only, a quarter of their work
+        self.coset = _coset_of(mask) if kind == "cnn" else None
+        if self.coset is not None:
+            self.register_buffer("idx_coset", self.coset[1], persistent=False)
 
     def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_frozen``: ``(B, *shape)``, or ``(B, channels, *shape)`` with extra (Z2-odd) input channels."""
@@ -96,6 +120,9 @@ class ParitySiteConditioner(SiteConditioner):
             if x.dim() != len(self.shape) + 2 or x.shape[1] != self.channels:
                 raise ValueError(f"conditioner input of shape {tuple(x_frozen.shape)}, expected (B, {self.channels}, "
                                  f"*{self.shape})")
+            if self.coset is not None:
+                even, odd = self.net.on_coset(x, self.coset[0], 2)
+                return at_sites(even, self.idx_coset), at_sites(odd, self.idx_coset)
             even, odd = self.net(x)
             return at_sites(even, self.idx_b), at_sites(odd, self.idx_b)
         return self.net(x_frozen.flatten(1).index_select(1, self.idx_a))
