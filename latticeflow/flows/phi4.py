@@ -109,9 +109,10 @@ class ParitySiteConditioner(SiteConditioner):
         self.net = ParityNet(kind, n_even, n_odd, hidden, kernel_size, dilation, n_in=len(self.idx_a),
                              n_out=len(self.idx_b), ndim=len(self.shape), channels=channels)
         # targets on one coset of 2Z^d (the colour couplings): the heads run there only, a quarter of their work
-        self.coset = _coset_of(mask) if kind == "cnn" else None
-        if self.coset is not None:
-            self.register_buffer("idx_coset", self.coset[1], persistent=False)
+        coset = _coset_of(mask) if kind == "cnn" else None
+        self.coset = None if coset is None else coset[0]  # the offset o of o + 2Z^d, or None
+        if coset is not None:
+            self.register_buffer("idx_coset", coset[1], persistent=False)
 
     def forward(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_frozen``: ``(B, *shape)``, or ``(B, channels, *shape)`` with extra (Z2-odd) input channels."""
@@ -121,7 +122,7 @@ class ParitySiteConditioner(SiteConditioner):
                 raise ValueError(f"conditioner input of shape {tuple(x_frozen.shape)}, expected (B, {self.channels}, "
                                  f"*{self.shape})")
             if self.coset is not None:
-                even, odd = self.net.on_coset(x, self.coset[0], 2)
+                even, odd = self.net.on_coset(x, self.coset, 2)
                 return at_sites(even, self.idx_coset), at_sites(odd, self.idx_coset)
             even, odd = self.net(x)
             return at_sites(even, self.idx_b), at_sites(odd, self.idx_b)
