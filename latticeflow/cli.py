@@ -358,8 +358,9 @@ def _cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latticeflow`` console script."""
-    from .resources import parse_threads
+    from .resources import keep_heap, parse_threads
 
+    keep_heap()  # the samplers' per-step tensors reuse the heap instead of page-faulting (resources docstring)
     args = build_parser().parse_args(argv)
     try:
         args.threads = parse_threads(getattr(args, "threads", None))
