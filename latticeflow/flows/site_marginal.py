@@ -213,13 +213,15 @@ class WindowSum:
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _table(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the Horner coefficients of every window, ``(u_max + 1, G, 4)``; F' at the table's ends) in ``like``'s
-        dtype: window k₀ holds the cells k₀ + m g, so a lookup gathers one contiguous row per (row, j)."""
+        """(the Horner coefficients of every window, ``(u_max + 1, 4, G)``; F' at the table's ends) in ``like``'s
+        dtype: window k₀ holds the cells k₀ + m g, so a lookup gathers one contiguous row per (row, j);
+        coefficient-major, so that a row's contraction with its (1, t, t², t³) is one (1, 4J) × (4J, G) product."""
         key = (like.device, like.dtype)
         if key not in self._tables:
             cpu = self._coef64.device  # not the default device (the meta lane of the tests sets that)
             starts = torch.arange(int(self.u_max) + 1, device=cpu).unsqueeze(-1)
             windows = self._coef64[starts + self.stride * torch.arange(self.n_nodes, device=cpu)]
+            windows = windows.transpose(1, 2).contiguous()
             ends = torch.stack(list(self._ends64))
             self._tables[key] = (windows.to(device=like.device, dtype=like.dtype),
                                  ends.to(device=like.device, dtype=like.dtype))
@@ -233,9 +235,11 @@ class WindowSum:
 
 
 class _WindowLookup(torch.autograd.Function):
-    """`WindowSum` for a positive step: the forward gathers the window of each (row, j) and contracts it with
-    (1, t, t², t³); the backward gathers it again (instead of keeping it) and contracts Σ_g grad_g a_g with
-    (0, 1, 2t, 3t²)/h, or takes the end slope where c was clamped. Once differentiable."""
+    """`WindowSum` for a positive step: the forward gathers the window of each (row, j) and contracts the J
+    windows of a row with their (1, t, t², t³) in one batched product; the backward contracts Σ_g grad_g a_g with
+    (0, 1, 2t, 3t²)/h, or takes the end slope where c was clamped. The gathered windows are kept for the
+    backward when c needs a gradient (about 2 n J G floats: 34 MB at L = 64, batch 8; the path-gradient step runs
+    the backward twice, so the second gather cost more than the memory). Once differentiable."""
 
     @staticmethod
     def forward(ctx, c: torch.Tensor, windows: torch.Tensor, ends: torch.Tensor, table: "WindowSum") -> torch.Tensor:
@@ -244,24 +248,22 @@ class _WindowLookup(torch.autograd.Function):
         k0 = u.floor().long().clamp(0, int(table.u_max) - 1)  # t in [0, 1], also at u_max; NaN gives NaN, no bad index
         t = u - k0
         n, j = c.shape
-        a = windows.index_select(0, k0.reshape(-1))  # (n J, G, 4)
+        a = windows.index_select(0, k0.reshape(-1)).view(n, 4 * j, -1)  # (n, J·4, G)
         powers = torch.stack([torch.ones_like(t), t, t * t, t * t * t], -1)  # (n, J, 4)
-        value = torch.bmm(a, powers.reshape(n * j, 4, 1)).reshape(n, j, -1).sum(1)
+        value = torch.bmm(powers.view(n, 1, 4 * j), a).view(n, -1)
         outside = u_raw - u  # in cells; the linear continuation with the end slope
         end = torch.where(outside > 0, ends[1], ends[0])
         value = value + (outside * table.h * end).sum(-1, keepdim=True)
-        ctx.save_for_backward(windows, k0, t, end, outside)
+        ctx.save_for_backward(a if ctx.needs_input_grad[0] else None, t, end, outside)
         ctx.h = table.h
         return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        windows, k0, t, end, outside = ctx.saved_tensors
-        n, j = k0.shape
-        a = windows.index_select(0, k0.reshape(-1))  # recomputed: one gather instead of a saved (n J, G, 4)
-        g = grad.unsqueeze(1).expand(n, j, grad.shape[-1]).reshape(n * j, 1, -1)
-        moments = torch.bmm(g, a).reshape(n, j, 4)  # Σ_g grad_g a_g
+        a, t, end, outside = ctx.saved_tensors
+        n, j = t.shape
+        moments = torch.bmm(a, grad.unsqueeze(-1)).view(n, j, 4)  # Σ_g grad_g a_g
         d = torch.stack([torch.zeros_like(t), torch.ones_like(t), 2 * t, 3 * t * t], -1) / ctx.h
         inside = (moments * d).sum(-1)
         return torch.where(outside == 0, inside, end * grad.sum(-1, keepdim=True)), None, None, None

@@ -12,7 +12,9 @@ from .helpers import ALL, F64, base_sample, dense_jacobian, field_distance, is_u
 
 
 def _score_tol(name):
-    return 1e-9 if is_u1(name) else 1e-10
+    # the dilated colour flow's random start has scores of ~10⁵ in steep spline tails, where rounding is amplified:
+    # its relative score error is 10⁻¹¹–2·10⁻¹⁰ depending on the convolution kernel's summation order
+    return 1e-9 if is_u1(name) or name.endswith("colours-dil-cnn") else 1e-10
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -32,8 +32,9 @@ def test_z2_equivariant_flow_log_q_is_z2_symmetric(name):
     flow, action = make_flow(name)
     phi, log_q = flow.sample(6, generator=torch.Generator().manual_seed(7))
     # sample's forward path against log_prob's inverse: round-off of a sum over the sites, relative to |log q|
-    # (a broken Z2 shows at 1e-3 and above)
-    assert maxabs(flow.log_prob(action.symmetry(phi)) - log_q) < max(1e-12, 5e-14 * maxabs(log_q))
+    # (a broken Z2 shows at 1e-3 and above); the dilated colour flow on 16 x 16 (|log q| ~ 240) has forward against
+    # inverse round-off of 1-2e-11 without the symmetry, depending on the convolution kernel's summation order
+    assert maxabs(flow.log_prob(action.symmetry(phi)) - log_q) < max(1e-12, 2e-13 * maxabs(log_q))
     # also off the flow's samples: arbitrary fields, incl. a broken-phase-like one
     phi = 1.5 + torch.randn(4, *phi.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     # the zero-mode spline is steep (g' up to 1e4) between its vacua, where these fields' M lies: round-off
