@@ -89,3 +89,27 @@ def test_parity_conditioner_on_a_coset_equals_its_full_lattice_path(coset, colou
     layer.net.coset = saved
     assert all(float((a - b).abs().max()) < 1e-12 for a, b in zip(on_coset, full))
     assert all(float((a - b).abs().max()) < 1e-11 for a, b in zip(grads_coset, grads_full))
+
+
+@pytest.mark.parametrize("in_channels,dilation,bias", [(1, 1, True), (2, 1, False), (4, 1, True), (2, 2, False),
+                                                       (5, 1, True)])
+def test_periodic_conv2d_equals_torch_on_both_cpu_kernels(in_channels, dilation, bias):
+    """`PeriodicConv2d` takes the im2col kernel for at most `NATIVE_MAX_IN_CHANNELS` input channels without
+    dilation (a coupling's input layer) and oneDNN otherwise: both equal torch's circular padding + conv2d in
+    float64, output, input and weight gradients, and hand on a channels-last output."""
+    from latticeflow.flows.conditioners import NATIVE_MAX_IN_CHANNELS, PeriodicConv2d
+
+    torch.manual_seed(3)
+    conv = PeriodicConv2d(in_channels, 6, 5, bias=bias, dilation=dilation).double()
+    x = torch.randn(3, in_channels, 12, 10, dtype=torch.float64, requires_grad=True)
+    native = conv._native_cpu(x)
+    assert native == (in_channels <= NATIVE_MAX_IN_CHANNELS and dilation == 1)
+    y = conv(x)
+    pad = dilation * 2
+    ref = F.conv2d(F.pad(x, (pad,) * 4, mode="circular"), conv.weight, conv.bias, dilation=dilation)
+    assert (y - ref).abs().max() < 1e-13
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(ref)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+        assert (a - b).abs().max() < 1e-12
