@@ -238,7 +238,7 @@ class _WindowLookup(torch.autograd.Function):
     """`WindowSum` for a positive step: the forward gathers the window of each (row, j) and contracts the J
     windows of a row with their (1, t, t², t³) in one batched product; the backward contracts Σ_g grad_g a_g with
     (0, 1, 2t, 3t²)/h, or takes the end slope where c was clamped. The gathered windows are kept for the
-    backward when c needs a gradient (about 2 n J G floats: 34 MB at L = 64, batch 8; the path-gradient step runs
+    backward when c needs a gradient (4 n J G floats: 34 MB in float32 at L = 64, batch 8; the path-gradient step runs
     the backward twice, so the second gather cost more than the memory). Once differentiable."""
 
     @staticmethod

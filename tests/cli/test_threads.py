@@ -105,7 +105,6 @@ def test_T_run_with_oversubscribed_threads_finishes(tmp_path):
     assert time.monotonic() - t0 < 240
 
 
-
 def test_keep_heap_applies_on_glibc_and_leaves_user_tuning_alone(monkeypatch):
     """On glibc `keep_heap` applies its three mallopt settings (True); where the user tuned glibc through a
     MALLOC_*_ variable, or on another C library, it changes nothing and says so (False)."""
