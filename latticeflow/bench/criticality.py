@@ -49,7 +49,7 @@ RATIOS = (("hmc", "nmcmc"), ("cluster", "nmcmc"), ("hmc", "cluster"))  # cost ra
 #: another architecture); as in configs/phi4_critical_L*.yaml; ``--flow`` picks another
 DEFAULT_FLOW: dict[str, Any] = {"family": "spline", "vacua": False, "decimate": 2, "colours": True, "n_layers": 16}
 SETTINGS = {"seconds": 120.0, "n_chains": 16, "n_thermalize": 300, "max_proposals": 4096, "lr": 1e-3,
-            "train_batch": {8: 128, 16: 64, 32: 16, 64: 8, 128: 4}}
+            "train_batch": {8: 128, 16: 64, 32: 16, 64: 16, 128: 4}}  # 64: as phi4_critical_L64.yaml
 QUICK_SETTINGS = {"seconds": 1.0, "n_chains": 8, "n_thermalize": 40, "max_proposals": 256, "lr": 1e-3,
                   "train_batch": {8: 32, 16: 32, 32: 32, 64: 32, 128: 32}}
 MIN_TAU_PER_CHAIN = 50.0
